@@ -1,0 +1,39 @@
+"""vitops: Vision Transformers (ViT, DeiT, DINO) in pure keras.ops, on JAX, PyTorch or TensorFlow.
+
+    model = vitops.load("vit_s16.safetensors")   # a keras.Model
+    logits = model(images)                       # NHWC, preprocessed
+    out = model(images, return_attention=True, return_hidden=True)
+"""
+
+from __future__ import annotations
+
+import os
+
+from .config import VARIANTS, ViTConfig, get_config
+from .convert import ConversionError, convert
+from .model import VisionTransformer
+from .vit import forward, param_shapes
+from .weights import WeightFile, WeightFileError, load_params, save
+
+__version__ = "0.1.0"
+
+
+def load(path, **overrides) -> VisionTransformer:
+    """Load a vitops weight file as a Keras model.
+
+    overrides replace config fields that do not change the weights, e.g.
+    ``pos_interp="dino"`` to resample position embeddings as DINO does.
+    """
+    allowed = {"pos_interp", "family", "name"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise TypeError(f"load() cannot override {bad}; allowed: {sorted(allowed)}")
+    with WeightFile(path) as f:
+        config = f.config.replace(**overrides) if overrides else f.config
+        return VisionTransformer(config, params=f)
+
+
+__all__ = [
+    "VARIANTS", "ViTConfig", "get_config", "ConversionError", "convert", "VisionTransformer",
+    "forward", "param_shapes", "WeightFile", "WeightFileError", "load_params", "save", "load",
+]

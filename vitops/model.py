@@ -1,0 +1,76 @@
+"""A thin keras.Model around the functional forward pass.
+
+It holds one Keras variable per vitops key, so `predict`, `fit`, `trainable = False`, dtype
+policies and composition with other Keras layers work as usual. On the torch backend it is a
+`torch.nn.Module` whose parameters a plain PyTorch optimiser can train.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+
+from .config import ViTConfig
+from .vit import forward, param_shapes
+
+
+def default_initializer(key: str):
+    """Initialisation for training from scratch: timm's (trunc-normal 0.02, zero biases)."""
+    if key.endswith((".bias",)):
+        return keras.initializers.Zeros()
+    if key.endswith(".scale"):
+        return keras.initializers.Ones()
+    return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+@keras.saving.register_keras_serializable(package="vitops")
+class VisionTransformer(keras.Model):
+    """ViT / DeiT / DINO as a Keras model.
+
+    model(images) -> logits (B, classes), or features (B, D) when headless.
+    model(images, return_attention=True, return_hidden=True) -> dict with "logits" and/or
+    "features", "attention" (list of (B, heads, T, T)) and "hidden" (list of (B, T, D)).
+    images: NHWC float, preprocessed, height and width multiples of the patch size.
+    """
+
+    def __init__(self, config: ViTConfig, params: Mapping | None = None, **kwargs):
+        name = kwargs.pop("name", None) or re.sub(r"[^A-Za-z0-9_]", "_", config.name or "vit")
+        super().__init__(name=name, **kwargs)
+        self.config = config
+        self._keys = list(param_shapes(config))
+        self._vars = []
+        for key, shape in param_shapes(config).items():
+            if params is not None:
+                # Read lazily: with a WeightFile, one tensor is in host memory at a time.
+                init = (lambda shape, dtype=None, k=key: np.asarray(params[k], dtype=dtype or "float32"))
+            else:
+                init = default_initializer(key)
+            self._vars.append(self.add_weight(shape=shape, initializer=init, name=key))
+        self.built = True
+
+    @property
+    def variables_by_key(self) -> dict:
+        """{vitops key: Keras variable}."""
+        return dict(zip(self._keys, self._vars))
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        """The weights as {vitops key: numpy array}, e.g. for `forward` or `vitops.save`."""
+        return {k: keras.ops.convert_to_numpy(v) for k, v in zip(self._keys, self._vars)}
+
+    def call(self, images, return_attention: bool = False, return_hidden: bool = False):
+        params = {k: v.value for k, v in zip(self._keys, self._vars)}
+        out = forward(params, self.config, images, return_attention=return_attention,
+                      return_hidden=return_hidden)
+        if return_attention or return_hidden:
+            return out
+        return out["logits"] if "logits" in out else out["features"]
+
+    def get_config(self):
+        return {"vit_config": self.config.to_json(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(ViTConfig.from_json(config["vit_config"]), name=config.get("name"))

@@ -1,0 +1,135 @@
+"""The forward pass: forward(params, config, images) -> outputs.
+
+params is a plain dict of arrays in vitops naming (see `param_shapes`); the same function
+serves the Keras model, `jax.jit` / `jax.grad`, and any other caller. DeiT (distillation
+token, two heads averaged) and DINO (no head) are config deltas of one code path.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+from .config import ViTConfig
+from .layers import attention, dense, layer_norm, mlp
+from .posemb import resample_pos_embed
+
+
+def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
+    """Every array the forward pass consumes, by vitops key, with its shape."""
+    p, d, m = config.patch_size, config.dim, config.mlp_dim
+    shapes = {
+        "patch_embed.kernel": (p, p, 3, d),  # HWIO: a patch image per output channel
+        "patch_embed.bias": (d,),
+        "cls_token": (d,),
+        "pos_embed": (config.num_tokens, d),  # prefix tokens first, then the grid row-major
+    }
+    if config.distilled:
+        shapes["dist_token"] = (d,)
+    for i in range(config.depth):
+        b = f"blocks.{i}."
+        shapes.update({
+            b + "norm1.scale": (d,), b + "norm1.bias": (d,),
+            b + "attn.qkv.kernel": (d, 3 * d), b + "attn.qkv.bias": (3 * d,),
+            b + "attn.proj.kernel": (d, d), b + "attn.proj.bias": (d,),
+            b + "norm2.scale": (d,), b + "norm2.bias": (d,),
+            b + "mlp.fc1.kernel": (d, m), b + "mlp.fc1.bias": (m,),
+            b + "mlp.fc2.kernel": (m, d), b + "mlp.fc2.bias": (d,),
+        })
+    shapes["norm.scale"] = (d,)
+    shapes["norm.bias"] = (d,)
+    if config.num_classes:
+        shapes["head.kernel"] = (d, config.num_classes)
+        shapes["head.bias"] = (config.num_classes,)
+        if config.distilled:
+            shapes["head_dist.kernel"] = (d, config.num_classes)
+            shapes["head_dist.bias"] = (config.num_classes,)
+    return shapes
+
+
+def check_images(images, config: ViTConfig) -> tuple[int, int]:
+    """Validate an NHWC batch and return its patch grid (gh, gw)."""
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(f"images must be NHWC with rank 4, got shape {shape}")
+    h, w, c = shape[1], shape[2], shape[3]
+    if c != 3:
+        raise ValueError(f"images must have 3 channels (RGB, NHWC), got {c} in shape {shape}")
+    if h is None or w is None:
+        raise ValueError(f"image height and width must be known, got shape {shape}")
+    p = config.patch_size
+    if h % p or w % p:
+        raise ValueError(
+            f"image size {h}x{w} is not a multiple of the patch size {p}; "
+            f"resize or crop to e.g. {max(p, h // p * p)}x{max(p, w // p * p)}"
+        )
+    return h // p, w // p
+
+
+def embed(params, config: ViTConfig, images):
+    """Patchify, project, prepend prefix tokens, add position embeddings: -> (B, T, D)."""
+    gh, gw = check_images(images, config)
+    p, d = config.patch_size, config.dim
+    # A stride-p convolution with a p x p kernel is a matmul over flattened patches.
+    x = ops.reshape(images, (-1, gh, p, gw, p, 3))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, gh, gw, p, p, 3)
+    x = ops.reshape(x, (-1, gh * gw, p * p * 3))
+    x = dense(x, ops.reshape(params["patch_embed.kernel"], (p * p * 3, d)), params["patch_embed.bias"])
+    batch = ops.shape(x)[0]
+    prefix = [params["cls_token"]] + ([params["dist_token"]] if config.distilled else [])
+    prefix = ops.broadcast_to(ops.stack(prefix)[None], (batch, len(prefix), d))  # (B, P, D)
+    x = ops.concatenate([ops.cast(prefix, x.dtype), x], axis=1)  # (B, T, D)
+    pos = resample_pos_embed(params["pos_embed"], config.grid_size, (gh, gw),
+                             config.num_prefix_tokens, config.pos_interp)
+    return x + ops.cast(pos, x.dtype)
+
+
+def block(params, config: ViTConfig, i: int, x, return_attention: bool = False):
+    """One pre-norm transformer block: (B, T, D) -> (B, T, D), probs (B, H, T, T) or None."""
+    b = f"blocks.{i}."
+    h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], config.layer_norm_eps)
+    h, probs = attention(h, params[b + "attn.qkv.kernel"], params[b + "attn.qkv.bias"],
+                         params[b + "attn.proj.kernel"], params[b + "attn.proj.bias"],
+                         config.num_heads, return_probs=return_attention)
+    x = x + h
+    h = layer_norm(x, params[b + "norm2.scale"], params[b + "norm2.bias"], config.layer_norm_eps)
+    x = x + mlp(h, params[b + "mlp.fc1.kernel"], params[b + "mlp.fc1.bias"],
+                params[b + "mlp.fc2.kernel"], params[b + "mlp.fc2.bias"])
+    return x, probs
+
+
+def forward(params, config: ViTConfig, images, *, return_attention: bool = False,
+            return_hidden: bool = False) -> dict:
+    """Run the model on preprocessed NHWC images (B, H, W, 3); H, W multiples of the patch.
+
+    Returns a dict:
+      "features": (B, D) the final-normed CLS token (DeiT distilled: mean of CLS and dist);
+      "logits": (B, classes), only when the model has a head;
+      "attention": list of (B, heads, T, T) softmax probabilities, one per block, on request;
+      "hidden": list of depth + 1 arrays (B, T, D): the embeddings and each block's output,
+        on request.
+    """
+    x = embed(params, config, images)
+    attentions, hidden = [], [x] if return_hidden else None
+    for i in range(config.depth):
+        x, probs = block(params, config, i, x, return_attention)
+        if return_attention:
+            attentions.append(probs)
+        if return_hidden:
+            hidden.append(x)
+    x = layer_norm(x, params["norm.scale"], params["norm.bias"], config.layer_norm_eps)
+    out = {}
+    if config.distilled:
+        cls, dist = x[:, 0], x[:, 1]
+        out["features"] = (cls + dist) / 2
+        if config.num_classes:
+            out["logits"] = (dense(cls, params["head.kernel"], params["head.bias"])
+                             + dense(dist, params["head_dist.kernel"], params["head_dist.bias"])) / 2
+    else:
+        out["features"] = x[:, 0]
+        if config.num_classes:
+            out["logits"] = dense(x[:, 0], params["head.kernel"], params["head.bias"])
+    if return_attention:
+        out["attention"] = attentions
+    if return_hidden:
+        out["hidden"] = hidden
+    return out
