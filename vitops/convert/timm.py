@@ -78,12 +78,17 @@ def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None) -> ViTCo
     if d % HEAD_DIM:
         raise ConversionError(f"cannot infer the head count of width {d} (not a multiple of "
                               f"{HEAD_DIM}); pass the architecture name with --arch")
-    family = "deit" if distilled else ("dino" if num_classes == 0 else "vit")
     cfg = ViTConfig(num_heads=d // HEAD_DIM, num_classes=num_classes, distilled=distilled,
-                    family=family, **shape_facts)
-    named = [n for n, v in VARIANTS.items() if v.replace(name="", num_classes=num_classes) ==
-             cfg.replace(name="")]
-    return cfg.replace(name=named[0] if named else "")
+                    family="deit" if distilled else "vit", **shape_facts)
+    # Shapes cannot tell Google ViT from DeiT, nor a headless ViT from DINO: prefer DINO for
+    # a headless model of a DINO size, else Google ViT (for preprocessing; --arch overrides).
+    blank = dict(name="", family="vit", num_classes=0)
+    named = [v for v in VARIANTS.values() if v.replace(**blank) == cfg.replace(**blank)]
+    order = ("deit",) if distilled else (("dino", "vit", "deit") if num_classes == 0 else ("vit", "deit"))
+    named.sort(key=lambda v: order.index(v.family) if v.family in order else len(order))
+    if not named:
+        return cfg
+    return cfg.replace(name=named[0].name, family=named[0].family)
 
 
 def timm_to_vitops(sd: Mapping[str, np.ndarray], arch: str | None = None):

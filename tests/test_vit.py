@@ -1,0 +1,161 @@
+"""The forward pass against timm: outputs, every attention map and every hidden state.
+
+Tolerances (the foundation issue's contract): output relative error <= 1e-4 (max abs error
+over max abs value), attention probabilities absolute error <= 1e-5. Measured float32
+differences are around 5e-7.
+"""
+
+import keras
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitops
+from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
+
+OUT_RTOL = 1e-4
+ATTN_ATOL = 1e-5
+
+to_np = keras.ops.convert_to_numpy
+
+FAMILIES = {
+    # timm name, extra kwargs: plain ViT, DeiT distilled, DeiT plain, DINO (headless)
+    "vit": ("vit_small_patch16_224", dict(num_classes=10)),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(num_classes=10)),
+    "deit": ("deit_tiny_patch16_224", dict(num_classes=7)),
+    "dino": ("vit_small_patch16_224.dino", dict(num_classes=0)),
+}
+
+
+def convert_timm(tmp_path, timm_model, arch=None):
+    src, dst = tmp_path / "timm.safetensors", tmp_path / "vitops.safetensors"
+    save_state_dict(timm_model, src)
+    vitops.convert(src, dst, arch=arch)
+    return dst
+
+
+def assert_matches(model, ref_model, images):
+    ref = timm_outputs(ref_model, images)
+    out = model(images, return_attention=True, return_hidden=True)
+    y = out["logits"] if "logits" in out else out["features"]
+    assert rel_err(to_np(y), ref["output"]) <= OUT_RTOL
+    assert len(out["attention"]) == len(ref["attention"]) == model.config.depth
+    for a, r in zip(out["attention"], ref["attention"]):
+        assert a.shape == r.shape
+        assert np.abs(to_np(a) - r).max() <= ATTN_ATOL
+    assert len(out["hidden"]) == len(ref["hidden"]) == model.config.depth + 1
+    for h, r in zip(out["hidden"], ref["hidden"]):
+        assert rel_err(to_np(h), r) <= OUT_RTOL
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("size", [(64, 64), (96, 48), (32, 80)], ids=["native", "larger", "smaller"])
+def test_tiny_matches_timm(tmp_path, family, size):
+    name, kw = FAMILIES[family]
+    ref_model = make_timm(name, seed=list(FAMILIES).index(family), **TINY, patch_size=16, **kw)
+    model = vitops.load(convert_timm(tmp_path, ref_model))
+    images = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
+    assert_matches(model, ref_model, images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,arch,size", [
+    ("vit_small_patch16_224", "vit_small_patch16_224", (224, 224)),
+    ("vit_small_patch16_224", "vit_small_patch16_224", (288, 160)),
+    ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", (224, 224)),
+    ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", (320, 320)),
+    ("vit_small_patch16_224.dino", "dino_vits16", (224, 224)),
+    ("vit_small_patch16_224.dino", "vit_small_patch16_224.dino", (160, 192)),
+])
+def test_real_size_matches_timm(tmp_path, name, arch, size):
+    ref_model = make_timm(name, seed=3)
+    model = vitops.load(convert_timm(tmp_path, ref_model, arch=arch))
+    images = np.random.default_rng(2).standard_normal((2, *size, 3)).astype(np.float32)
+    assert_matches(model, ref_model, images)
+
+
+def dino_interpolate_pos_encoding(pos_embed, h_patches, w_patches):
+    """DINO's interpolate_pos_encoding (facebookresearch/dino), in torch, as the reference."""
+    n = pos_embed.shape[1] - 1
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    side = int(np.sqrt(n))
+    grid = F.interpolate(grid.reshape(1, side, side, -1).permute(0, 3, 1, 2),
+                         scale_factor=((h_patches + 0.1) / np.sqrt(n), (w_patches + 0.1) / np.sqrt(n)),
+                         mode="bicubic")
+    assert grid.shape[-2:] == (h_patches, w_patches)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])], dim=1)
+
+
+@pytest.mark.parametrize("size", [(96, 96), (48, 112)])
+def test_dino_interpolation_option(tmp_path, size):
+    ref_model = make_timm("vit_small_patch16_224.dino", **TINY, patch_size=16, num_classes=0)
+    path = convert_timm(tmp_path, ref_model)
+    model = vitops.load(path, pos_interp="dino")
+    # The reference: a timm model at the new size whose table was resampled DINO's way.
+    target = make_timm("vit_small_patch16_224.dino", **{**TINY, "img_size": size}, patch_size=16,
+                       num_classes=0, dynamic_img_size=False)
+    sd = dict(ref_model.state_dict())
+    sd["pos_embed"] = dino_interpolate_pos_encoding(sd["pos_embed"], size[0] // 16, size[1] // 16)
+    target.load_state_dict(sd)
+    images = np.random.default_rng(4).standard_normal((2, *size, 3)).astype(np.float32)
+    assert_matches(model, target, images)
+    # and the default (timm) resampling really is a different function
+    timm_mode = vitops.load(path)
+    assert rel_err(to_np(timm_mode(images)), to_np(model(images))) > 1e-4
+
+
+def test_fused_and_explicit_attention_paths_agree(tmp_path):
+    ref_model = make_timm("deit_tiny_distilled_patch16_224", **TINY, patch_size=16, num_classes=5)
+    model = vitops.load(convert_timm(tmp_path, ref_model))
+    images = np.random.default_rng(5).standard_normal((3, 64, 64, 3)).astype(np.float32)
+    plain = to_np(model(images))  # fused dot_product_attention
+    explicit = to_np(model(images, return_attention=True)["logits"])
+    assert rel_err(plain, explicit) <= 1e-5
+
+
+def test_output_structure(tmp_path):
+    ref_model = make_timm("deit_tiny_distilled_patch16_224", **TINY, patch_size=16, num_classes=5)
+    model = vitops.load(convert_timm(tmp_path, ref_model))
+    images = np.zeros((2, 64, 48, 3), np.float32)
+    out = model(images, return_attention=True, return_hidden=True)
+    t = 2 + (64 // 16) * (48 // 16)
+    assert to_np(out["logits"]).shape == (2, 5)
+    assert to_np(out["features"]).shape == (2, 128)
+    assert [tuple(a.shape) for a in out["attention"]] == [(2, 2, t, t)] * 3
+    assert [tuple(h.shape) for h in out["hidden"]] == [(2, t, 128)] * 4
+    assert to_np(model(images)).shape == (2, 5)
+    assert set(model(images, return_hidden=True)) == {"logits", "features", "hidden"}
+    # attention rows are probability distributions
+    np.testing.assert_allclose(to_np(out["attention"][0]).sum(-1), 1.0, atol=1e-5)
+
+
+def test_predict_matches_call(tmp_path):
+    ref_model = make_timm("vit_small_patch16_224.dino", **TINY, patch_size=16, num_classes=0)
+    model = vitops.load(convert_timm(tmp_path, ref_model))
+    images = np.random.default_rng(6).standard_normal((5, 64, 64, 3)).astype(np.float32)
+    expected = timm_outputs(ref_model, images)["output"]
+    assert rel_err(model.predict(images, batch_size=2, verbose=0), expected) <= OUT_RTOL
+    assert rel_err(to_np(model.predict_on_batch(images)), expected) <= OUT_RTOL
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((2, 64, 60, 3), "not a multiple of the patch size 16"),
+    ((2, 64, 64, 1), "3 channels"),
+    ((2, 64, 64, 4), "3 channels"),
+    ((64, 64, 3), "rank 4"),
+])
+def test_bad_images_are_named(tmp_path, shape, message):
+    ref_model = make_timm("vit_small_patch16_224", **TINY, patch_size=16, num_classes=3)
+    model = vitops.load(convert_timm(tmp_path, ref_model))
+    with pytest.raises(ValueError, match=message):
+        model(np.zeros(shape, np.float32))
+
+
+def test_functional_forward_takes_a_plain_dict(tmp_path):
+    ref_model = make_timm("vit_small_patch16_224", **TINY, patch_size=16, num_classes=3)
+    path = convert_timm(tmp_path, ref_model)
+    params, config = vitops.load_params(path)
+    images = np.random.default_rng(7).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    out = vitops.forward(params, config, images)
+    assert rel_err(to_np(out["logits"]), timm_outputs(ref_model, images)["output"]) <= OUT_RTOL

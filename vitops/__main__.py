@@ -1,0 +1,3 @@
+from vitops.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""Command line: `vitops convert SRC DST [--arch NAME]`, `vitops models`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _convert(args) -> int:
+    from .convert import ConversionError, convert
+
+    try:
+        config = convert(args.src, args.dst, arch=args.arch, format=args.format)
+    except (ConversionError, KeyError, ValueError) as e:
+        print(f"vitops convert: error: {e}", file=sys.stderr)
+        return 2
+    head = f"{config.num_classes} classes" if config.num_classes else "headless (features)"
+    print(f"wrote {args.dst}: {config.name or 'custom ViT'} ({config.family}), "
+          f"{config.image_size[0]}x{config.image_size[1]} px, patch {config.patch_size}, "
+          f"dim {config.dim}, depth {config.depth}, {config.num_heads} heads, {head}")
+    if not args.arch:
+        print(f"architecture inferred from tensor shapes; family {config.family!r} sets the "
+              "preprocessing; pass --arch to name it explicitly")
+    return 0
+
+
+def _models(args) -> int:
+    from .config import VARIANTS
+
+    print(f"{'name':34s} {'family':6s} {'size':>7s} {'patch':>5s} {'dim':>5s} {'depth':>5s} "
+          f"{'heads':>5s} {'classes':>7s}")
+    for name, c in VARIANTS.items():
+        print(f"{name:34s} {c.family:6s} {c.image_size[0]:>7d} {c.patch_size:>5d} {c.dim:>5d} "
+              f"{c.depth:>5d} {c.num_heads:>5d} {c.num_classes:>7d}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("convert", help="convert a checkpoint into a vitops .safetensors file")
+    p.add_argument("src", help="checkpoint: timm state dict as .safetensors or .pth")
+    p.add_argument("dst", help="output vitops .safetensors file (written atomically)")
+    p.add_argument("--arch", help="architecture name, e.g. vit_small_patch16_224 or "
+                   "deit_small_distilled_patch16_224 (default: inferred from shapes)")
+    p.add_argument("--format", help="source format (default: detected from the keys)")
+    p.set_defaults(func=_convert)
+    p = sub.add_parser("models", help="list the named architectures")
+    p.set_defaults(func=_models)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
