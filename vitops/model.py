@@ -48,7 +48,7 @@ class VisionTransformer(keras.Model):
                 init = (lambda shape, dtype=None, k=key: np.asarray(params[k], dtype=dtype or "float32"))
             else:
                 init = default_initializer(key)
-            self._vars.append(self.add_weight(shape=shape, initializer=init, name=key))
+            self._vars.append(self.add_weight(shape=shape, initializer=init, name=key.replace(".", "_")))
         self.built = True
 
     @property

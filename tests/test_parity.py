@@ -1,0 +1,59 @@
+"""The three backends agree with each other: the same file and images, one subprocess per
+backend (Keras picks its backend at import), every output compared pairwise.
+
+Tolerances: outputs and hidden states relative error <= 1e-5, attention absolute <= 2e-6
+(float32 summation order differs between backends; measured around 5e-7).
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vitops
+from reference import TINY, make_timm, rel_err, save_state_dict
+
+BACKENDS = ("jax", "torch", "tensorflow")
+WORKER = Path(__file__).with_name("parity_worker.py")
+
+pytestmark = pytest.mark.parity
+
+
+def run_backends(tmp_path, model_path, images, pos_interp=None):
+    np.save(tmp_path / "images.npy", images)
+    results = {}
+    for backend in BACKENDS:
+        out = tmp_path / f"{backend}.npz"
+        cmd = [sys.executable, str(WORKER), str(model_path), str(tmp_path / "images.npy"), str(out)]
+        proc = subprocess.run(cmd + ([pos_interp] if pos_interp else []), capture_output=True,
+                              text=True, env={**os.environ, "KERAS_BACKEND": backend})
+        assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-3000:]}"
+        results[backend] = dict(np.load(out))
+        assert str(results[backend]["backend"]) == backend
+    return results
+
+
+@pytest.mark.parametrize("name,size,pos_interp", [
+    ("deit_tiny_distilled_patch16_224", (96, 64), None),
+    ("vit_small_patch16_224.dino", (48, 112), "dino"),
+])
+def test_backends_agree(tmp_path, name, size, pos_interp):
+    ref = make_timm(name, **TINY, num_classes=0 if "dino" in name else 9)
+    save_state_dict(ref, tmp_path / "ck.safetensors")
+    vitops.convert(tmp_path / "ck.safetensors", tmp_path / "m.safetensors")
+    images = np.random.default_rng(0).standard_normal((3, *size, 3)).astype(np.float32)
+    results = run_backends(tmp_path, tmp_path / "m.safetensors", images, pos_interp)
+    for a, b in itertools.combinations(BACKENDS, 2):
+        ra, rb = results[a], results[b]
+        assert set(ra) == set(rb)
+        for key in ra:
+            if key == "backend":
+                continue
+            if key.startswith("attention"):
+                assert np.abs(ra[key] - rb[key]).max() <= 2e-6, (a, b, key)
+            else:
+                assert rel_err(ra[key], rb[key]) <= 1e-5, (a, b, key)
