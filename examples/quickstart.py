@@ -1,0 +1,49 @@
+"""Quickstart: make a timm checkpoint, convert it, load it on any backend, look inside.
+
+No model hub is needed: timm creates ViT-S/16 with random weights (so the predictions are
+arbitrary), saved exactly as timm's hub files are. With a real checkpoint the steps are the same.
+
+    KERAS_BACKEND=jax python examples/quickstart.py
+"""
+
+import os
+import tempfile
+
+import torch  # noqa: F401  (import before TensorFlow when both are installed)
+import timm
+from safetensors.torch import save_file
+from timm.data import ImageNetInfo
+
+import keras
+import matplotlib.cbook
+import numpy as np
+
+import vitops
+from vitops.preprocess import preprocess
+
+workdir = tempfile.mkdtemp(prefix="vitops-quickstart-")
+src = os.path.join(workdir, "vit_small_patch16_224.safetensors")
+dst = os.path.join(workdir, "vit_s16.vitops.safetensors")
+
+# 1. A timm checkpoint, as found on the hub (here with random weights: no network needed).
+torch.manual_seed(0)
+save_file(timm.create_model("vit_small_patch16_224", pretrained=False).state_dict(), src)
+
+# 2. Convert once (same as: vitops convert SRC DST --arch vit_small_patch16_224).
+config = vitops.convert(src, dst, arch="vit_small_patch16_224")
+print(f"converted {config.name}: {config.depth} blocks, {config.num_heads} heads, dim {config.dim}")
+
+# 3. Load on the backend KERAS_BACKEND names, and run a real photograph through it.
+model = vitops.load(dst)
+photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+images = preprocess([photo], size=224, family=model.config.family)  # (1, 224, 224, 3)
+out = model(images, return_attention=True, return_hidden=True)
+
+probs = keras.ops.convert_to_numpy(keras.ops.softmax(out["logits"]))[0]
+names = ImageNetInfo()
+print(f"backend: {keras.config.backend()}")
+print("top-5 predictions (random weights, so arbitrary):")
+for i in np.argsort(probs)[::-1][:5]:
+    print(f"  {probs[i]:.4f}  {names.index_to_description(int(i))}")
+print(f"attention: {len(out['attention'])} blocks of shape {tuple(out['attention'][0].shape)}")
+print(f"hidden states: {len(out['hidden'])} of shape {tuple(out['hidden'][0].shape)}")

@@ -1,0 +1,72 @@
+"""nox sessions: the test suite once per backend, the cross-backend parity check, benchmarks.
+
+Keras picks its backend when it is imported, so each backend gets its own process, selected
+with KERAS_BACKEND. The sessions run in the environment nox is started from (one environment
+holding all three backends and timm, installed as the README says), because the parity check
+needs all three side by side, and because PyTorch with torchvision is several GB: one copy,
+not one per session.
+
+    nox                        # tests-jax, tests-torch, tests-tensorflow, parity
+    nox -s tests-torch -- -k posemb
+    nox -s bench-jax
+"""
+
+import importlib.util
+import sys
+
+import nox
+
+BACKENDS = ("jax", "torch", "tensorflow")
+nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["parity"]
+nox.options.default_venv_backend = "none"
+
+_MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
+
+
+def _require(session, *modules):
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        session.error(f"{', '.join(missing)} not installed in {sys.executable}; install the test "
+                      "environment first (README, 'Run the tests')")
+
+
+def _env(backend):
+    return {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _tests_session(backend):
+    @nox.session(name=f"tests-{backend}", venv_backend="none")
+    def tests(session):
+        """The whole suite (but the parity check) on one backend."""
+        _require(session, _MODULES[backend], "timm", "pytest", "vitops")
+        session.run(sys.executable, "-m", "pytest", "-m", "not parity", "-q", *session.posargs,
+                    env=_env(backend), external=True)
+
+    return tests
+
+
+def _bench_session(backend):
+    @nox.session(name=f"bench-{backend}", venv_backend="none")
+    def bench(session):
+        """Benchmarks on one backend; each script prints JSON."""
+        _require(session, _MODULES[backend], "vitops")
+        scripts = sorted(p for p in __import__("glob").glob("benchmarks/*.py"))
+        if not scripts:
+            session.error("no benchmark scripts in benchmarks/")
+        for script in scripts:
+            session.run(sys.executable, script, *session.posargs, env=_env(backend), external=True)
+
+    return bench
+
+
+for _backend in BACKENDS:
+    globals()[f"tests_{_backend}"] = _tests_session(_backend)
+    globals()[f"bench_{_backend}"] = _bench_session(_backend)
+
+
+@nox.session(name="parity", venv_backend="none")
+def parity(session):
+    """The same models and images on jax, torch and tensorflow, compared with each other."""
+    _require(session, *_MODULES.values(), "timm", "pytest", "vitops")
+    session.run(sys.executable, "-m", "pytest", "-m", "parity", "-q", *session.posargs,
+                env=_env("jax"), external=True)
