@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+# TensorFlow (Keras' default backend) logs C++ start-up banners; keep them quiet unless asked.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from .config import VARIANTS, ViTConfig, get_config
 from .convert import ConversionError, convert
 from .model import VisionTransformer
