@@ -1,0 +1,19 @@
+"""Analysis kernels, vectorised in keras.ops: the same numbers on jax, torch and tensorflow.
+
+Inputs are arrays of any backend (or numpy); outputs are backend tensors unless noted
+(`keras.ops.convert_to_numpy` turns them into numpy). The streaming accumulators keep their
+sums in float64 numpy.
+"""
+
+from .cka import MinibatchCKA, linear_cka, rbf_cka
+from .distance import AttentionDistance, distance_matrix, mean_attention_distance
+from .embeddings import cls_trajectory, position_similarity, projection_filters
+from .heatmap import attention_heatmaps
+from .rollout import attention_rollout, cls_rollout
+
+__all__ = [
+    "distance_matrix", "mean_attention_distance", "AttentionDistance",
+    "attention_rollout", "cls_rollout", "attention_heatmaps",
+    "linear_cka", "rbf_cka", "MinibatchCKA",
+    "position_similarity", "projection_filters", "cls_trajectory",
+]

@@ -1,0 +1,149 @@
+"""Centered kernel alignment (Kornblith et al. 2019) and minibatch CKA (Nguyen et al. 2021).
+
+Features are (n, ...) and flattened per example. CKA is computed from n x n Gram matrices of
+features centred over the examples first: centring before the product avoids the float32
+cancellation of centring a Gram matrix afterwards. Biased CKA uses HSIC's plug-in estimator;
+debiased CKA the unbiased estimator (Song et al. 2012), which needs n >= 4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+from ._checks import as_tensor
+
+
+def _features(x, name):
+    x = as_tensor(x, name)
+    if len(x.shape) < 2:
+        raise ValueError(f"{name} must be (examples, features...), got shape {tuple(x.shape)}")
+    x = ops.reshape(ops.cast(x, "float32"), (x.shape[0], -1))  # (n, p)
+    return x - ops.mean(x, axis=0, keepdims=True)
+
+
+def _pair(x, y, debiased):
+    x, y = _features(x, "x"), _features(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} != {y.shape[0]}")
+    if debiased and x.shape[0] < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs at least 4 examples, got {x.shape[0]}")
+    return x, y
+
+
+def _center_gram(k):
+    """H K H for H = I - 11^T / n."""
+    k = k - ops.mean(k, axis=0, keepdims=True)
+    return k - ops.mean(k, axis=1, keepdims=True)
+
+
+def _u_center(k):
+    """U-centring of Gram matrices (..., n, n) (Szekely & Rizzo 2014): with it, the unbiased
+    HSIC estimator (Song et al. 2012) is a plain inner product, <U(K), U(L)> / (n (n - 3)).
+
+    Subtracting means entry by entry, rather than expanding the estimator into sums of whole
+    matrices that cancel, keeps float32 accurate for kernels with large means (RBF).
+    """
+    n = k.shape[-1]
+    off = 1.0 - ops.eye(n, dtype=k.dtype)
+    k = k * off
+    means = ops.sum(k, axis=-1) / (n - 2)  # (..., n); K is symmetric
+    means = means - ops.sum(means, axis=-1, keepdims=True) / (2 * (n - 1))
+    return (k - means[..., :, None] - means[..., None, :]) * off
+
+
+def _unbiased_hsic_matrix(ka, kb):
+    """Unbiased HSIC for every pair of Gram stacks (A, n, n), (B, n, n) -> (A, B): one matmul."""
+    n = ka.shape[-1]
+    ua = ops.reshape(_u_center(ka), (ka.shape[0], n * n))
+    ub = ua if kb is ka else ops.reshape(_u_center(kb), (kb.shape[0], n * n))
+    return ops.matmul(ua, ops.transpose(ub)) / (n * (n - 3))
+
+
+def _cka_from_grams(k, l, debiased):
+    if debiased:
+        h = _unbiased_hsic_matrix(ops.stack([k, l]), ops.stack([k, l]))  # (2, 2)
+        return h[0, 1] / ops.sqrt(h[0, 0] * h[1, 1])
+    k, l = _center_gram(k), _center_gram(l)
+    return ops.sum(k * l) / ops.sqrt(ops.sum(k * k) * ops.sum(l * l))
+
+
+def linear_cka(x, y, debiased: bool = False):
+    """Linear CKA of features x (n, ...) and y (n, ...): a scalar in [0, 1] (biased)."""
+    x, y = _pair(x, y, debiased)
+    return _cka_from_grams(ops.matmul(x, ops.transpose(x)), ops.matmul(y, ops.transpose(y)), debiased)
+
+
+def _rbf_gram(x, sigma):
+    """exp(-d^2 / (2 sigma^2 median(d^2))), the median over all n^2 entries (Kornblith et al.)."""
+    g = ops.matmul(x, ops.transpose(x))
+    norms = ops.diagonal(g)
+    sq = ops.maximum(norms[:, None] + norms[None, :] - 2.0 * g, 0.0)
+    med = ops.median(ops.reshape(sq, (-1,)))
+    return ops.exp(-sq / (2.0 * sigma**2 * med))
+
+
+def rbf_cka(x, y, sigma: float = 0.5, debiased: bool = False):
+    """RBF-kernel CKA; sigma is a fraction of the median pairwise distance."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    x, y = _pair(x, y, debiased)
+    return _cka_from_grams(_rbf_gram(x, sigma), _rbf_gram(y, sigma), debiased)
+
+
+class MinibatchCKA:
+    """Linear CKA between every layer of one list and every layer of another, over batches.
+
+    cka = MinibatchCKA()
+    for batch in batches: cka.update(hidden_a, hidden_b)   # lists of (n, ...) arrays
+    cka.result()  # (layers_a, layers_b) numpy array
+
+    Each batch adds its unbiased HSIC for every pair; the ratio HSIC(K, L) / sqrt(HSIC(K, K)
+    HSIC(L, L)) is formed once at the end (Nguyen et al. 2021, Eq. 3). Batches need n >= 4 and
+    the same n in both lists; the sums are kept in float64 on the host.
+    """
+
+    def __init__(self):
+        self._xy = self._xx = self._yy = None
+        self.batches = 0
+
+    @staticmethod
+    def _grams(features, name):
+        if not isinstance(features, (list, tuple)) or not features:
+            raise ValueError(f"{name} must be a non-empty list of (n, ...) feature arrays, one per layer")
+        xs = [_features(f, f"{name}[{i}]") for i, f in enumerate(features)]
+        n = {x.shape[0] for x in xs}
+        if len(n) != 1:
+            raise ValueError(f"{name}: layers hold different numbers of examples {sorted(n)}")
+        return ops.stack([ops.matmul(x, ops.transpose(x)) for x in xs])  # (layers, n, n)
+
+    def update(self, features_a, features_b=None) -> None:
+        """features_b defaults to features_a (the layer-by-layer matrix of one model)."""
+        ka = self._grams(features_a, "features_a")
+        kb = ka if features_b is None else self._grams(features_b, "features_b")
+        n = ka.shape[-1]
+        if kb.shape[-1] != n:
+            raise ValueError(f"features_a and features_b hold different numbers of examples: "
+                             f"{n} != {kb.shape[-1]}")
+        if n < 4:
+            raise ValueError(f"minibatch CKA needs at least 4 examples per batch (unbiased HSIC), got {n}")
+        shape = (ka.shape[0], kb.shape[0])
+        if self._xy is not None and self._xy.shape != shape:
+            raise ValueError(f"this batch has {shape[0]} x {shape[1]} layers, earlier ones had "
+                             f"{self._xy.shape[0]} x {self._xy.shape[1]}")
+        xy = _unbiased_hsic_matrix(ka, kb)  # (A, B)
+        xx = ops.diagonal(_unbiased_hsic_matrix(ka, ka)) if features_b is not None else ops.diagonal(xy)
+        yy = ops.diagonal(_unbiased_hsic_matrix(kb, kb)) if features_b is not None else xx
+        xy, xx, yy = (ops.convert_to_numpy(v).astype(np.float64) for v in (xy, xx, yy))
+        if self._xy is None:
+            self._xy, self._xx, self._yy = xy, xx, yy
+        else:
+            self._xy += xy
+            self._xx += xx
+            self._yy += yy
+        self.batches += 1
+
+    def result(self) -> np.ndarray:
+        if not self.batches:
+            raise ValueError("no batches were added: call update() first")
+        return self._xy / np.sqrt(np.outer(self._xx, self._yy))

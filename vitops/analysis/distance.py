@@ -1,0 +1,88 @@
+"""Mean attention distance (ViT paper, Fig. 7; Raghu et al. 2021).
+
+The mean attention distance of a head is, averaged over query patches, the sum over key patches
+of attention weight times the pixel distance between the two patch centres. Prefix tokens (CLS,
+distillation) are removed first; renormalising the remaining rows is an option, off by default
+as in the original snippet.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from keras import ops
+
+from ._checks import as_grid, as_tensor, attention_list, check_rank, patch_grid
+
+
+@functools.lru_cache(maxsize=32)
+def _distance_matrix_np(grid: tuple[int, int], patch_size: float) -> np.ndarray:
+    rows, cols = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
+    return patch_size * np.hypot(rows[:, None] - rows[None, :], cols[:, None] - cols[None, :])
+
+
+def distance_matrix(grid, patch_size):
+    """Pixel distances between patch centres, (N, N) float32 with N = rows * cols.
+
+    grid: int (square) or (rows, cols); patches are numbered row-major, as the model's tokens.
+    """
+    if patch_size <= 0:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    return ops.convert_to_tensor(_distance_matrix_np(as_grid(grid), float(patch_size)), "float32")
+
+
+def mean_attention_distance(attention, patch_size, num_prefix_tokens: int = 1,
+                            renormalize: bool = False, grid=None):
+    """Mean attention distance per image and head, in pixels: (B, H, T, T) -> (B, H).
+
+    grid: (rows, cols) of the patch grid; inferred as square when omitted.
+    """
+    attention = as_tensor(attention, "attention")
+    check_rank(attention, 4, "attention", "(B, heads, tokens, tokens)")
+    gh, gw = patch_grid(attention.shape[-1], num_prefix_tokens, grid)
+    a = attention[:, :, num_prefix_tokens:, num_prefix_tokens:]  # (B, H, N, N)
+    if renormalize:
+        a = a / ops.sum(a, axis=-1, keepdims=True)
+    dist = ops.cast(distance_matrix((gh, gw), patch_size), a.dtype)  # (N, N)
+    # sum_k a[q, k] * dist[q, k], averaged over q: one contraction, no (B, H, N, N) temporary.
+    return ops.einsum("bhqk,qk->bh", a, dist) / (gh * gw)
+
+
+class AttentionDistance:
+    """Streaming mean attention distance over an image set, per block and head.
+
+    acc = AttentionDistance(patch_size=16)
+    for batch in images: acc.update(model(batch, return_attention=True)["attention"])
+    acc.result()  # {"mean": (blocks, heads), "std": (blocks, heads), "count": images}
+
+    Only (blocks, heads) running sums are kept (float64, on the host), never attention maps.
+    """
+
+    def __init__(self, patch_size, num_prefix_tokens: int = 1, renormalize: bool = False, grid=None):
+        self.patch_size, self.num_prefix_tokens = patch_size, num_prefix_tokens
+        self.renormalize, self.grid = renormalize, grid
+        self.count = 0
+        self._sum = self._sumsq = None
+
+    def update(self, attentions) -> None:
+        """attentions: list of per-block (B, H, T, T), e.g. out["attention"]."""
+        attentions = attention_list(attentions)
+        per_block = ops.stack([mean_attention_distance(a, self.patch_size, self.num_prefix_tokens,
+                                                       self.renormalize, self.grid)
+                               for a in attentions])  # (L, B, H)
+        d = ops.convert_to_numpy(per_block).astype(np.float64)
+        if self._sum is not None and d.shape[::2] != self._sum.shape:
+            raise ValueError(f"this batch has {d.shape[0]} blocks x {d.shape[2]} heads, earlier "
+                             f"batches had {self._sum.shape[0]} x {self._sum.shape[1]}")
+        s, ss = d.sum(axis=1), (d * d).sum(axis=1)
+        self._sum = s if self._sum is None else self._sum + s
+        self._sumsq = ss if self._sumsq is None else self._sumsq + ss
+        self.count += d.shape[1]
+
+    def result(self) -> dict:
+        if not self.count:
+            raise ValueError("no attention maps were added: call update() first")
+        mean = self._sum / self.count
+        var = np.maximum(self._sumsq / self.count - mean * mean, 0.0)
+        return {"mean": mean, "std": np.sqrt(var), "count": self.count}

@@ -1,0 +1,62 @@
+"""Probes of what the embedding layers learned, and of the CLS token across blocks."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from ._checks import as_tensor
+
+
+def position_similarity(pos_embed, num_prefix_tokens: int = 1):
+    """Cosine similarity between the patches' position embeddings: (T, D) or (1, T, D) -> (N, N).
+
+    Row i reshaped to the patch grid shows which positions patch i's embedding resembles
+    (ViT paper, Fig. 7 centre).
+    """
+    p = as_tensor(pos_embed, "pos_embed")
+    if len(p.shape) == 3 and p.shape[0] == 1:
+        p = p[0]
+    if len(p.shape) != 2:
+        raise ValueError(f"pos_embed must be (tokens, dim) or (1, tokens, dim), got {tuple(p.shape)}")
+    if not 0 <= num_prefix_tokens < p.shape[0]:
+        raise ValueError(f"num_prefix_tokens {num_prefix_tokens} leaves no patch positions of {p.shape[0]}")
+    p = ops.cast(p[num_prefix_tokens:], "float32")
+    p = p / ops.sqrt(ops.sum(p * p, axis=-1, keepdims=True))
+    return ops.matmul(p, ops.transpose(p))  # (N, N)
+
+
+def projection_filters(params):
+    """The patch embedding's filters as images: (D, P, P, 3), each scaled to [0, 1] on its own.
+
+    params: a vitops params dict, a loaded model, or the (P, P, 3, D) kernel itself.
+    """
+    if hasattr(params, "variables_by_key"):
+        params = params.variables_by_key
+    kernel = params["patch_embed.kernel"] if hasattr(params, "keys") else params
+    k = as_tensor(kernel, "patch_embed.kernel")
+    if len(k.shape) != 4 or k.shape[2] != 3 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"patch_embed.kernel must be (P, P, 3, D), got {tuple(k.shape)}")
+    k = ops.transpose(ops.cast(k, "float32"), (3, 0, 1, 2))  # (D, P, P, 3)
+    lo = ops.min(k, axis=(1, 2, 3), keepdims=True)
+    hi = ops.max(k, axis=(1, 2, 3), keepdims=True)
+    return (k - lo) / ops.maximum(hi - lo, 1e-12)
+
+
+def cls_trajectory(hidden, token: int = 0):
+    """The CLS token through the blocks: list of (B, T, D) -> (tokens (B, L, D), cos (B, L)).
+
+    cos[:, l] is the cosine similarity of the token after step l to its final state, so the
+    last entry is 1. hidden is out["hidden"]: the embeddings, then each block's output.
+    """
+    if not isinstance(hidden, (list, tuple)) or not hidden:
+        raise ValueError("hidden must be a non-empty list of (B, T, D) arrays, e.g. out['hidden']")
+    hs = [as_tensor(h, "hidden") for h in hidden]
+    for h in hs:
+        if len(h.shape) != 3:
+            raise ValueError(f"hidden states must be (B, T, D), got {tuple(h.shape)}")
+    tokens = ops.stack([ops.cast(h[:, token], "float32") for h in hs], axis=1)  # (B, L, D)
+    unit = tokens / ops.sqrt(ops.sum(tokens * tokens, axis=-1, keepdims=True))
+    return tokens, ops.sum(unit * unit[:, -1:], axis=-1)
+
+
+__all__ = ["position_similarity", "projection_filters", "cls_trajectory"]
