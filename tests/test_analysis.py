@@ -162,6 +162,14 @@ def test_rollout_matches_reference(rng, fusion, ratio):
     np.testing.assert_allclose(cls, expected[:, 0, 1:].reshape(2, 3, 3), rtol=1e-4, atol=1e-6)
 
 
+def test_cls_rollout_of_unnormalised_maps_uses_the_exact_definition(rng):
+    # rows that do not sum to 1 (here: scaled per query) must still be renormalised exactly
+    atts = [random_attention(rng, b=2, h=3, t=10) * rng.uniform(0.2, 3.0, (1, 1, 10, 1)).astype(np.float32)
+            for _ in range(3)]
+    expected = ref_rollout(atts)[:, 0, 1:].reshape(2, 3, 3)
+    np.testing.assert_allclose(np_(cls_rollout(atts)), expected, rtol=1e-4, atol=1e-6)
+
+
 def test_rollout_hand_cases():
     t = 5
     eye = [np.broadcast_to(np.eye(t, dtype=np.float32), (1, 2, t, t))] * 3

@@ -57,3 +57,33 @@ def test_backends_agree(tmp_path, name, size, pos_interp):
                 assert np.abs(ra[key] - rb[key]).max() <= 2e-6, (a, b, key)
             else:
                 assert rel_err(ra[key], rb[key]) <= 1e-5, (a, b, key)
+
+
+ANALYSIS_WORKER = Path(__file__).with_name("parity_analysis_worker.py")
+
+
+def test_analysis_kernels_agree(tmp_path):
+    rng = np.random.default_rng(0)
+    logits = 3 * rng.standard_normal((4, 2, 3, 13, 13))
+    att = np.exp(logits - logits.max(-1, keepdims=True))
+    att = (att / att.sum(-1, keepdims=True)).astype(np.float32)
+    inputs = {f"att{i}": att[i] for i in range(4)}
+    inputs.update(fa=rng.standard_normal((16, 24)).astype(np.float32),
+                  fb=rng.standard_normal((16, 24)).astype(np.float32),
+                  fc=rng.standard_normal((16, 5)).astype(np.float32),
+                  pos=rng.standard_normal((13, 8)).astype(np.float32),
+                  kernel=rng.standard_normal((4, 4, 3, 6)).astype(np.float32))
+    inputs["fb"] += inputs["fa"]  # related features, so CKA is not near zero
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    results = {}
+    for backend in BACKENDS:
+        proc = subprocess.run([sys.executable, str(ANALYSIS_WORKER), str(tmp_path / "inputs.npz"),
+                               str(tmp_path / f"{backend}.npz")], capture_output=True, text=True,
+                              env={**os.environ, "KERAS_BACKEND": backend})
+        assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-3000:]}"
+        results[backend] = dict(np.load(tmp_path / f"{backend}.npz"))
+    for a, b in itertools.combinations(BACKENDS, 2):
+        for key in results[a]:
+            if key != "backend":
+                np.testing.assert_allclose(results[a][key], results[b][key], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{key}: {a} vs {b}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
+from .._backend import compiled
 from ._checks import as_tensor
 
 
@@ -68,10 +69,15 @@ def _cka_from_grams(k, l, debiased):
     return ops.sum(k * l) / ops.sqrt(ops.sum(k * k) * ops.sum(l * l))
 
 
+@compiled(static_argnames=("debiased",))
+def _linear_cka(x, y, debiased):
+    return _cka_from_grams(ops.matmul(x, ops.transpose(x)), ops.matmul(y, ops.transpose(y)), debiased)
+
+
 def linear_cka(x, y, debiased: bool = False):
     """Linear CKA of features x (n, ...) and y (n, ...): a scalar in [0, 1] (biased)."""
     x, y = _pair(x, y, debiased)
-    return _cka_from_grams(ops.matmul(x, ops.transpose(x)), ops.matmul(y, ops.transpose(y)), debiased)
+    return _linear_cka(x, y, debiased=bool(debiased))
 
 
 def _rbf_gram(x, sigma):
@@ -83,12 +89,17 @@ def _rbf_gram(x, sigma):
     return ops.exp(-sq / (2.0 * sigma**2 * med))
 
 
+@compiled(static_argnames=("sigma", "debiased"))
+def _rbf_cka(x, y, sigma, debiased):
+    return _cka_from_grams(_rbf_gram(x, sigma), _rbf_gram(y, sigma), debiased)
+
+
 def rbf_cka(x, y, sigma: float = 0.5, debiased: bool = False):
     """RBF-kernel CKA; sigma is a fraction of the median pairwise distance."""
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     x, y = _pair(x, y, debiased)
-    return _cka_from_grams(_rbf_gram(x, sigma), _rbf_gram(y, sigma), debiased)
+    return _rbf_cka(x, y, sigma=float(sigma), debiased=bool(debiased))
 
 
 class MinibatchCKA:
@@ -108,33 +119,34 @@ class MinibatchCKA:
         self.batches = 0
 
     @staticmethod
-    def _grams(features, name):
+    def _check(features, name):
         if not isinstance(features, (list, tuple)) or not features:
             raise ValueError(f"{name} must be a non-empty list of (n, ...) feature arrays, one per layer")
-        xs = [_features(f, f"{name}[{i}]") for i, f in enumerate(features)]
+        xs = [as_tensor(f, f"{name}[{i}]") for i, f in enumerate(features)]
+        for i, x in enumerate(xs):
+            if len(x.shape) < 2:
+                raise ValueError(f"{name}[{i}] must be (examples, features...), got shape {tuple(x.shape)}")
         n = {x.shape[0] for x in xs}
         if len(n) != 1:
             raise ValueError(f"{name}: layers hold different numbers of examples {sorted(n)}")
-        return ops.stack([ops.matmul(x, ops.transpose(x)) for x in xs])  # (layers, n, n)
+        return xs, n.pop()
 
     def update(self, features_a, features_b=None) -> None:
         """features_b defaults to features_a (the layer-by-layer matrix of one model)."""
-        ka = self._grams(features_a, "features_a")
-        kb = ka if features_b is None else self._grams(features_b, "features_b")
-        n = ka.shape[-1]
-        if kb.shape[-1] != n:
-            raise ValueError(f"features_a and features_b hold different numbers of examples: "
-                             f"{n} != {kb.shape[-1]}")
+        xa, n = self._check(features_a, "features_a")
+        if features_b is not None:
+            xb, nb = self._check(features_b, "features_b")
+            if nb != n:
+                raise ValueError(f"features_a and features_b hold different numbers of examples: "
+                                 f"{n} != {nb}")
         if n < 4:
             raise ValueError(f"minibatch CKA needs at least 4 examples per batch (unbiased HSIC), got {n}")
-        shape = (ka.shape[0], kb.shape[0])
+        shape = (len(xa), len(xa) if features_b is None else len(xb))
         if self._xy is not None and self._xy.shape != shape:
             raise ValueError(f"this batch has {shape[0]} x {shape[1]} layers, earlier ones had "
                              f"{self._xy.shape[0]} x {self._xy.shape[1]}")
-        xy = _unbiased_hsic_matrix(ka, kb)  # (A, B)
-        xx = ops.diagonal(_unbiased_hsic_matrix(ka, ka)) if features_b is not None else ops.diagonal(xy)
-        yy = ops.diagonal(_unbiased_hsic_matrix(kb, kb)) if features_b is not None else xx
-        xy, xx, yy = (ops.convert_to_numpy(v).astype(np.float64) for v in (xy, xx, yy))
+        terms = _minibatch_terms(xa) if features_b is None else _minibatch_terms(xa, xb)
+        xy, xx, yy = (ops.convert_to_numpy(v).astype(np.float64) for v in terms)
         if self._xy is None:
             self._xy, self._xx, self._yy = xy, xx, yy
         else:
@@ -147,3 +159,27 @@ class MinibatchCKA:
         if not self.batches:
             raise ValueError("no batches were added: call update() first")
         return self._xy / np.sqrt(np.outer(self._xx, self._yy))
+
+
+def _gram_stack(xs):
+    """Centred features -> Gram matrices (layers, n, n); one batched matmul when widths agree."""
+    xs = [ops.reshape(ops.cast(x, "float32"), (x.shape[0], -1)) for x in xs]
+    xs = [x - ops.mean(x, axis=0, keepdims=True) for x in xs]
+    if len({x.shape for x in xs}) == 1:
+        stacked = ops.stack(xs)  # (layers, n, p)
+        return ops.matmul(stacked, ops.transpose(stacked, (0, 2, 1)))
+    return ops.stack([ops.matmul(x, ops.transpose(x)) for x in xs])
+
+
+@compiled
+def _minibatch_terms(xa, xb=None):
+    """One batch's unbiased HSIC: all pairs (A, B), and each layer with itself (A,), (B,)."""
+    ua = _u_center(_gram_stack(xa))
+    n = ua.shape[-1]
+    ua = ops.reshape(ua, (ua.shape[0], n * n)) / np.sqrt(n * (n - 3))
+    self_a = ops.sum(ua * ua, axis=-1)
+    if xb is None:
+        return ops.matmul(ua, ops.transpose(ua)), self_a, self_a
+    ub = _u_center(_gram_stack(xb))
+    ub = ops.reshape(ub, (ub.shape[0], n * n)) / np.sqrt(n * (n - 3))
+    return ops.matmul(ua, ops.transpose(ub)), self_a, ops.sum(ub * ub, axis=-1)

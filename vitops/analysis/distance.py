@@ -13,6 +13,7 @@ import functools
 import numpy as np
 from keras import ops
 
+from .._backend import compiled
 from ._checks import as_grid, as_tensor, attention_list, check_rank, patch_grid
 
 
@@ -32,21 +33,46 @@ def distance_matrix(grid, patch_size):
     return ops.convert_to_tensor(_distance_matrix_np(as_grid(grid), float(patch_size)), "float32")
 
 
+@functools.lru_cache(maxsize=32)
+def _padded_distance_np(grid: tuple[int, int], patch_size: float, prefix: int) -> np.ndarray:
+    """(T, T) distances with zero rows and columns for the prefix tokens."""
+    n = grid[0] * grid[1]
+    d = np.zeros((prefix + n, prefix + n), np.float32)
+    d[prefix:, prefix:] = _distance_matrix_np(grid, patch_size)
+    return d
+
+
+@compiled(static_argnames=("num_prefix_tokens", "renormalize", "num_patches"))
+def _mean_distance(attention, dist, num_prefix_tokens, renormalize, num_patches):
+    b, h, t, _ = attention.shape
+    dist = ops.cast(dist, attention.dtype)
+    if not renormalize:
+        # sum over (q, k) of a * d with d zero on prefix rows and columns: one pass over the
+        # attention as a matrix-vector product, no sliced copy of it.
+        flat = ops.reshape(attention, (-1, t * t))  # (B * H, T * T)
+        total = ops.matmul(flat, ops.reshape(dist, (t * t,)))  # (B * H,)
+        return ops.reshape(total, (-1, h)) / num_patches
+    a = attention[:, :, num_prefix_tokens:, num_prefix_tokens:]  # (B, H, N, N)
+    d = dist[num_prefix_tokens:, num_prefix_tokens:]
+    per_query = ops.sum(a * d, axis=-1) / ops.sum(a, axis=-1)  # (B, H, N)
+    return ops.mean(per_query, axis=-1)
+
+
 def mean_attention_distance(attention, patch_size, num_prefix_tokens: int = 1,
                             renormalize: bool = False, grid=None):
     """Mean attention distance per image and head, in pixels: (B, H, T, T) -> (B, H).
 
-    grid: (rows, cols) of the patch grid; inferred as square when omitted.
+    grid: (rows, cols) of the patch grid; inferred as square when omitted. renormalize makes
+    each query's attention over the patches sum to 1 after the prefix tokens are removed.
     """
     attention = as_tensor(attention, "attention")
     check_rank(attention, 4, "attention", "(B, heads, tokens, tokens)")
     gh, gw = patch_grid(attention.shape[-1], num_prefix_tokens, grid)
-    a = attention[:, :, num_prefix_tokens:, num_prefix_tokens:]  # (B, H, N, N)
-    if renormalize:
-        a = a / ops.sum(a, axis=-1, keepdims=True)
-    dist = ops.cast(distance_matrix((gh, gw), patch_size), a.dtype)  # (N, N)
-    # sum_k a[q, k] * dist[q, k], averaged over q: one contraction, no (B, H, N, N) temporary.
-    return ops.einsum("bhqk,qk->bh", a, dist) / (gh * gw)
+    if patch_size <= 0:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    dist = _padded_distance_np((gh, gw), float(patch_size), num_prefix_tokens)
+    return _mean_distance(attention, dist, num_prefix_tokens=num_prefix_tokens,
+                          renormalize=bool(renormalize), num_patches=gh * gw)
 
 
 class AttentionDistance:

@@ -8,8 +8,10 @@ from the first block to the last: A_L ... A_2 A_1.
 
 from __future__ import annotations
 
+import numpy as np
 from keras import ops
 
+from .._backend import compiled
 from ._checks import attention_list, patch_grid
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -39,10 +41,8 @@ def _fused(attention, head_fusion: str, discard_ratio: float):
     return a / ops.sum(a, axis=-1, keepdims=True)
 
 
-def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0):
-    """Joint attention from each output token to each input token: list of (B, H, T, T) -> (B, T, T)."""
-    _check(head_fusion, discard_ratio)
-    attentions = attention_list(attentions)
+@compiled(static_argnames=("head_fusion", "discard_ratio"))
+def _rollout(attentions, head_fusion, discard_ratio):
     joint = None
     for a in attentions:
         f = _fused(a, head_fusion, discard_ratio)
@@ -50,19 +50,58 @@ def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: floa
     return joint
 
 
+def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0):
+    """Joint attention from each output token to each input token: list of (B, H, T, T) -> (B, T, T)."""
+    _check(head_fusion, discard_ratio)
+    return _rollout(attention_list(attentions), head_fusion=head_fusion,
+                    discard_ratio=float(discard_ratio))
+
+
+def _mean_rows_step(row, a):
+    """row (B, T) @ (mean_h A + I) / 2, valid when every attention row sums to 1.
+
+    One batched vector-matrix product per head, (B, H, 1, T) @ (B, H, T, T): each attention
+    entry is read once and the fused (B, T, T) matrix is never formed.
+    """
+    b, h, t, _ = a.shape
+    mixed = ops.matmul(ops.broadcast_to(row[:, None, None, :], (b, h, 1, t)), a)  # (B, H, 1, T)
+    return (ops.mean(mixed[:, :, 0], axis=1) + row) / 2
+
+
+@compiled(static_argnames=("head_fusion", "discard_ratio", "rows_normalized"))
+def _cls_row(attentions, head_fusion, discard_ratio, rows_normalized):
+    row = None  # (B, T): e_0^T A_L ... A_l, from the last block down
+    for a in reversed(attentions):
+        if head_fusion == "mean" and discard_ratio == 0 and rows_normalized:
+            if row is None:
+                t = a.shape[-1]
+                row = ops.one_hot(ops.zeros((a.shape[0],), "int32"), t, dtype=a.dtype)
+            row = _mean_rows_step(row, a)
+        else:
+            f = _fused(a, head_fusion, discard_ratio)  # (B, T, T)
+            row = f[:, 0] if row is None else ops.matmul(row[:, None], f)[:, 0]
+    return row
+
+
+def _rows_sum_to_one(attentions, tol: float = 1e-3) -> bool:
+    """Are these probability maps? Checked on the CLS query rows only (a T-th of the data)."""
+    sums = ops.convert_to_numpy(ops.stack([ops.sum(a[:, :, 0], axis=-1) for a in attentions]))
+    return bool(np.all(np.abs(sums - 1.0) <= tol))
+
+
 def cls_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0,
                 num_prefix_tokens: int = 1, grid=None):
     """The CLS row of the rollout as a map over patches: list of (B, H, T, T) -> (B, rows, cols).
 
-    e_0^T A_L ... A_1 evaluated right to left from the CLS vector: vector-matrix products only,
-    O(L T^2) rather than the O(L T^3) of the full rollout. grid: inferred as square if omitted.
+    e_0^T A_L ... A_1 evaluated from the CLS vector down: vector-matrix products only, O(L T^2)
+    rather than the O(L T^3) of the full rollout. For softmax probabilities with mean fusion
+    and no discarding, each block's factor is exactly (mean_h A + I) / 2, and the map costs one
+    read of each attention tensor. grid: inferred as square if omitted.
     """
     _check(head_fusion, discard_ratio)
     attentions = attention_list(attentions)
-    b, _, t, _ = attentions[0].shape
-    gh, gw = patch_grid(t, num_prefix_tokens, grid)
-    row = None  # (B, 1, T)
-    for a in reversed(attentions):
-        f = _fused(a, head_fusion, discard_ratio)
-        row = f[:, :1] if row is None else ops.matmul(row, f)
-    return ops.reshape(row[:, 0, num_prefix_tokens:], (-1, gh, gw))
+    gh, gw = patch_grid(attentions[0].shape[-1], num_prefix_tokens, grid)
+    normalized = head_fusion == "mean" and discard_ratio == 0 and _rows_sum_to_one(attentions)
+    row = _cls_row(attentions, head_fusion=head_fusion, discard_ratio=float(discard_ratio),
+                   rows_normalized=normalized)
+    return ops.reshape(row[:, num_prefix_tokens:], (-1, gh, gw))
