@@ -97,9 +97,9 @@ class WeightFile:
         if not os.path.isfile(self.path):
             raise WeightFileError(f"no such weight file: {self.path}")
         try:
-            self._file = safe_open(self.path, framework="numpy")
-            self.metadata = dict(self._file.metadata() or {})
-            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
+            with safe_open(self.path, framework="numpy") as f:
+                self.metadata = dict(f.metadata() or {})
+                self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightFileError(f"{self.path} is not a readable safetensors file "
                                   f"(truncated or corrupt?): {e}") from None
@@ -117,8 +117,13 @@ class WeightFile:
                                   + "; ".join(problems))
 
     def __getitem__(self, key: str) -> np.ndarray:
+        # A handle of its own per tensor: the pages it maps leave the resident set when it
+        # closes, so loading never holds the mapped file and the variables at the same time.
+        if key not in self.shapes:
+            raise KeyError(key)
         try:
-            return self._file.get_tensor(key)
+            with safe_open(self.path, framework="numpy") as f:
+                return f.get_tensor(key)
         except SafetensorError as e:
             raise WeightFileError(f"{self.path}: cannot read tensor {key}: {e}") from None
 
@@ -126,7 +131,7 @@ class WeightFile:
         return iter(self.shapes)
 
     def close(self) -> None:
-        self._file = None
+        pass
 
     def __enter__(self):
         return self

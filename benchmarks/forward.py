@@ -1,0 +1,178 @@
+"""Forward-pass throughput of vitops on the active backend, beside timm in the same run.
+
+Prints JSON: images/s for each way of running the model (the Keras user's
+`predict_on_batch`, the backend's own compilation: jax.jit, tf.function with XLA, torch eager and
+torch.compile), with and without returning every block's attention; achieved GFLOP/s and its
+share of the device's matmul peak, measured here with a large matmul; and, when PyTorch and timm
+are installed, timm's model of the same variant on the same input (float32, and bfloat16 under
+torch.autocast). Timings are interleaved round by round (vitops, timm, vitops, ...) and
+reported as medians, so the ratios are taken side by side.
+
+    KERAS_BACKEND=torch python benchmarks/forward.py --variant vit_base_patch16_224 --batch 8
+    KERAS_BACKEND=torch python benchmarks/forward.py --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+try:  # import torch before TensorFlow when both are installed
+    import torch
+    import timm
+except ImportError:
+    torch = timm = None
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import vitops  # noqa: E402
+from vitops import _backend  # noqa: E402
+
+
+def vit_flops(config, image_size) -> float:
+    """Multiply-adds x 2 of one image's forward pass (matmuls and attention products)."""
+    h, w = image_size
+    p, d, m = config.patch_size, config.dim, config.mlp_dim
+    n = config.num_prefix_tokens + (h // p) * (w // p)
+    per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * m
+    embed = 2 * (h // p) * (w // p) * p * p * 3 * d
+    head = 2 * d * config.num_classes * (2 if config.distilled else 1)
+    return float(config.depth * per_block + embed + head)
+
+
+def sync(x):
+    return _backend.synchronize(x)
+
+
+def matmul_peak_gflops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    """The backend's large square matmul rate on this device: the practical peak."""
+    a = keras.ops.ones((size, size), dtype=dtype)
+    b = keras.ops.ones((size, size), dtype=dtype)
+    mm = _backend.compiled(lambda a, b: keras.ops.matmul(a, b))
+    sync(mm(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(mm(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def make_checkpoint(variant: str, path: str):
+    """Random weights for the variant: from timm when installed, else vitops' own initialiser."""
+    config = vitops.get_config(variant)
+    if timm is not None:
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        name = variant if not variant.startswith("dino_") else {
+            "dino_vits16": "vit_small_patch16_224", "dino_vits8": "vit_small_patch8_224",
+            "dino_vitb16": "vit_base_patch16_224", "dino_vitb8": "vit_base_patch8_224"}[variant]
+        ref = timm.create_model(name, pretrained=False, num_classes=config.num_classes).eval()
+        src = path + ".timm.safetensors"
+        save_file(ref.state_dict(), src)
+        vitops.convert(src, path, arch=variant)
+        os.remove(src)
+        return ref
+    model = vitops.VisionTransformer(config)
+    vitops.save(path, model.get_params(), config)
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", default="vit_base_patch16_224")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--modes", default="predict,compiled,attention",
+                        help="comma list of: predict, compiled, attention, torch_compile")
+    parser.add_argument("--no-timm", action="store_true", help="skip the timm reference")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    backend = keras.config.backend()
+
+    if args.dtype == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="vitops-bench-")
+    path = os.path.join(tmp, f"{args.variant}.safetensors")
+    ref = make_checkpoint(args.variant, path)
+    if args.no_timm:
+        ref = None
+    model = vitops.load(path)
+    config = model.config
+    size = config.image_size
+    x = np.random.default_rng(0).standard_normal((args.batch, *size, 3)).astype(np.float32)
+
+    runners = {}
+    if "predict" in modes:
+        runners["vitops_predict_on_batch"] = lambda: sync(model.predict_on_batch(x))
+    # Read the weights at each call: Keras' JAX predict step may donate the old buffers.
+    weights = lambda: [v.value for v in model.trainable_variables]  # noqa: E731
+    if "compiled" in modes:
+        plain = _backend.compiled(lambda v, x: model.stateless_call(v, [], x)[0])
+        runners["vitops_compiled"] = lambda: sync(plain(weights(), x))
+    if "attention" in modes:
+        # The same compiled call, asking for every block's attention probabilities.
+        with_attn = _backend.compiled(
+            lambda v, x: model.stateless_call(v, [], x, return_attention=True)[0])
+        runners["vitops_compiled_attention"] = lambda: sync(with_attn(weights(), x))
+    if "torch_compile" in modes and backend == "torch":
+        compiled_model = torch.compile(model)
+        runners["vitops_torch_compile"] = lambda: sync(compiled_model(x))
+    if ref is not None:
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+        def timm_run():
+            with torch.inference_mode():
+                if args.dtype == "bfloat16":
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return ref(xt)
+                return ref(xt)
+
+        runners["timm"] = timm_run
+
+    for run in runners.values():  # warm-up: compilation, allocator, caches
+        run()
+        run()
+    times = {k: [] for k in runners}
+    for _ in range(args.rounds):
+        for k, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - start)
+
+    flops = vit_flops(config, size) * args.batch
+    peak = matmul_peak_gflops(args.dtype)
+    results = {}
+    for k, ts in times.items():
+        t = float(np.median(ts))
+        results[k] = {"images_per_s": args.batch / t, "seconds_per_batch": t,
+                      "gflops_per_s": flops / t / 1e9, "share_of_matmul_peak": flops / t / 1e9 / peak}
+    if "timm" in results:
+        for k in results:
+            results[k]["ratio_to_timm"] = results[k]["images_per_s"] / results["timm"]["images_per_s"]
+    if "vitops_compiled" in results and "vitops_compiled_attention" in results:
+        results["attention_cost"] = 1 - (results["vitops_compiled_attention"]["images_per_s"]
+                                         / results["vitops_compiled"]["images_per_s"])
+    print(json.dumps({
+        "benchmark": "forward", "backend": backend, "variant": args.variant, "batch": args.batch,
+        "dtype": args.dtype, "image_size": list(size), "gflop_per_image": vit_flops(config, size) / 1e9,
+        "matmul_peak_gflops": peak, "rounds": args.rounds,
+        "versions": {"keras": keras.__version__, "torch": getattr(torch, "__version__", None),
+                     "timm": getattr(timm, "__version__", None), "python": sys.version.split()[0]},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "results": results,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
