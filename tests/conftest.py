@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # must match across backends and against timm.
 import torch  # noqa: E402
 import timm  # noqa: E402,F401  (pulls in torch._dynamo and triton, which crash if loaded after TF)
+import transformers  # noqa: E402,F401  (the same, for its torch extensions)
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False

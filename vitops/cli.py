@@ -10,7 +10,7 @@ def _convert(args) -> int:
     from .convert import ConversionError, convert
 
     try:
-        config = convert(args.src, args.dst, arch=args.arch, format=args.format)
+        config = convert(args.src, args.dst, arch=args.arch, format=args.format, which=args.which)
     except (ConversionError, KeyError, ValueError) as e:
         print(f"vitops convert: error: {e}", file=sys.stderr)
         return 2
@@ -39,11 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert a checkpoint into a vitops .safetensors file")
-    p.add_argument("src", help="checkpoint: timm state dict as .safetensors or .pth")
+    p.add_argument("src", help="checkpoint: timm .safetensors/.pth, DeiT or DINO release .pth, "
+                   "Hugging Face directory (or its weight file), Google .npz")
     p.add_argument("dst", help="output vitops .safetensors file (written atomically)")
     p.add_argument("--arch", help="architecture name, e.g. vit_small_patch16_224 or "
                    "deit_small_distilled_patch16_224 (default: inferred from shapes)")
-    p.add_argument("--format", help="source format (default: detected from the keys)")
+    p.add_argument("--format", choices=("timm", "deit", "dino", "hf", "npz"),
+                   help="source format (default: detected from the file and its keys)")
+    p.add_argument("--which", default="teacher", choices=("teacher", "student"),
+                   help="for DINO training checkpoints: which network to convert")
     p.set_defaults(func=_convert)
     p = sub.add_parser("models", help="list the named architectures")
     p.set_defaults(func=_models)

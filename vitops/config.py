@@ -33,6 +33,7 @@ class ViTConfig:
     mlp_dim: int = 3072
     num_classes: int = 1000  # 0: headless, the model returns features
     distilled: bool = False  # DeiT: a distillation token and a second head
+    representation_size: int = 0  # Google's ImageNet-21k releases: dense + tanh before the head
     layer_norm_eps: float = 1e-6  # timm / DeiT / DINO / Google ViT; HF configs say 1e-12
     family: str = "vit"  # "vit" (Google), "deit", "dino": decides preprocessing
     pos_interp: str = "timm"  # how pos_embed is resampled for other image sizes
@@ -55,6 +56,10 @@ class ViTConfig:
         for field in ("patch_size", "dim", "depth", "mlp_dim"):
             if getattr(self, field) <= 0:
                 problems.append(f"{field} must be positive, got {getattr(self, field)}")
+        if self.representation_size < 0:
+            problems.append(f"representation_size must be >= 0, got {self.representation_size}")
+        if self.representation_size and self.distilled:
+            problems.append("a distilled model has no pre-logits layer")
         if self.num_classes < 0:
             problems.append(f"num_classes must be >= 0, got {self.num_classes}")
         if self.family not in FAMILIES:

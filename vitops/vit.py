@@ -37,8 +37,11 @@ def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
         })
     shapes["norm.scale"] = (d,)
     shapes["norm.bias"] = (d,)
+    if config.representation_size:
+        shapes["pre_logits.kernel"] = (d, config.representation_size)
+        shapes["pre_logits.bias"] = (config.representation_size,)
     if config.num_classes:
-        shapes["head.kernel"] = (d, config.num_classes)
+        shapes["head.kernel"] = (config.representation_size or d, config.num_classes)
         shapes["head.bias"] = (config.num_classes,)
         if config.distilled:
             shapes["head_dist.kernel"] = (d, config.num_classes)
@@ -102,7 +105,8 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
     """Run the model on preprocessed NHWC images (B, H, W, 3); H, W multiples of the patch.
 
     Returns a dict:
-      "features": (B, D) the final-normed CLS token (DeiT distilled: mean of CLS and dist);
+      "features": (B, D) the final-normed CLS token (DeiT distilled: mean of CLS and dist;
+        models with a pre-logits layer: its tanh output, (B, representation_size));
       "logits": (B, classes), only when the model has a head;
       "attention": list of (B, heads, T, T) softmax probabilities, one per block, on request;
       "hidden": list of depth + 1 arrays (B, T, D): the embeddings and each block's output,
@@ -125,9 +129,12 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
             out["logits"] = (dense(cls, params["head.kernel"], params["head.bias"])
                              + dense(dist, params["head_dist.kernel"], params["head_dist.bias"])) / 2
     else:
-        out["features"] = x[:, 0]
+        features = x[:, 0]
+        if config.representation_size:  # Google i21k: pre_logits = tanh(dense(cls))
+            features = ops.tanh(dense(features, params["pre_logits.kernel"], params["pre_logits.bias"]))
+        out["features"] = features
         if config.num_classes:
-            out["logits"] = dense(x[:, 0], params["head.kernel"], params["head.bias"])
+            out["logits"] = dense(features, params["head.kernel"], params["head.bias"])
     if return_attention:
         out["attention"] = attentions
     if return_hidden:

@@ -48,9 +48,11 @@ def _require(sd, key, what):
     return np.shape(sd[key])
 
 
-def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None) -> ViTConfig:
+def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None,
+                 prefer: str | None = None) -> ViTConfig:
     """Architecture from the tensors' shapes; `arch` (a timm or vitops name) adds what shapes
-    cannot tell (head count, family) and is checked against them."""
+    cannot tell (head count, family) and is checked against them. `prefer` names the family to
+    assume where shapes are ambiguous (a DeiT or DINO release file says which it is)."""
     d = _require(sd, "cls_token", "the class token")[-1]
     patch = _require(sd, "patch_embed.proj.weight", "the patch embedding")[-1]
     tokens = _require(sd, "pos_embed", "the position embedding")[-2]
@@ -85,16 +87,20 @@ def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None) -> ViTCo
     blank = dict(name="", family="vit", num_classes=0)
     named = [v for v in VARIANTS.values() if v.replace(**blank) == cfg.replace(**blank)]
     order = ("deit",) if distilled else (("dino", "vit", "deit") if num_classes == 0 else ("vit", "deit"))
+    if prefer:
+        order = (prefer, *order)
     named.sort(key=lambda v: order.index(v.family) if v.family in order else len(order))
     if not named:
-        return cfg
-    return cfg.replace(name=named[0].name, family=named[0].family)
+        return cfg.replace(family=prefer or cfg.family)
+    return cfg.replace(name=named[0].name, family=prefer or named[0].family)
 
 
-def timm_to_vitops(sd: Mapping[str, np.ndarray], arch: str | None = None):
+def timm_to_vitops(sd: Mapping[str, np.ndarray], arch: str | None = None,
+                   config: ViTConfig | None = None, prefer: str | None = None):
     """Convert a timm-named state dict. Returns (params, config); every source tensor must be
-    used, so an unsupported variant (layer scale, registers, fc_norm...) is an error."""
-    config = infer_config(sd, arch)
+    used, so an unsupported variant (layer scale, registers, fc_norm...) is an error.
+    config, when given (e.g. from a Hugging Face config.json), replaces shape inference."""
+    config = config or infer_config(sd, arch, prefer)
     params, unknown = {}, []
     for key, value in sd.items():
         m = _BLOCK_KEY.match(key)
