@@ -22,8 +22,10 @@ __version__ = "0.1.0"
 
 
 def load(path, **overrides) -> VisionTransformer:
-    """Load a vitops weight file as a Keras model.
+    """Load a vitops weight file, or a registry model by name, as a Keras model.
 
+    A registry name (``vitops.load("dino_vitb16")``, see `vitops models`) is downloaded,
+    verified and converted once into the cache (VITOPS_HOME); later loads are offline.
     overrides replace config fields that do not change the weights, e.g.
     ``pos_interp="dino"`` to resample position embeddings as DINO does.
     """
@@ -31,6 +33,11 @@ def load(path, **overrides) -> VisionTransformer:
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise TypeError(f"load() cannot override {bad}; allowed: {sorted(allowed)}")
+    if not os.path.exists(path) and isinstance(path, str) and os.sep not in path:
+        from . import hub
+
+        if path in hub.registry():
+            path = hub.fetch(path)
     with WeightFile(path) as f:
         config = f.config.replace(**overrides) if overrides else f.config
         return VisionTransformer(config, params=f)

@@ -25,8 +25,19 @@ def _convert(args) -> int:
 
 
 def _models(args) -> int:
+    from . import hub
     from .config import VARIANTS
 
+    print("Registry models (vitops.load(NAME) downloads, verifies and converts once; cache: "
+          f"{hub.home()}):")
+    for name, e in hub.registry().items():
+        pub = e["published"]
+        score = (f"top-1 {pub['imagenet_top1']}" if pub.get("imagenet_top1") else
+                 f"k-NN {pub['imagenet_knn']} / linear {pub['imagenet_linear']}" if "imagenet_knn" in pub
+                 else "top-1 n/a")
+        cached = "cached" if hub.cached_path(name).exists() else ""
+        print(f"  {name:34s} {e['arch']:34s} {score:26s} {cached}")
+    print("\nArchitectures (for --arch):")
     print(f"{'name':34s} {'family':6s} {'size':>7s} {'patch':>5s} {'dim':>5s} {'depth':>5s} "
           f"{'heads':>5s} {'classes':>7s}")
     for name, c in VARIANTS.items():
