@@ -6,7 +6,7 @@ holding all three backends and timm, installed as the README says), because the 
 needs all three side by side, and because PyTorch with torchvision is several GB: one copy,
 not one per session.
 
-    nox                        # tests-jax, tests-torch, tests-tensorflow, parity
+    nox                        # tests-jax, tests-torch, tests-tensorflow, parity, browser
     nox -s tests-torch -- -k posemb
     nox -s bench-jax
 """
@@ -17,7 +17,7 @@ import sys
 import nox
 
 BACKENDS = ("jax", "torch", "tensorflow")
-nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["parity"]
+nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["parity", "browser"]
 nox.options.default_venv_backend = "none"
 
 _MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
@@ -70,3 +70,22 @@ def parity(session):
     _require(session, *_MODULES.values(), "timm", "pytest", "vitops")
     session.run(sys.executable, "-m", "pytest", "-m", "parity", "-q", *session.posargs,
                 env=_env("jax"), external=True)
+
+
+@nox.session(name="browser", venv_backend="none")
+def browser(session):
+    """Render the analysis report in headless Chromium and check that every figure loaded.
+
+    Installs Debian's chromium when it is missing and this runs as root (as on CI)."""
+    import os
+    import shutil
+
+    _require(session, "pytest", "vitops")
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            session.error("Chromium is not installed; install it (Debian: apt-get install chromium)")
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    session.run(sys.executable, "-m", "pytest", "-q", "tests/test_report.py", "-k", "browser",
+                *session.posargs, env={**_env("jax"), "VITOPS_REQUIRE_BROWSER": "1"}, external=True)

@@ -125,7 +125,10 @@ def test_output_structure(tmp_path):
     assert [tuple(a.shape) for a in out["attention"]] == [(2, 2, t, t)] * 3
     assert [tuple(h.shape) for h in out["hidden"]] == [(2, t, 128)] * 4
     assert to_np(model(images)).shape == (2, 5)
-    assert set(model(images, return_hidden=True)) == {"logits", "features", "hidden"}
+    assert set(model(images, return_hidden=True)) == {"logits", "logits_cls", "logits_dist", "features", "hidden"}
+    heads = model(images, return_dict=True)
+    np.testing.assert_allclose(to_np(heads["logits"]), (to_np(heads["logits_cls"]) + to_np(heads["logits_dist"])) / 2,
+                               rtol=1e-6, atol=1e-6)
     # attention rows are probability distributions
     np.testing.assert_allclose(to_np(out["attention"][0]).sum(-1), 1.0, atol=1e-5)
 

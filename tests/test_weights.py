@@ -97,6 +97,16 @@ def test_missing_file(tmp_path):
         vitops.load(tmp_path / "nope.safetensors")
 
 
+def test_saved_file_has_the_usual_permissions(tmp_path, converted):
+    params, config = vitops.load_params(converted[1])
+    umask = os.umask(0o022)
+    try:
+        vitops.save(tmp_path / "m.safetensors", params, config)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_save_refuses_params_that_do_not_fit(tmp_path, converted):
     params, config = vitops.load_params(converted[1])
     params.pop("cls_token")

@@ -25,7 +25,8 @@ def load(path, **overrides) -> VisionTransformer:
     """Load a vitops weight file, or a registry model by name, as a Keras model.
 
     A registry name (``vitops.load("dino_vitb16")``, see `vitops models`) is downloaded,
-    verified and converted once into the cache (VITOPS_HOME); later loads are offline.
+    verified and converted once into the cache (VITOPS_HOME); later loads are offline. The
+    models vitops ships ("digits_vit", "digits_deit") load by name too.
     overrides replace config fields that do not change the weights, e.g.
     ``pos_interp="dino"`` to resample position embeddings as DINO does.
     """
@@ -33,14 +34,19 @@ def load(path, **overrides) -> VisionTransformer:
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise TypeError(f"load() cannot override {bad}; allowed: {sorted(allowed)}")
-    if not os.path.exists(path) and isinstance(path, str) and os.sep not in path:
+    if isinstance(path, str) and not os.path.exists(path) and os.sep not in path:
         from . import hub
 
-        if path in hub.registry():
+        shipped = hub.shipped_path(path)
+        if shipped is not None:
+            path = shipped
+        elif path in hub.registry():
             path = hub.fetch(path)
     with WeightFile(path) as f:
         config = f.config.replace(**overrides) if overrides else f.config
-        return VisionTransformer(config, params=f)
+        model = VisionTransformer(config, params=f)
+        model.metadata = dict(f.metadata)  # provenance, labels, preprocessing hints
+        return model
 
 
 __all__ = [

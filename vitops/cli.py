@@ -46,6 +46,32 @@ def _models(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from . import hub
+    from .report import analyze
+    from .weights import WeightFileError
+
+    images = args.images
+    if not images:
+        images = [str(p) for p in hub.shipped_samples()]
+        if not images:
+            print("vitops analyze: error: no images given and no sample images shipped", file=sys.stderr)
+            return 2
+        print(f"no images given: analysing the {len(images)} sample digits shipped with vitops")
+    try:
+        summary = analyze(args.model, images, args.out, batch_size=args.batch_size,
+                          threshold=args.threshold, head_fusion=args.head_fusion,
+                          discard_ratio=args.discard_ratio, family=args.family)
+    except (WeightFileError, hub.HubError, ValueError, KeyError) as e:
+        print(f"vitops analyze: error: {e}", file=sys.stderr)
+        return 2
+    for s in summary["skipped"]:
+        print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
+    print(f"analysed {len(summary['images'])} image(s) in {summary['seconds']:.1f} s; wrote "
+          f"{args.out}/report.html, metrics.json and {len(summary['figures'])} figures")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,7 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", default="teacher", choices=("teacher", "student"),
                    help="for DINO training checkpoints: which network to convert")
     p.set_defaults(func=_convert)
-    p = sub.add_parser("models", help="list the named architectures")
+    p = sub.add_parser("analyze", help="analyse a model on images: figures, metrics.json, report.html")
+    p.add_argument("images", nargs="*", help="image files or folders (default: the shipped sample digits)")
+    p.add_argument("--model", default="digits_vit",
+                   help="vitops file, registry name or shipped model (default: digits_vit, shipped)")
+    p.add_argument("--out", default="vitops-report", help="output folder (default: vitops-report)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="DINO heat-map masks keeping this share of attention mass, e.g. 0.6")
+    p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"))
+    p.add_argument("--discard-ratio", type=float, default=0.0)
+    p.add_argument("--family", choices=("vit", "deit", "dino"), default=None,
+                   help="override the preprocessing the model file names")
+    p.set_defaults(func=_analyze)
+    p = sub.add_parser("models", help="list the registry models and the named architectures")
     p.set_defaults(func=_models)
     return parser
 

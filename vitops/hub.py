@@ -52,6 +52,23 @@ def registry(path=None) -> dict[str, dict]:
     return {m["name"]: m for m in data["models"]}
 
 
+SHIPPED = ("digits_vit", "digits_deit")
+
+
+def shipped_path(name: str):
+    """The file of a model shipped inside vitops (trained by weights/train_digits.py), or None."""
+    if name not in SHIPPED:
+        return None
+    path = resources.files("vitops._weights").joinpath(f"{name}.safetensors")
+    return Path(str(path)) if path.is_file() else None
+
+
+def shipped_samples() -> list[Path]:
+    """The sample images shipped with vitops (held-out digits), for `vitops analyze`."""
+    folder = resources.files("vitops._weights").joinpath("samples")
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".png")) if folder.is_dir() else []
+
+
 def _json_write(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True)))
 

@@ -33,6 +33,8 @@ class VisionTransformer(keras.Model):
     model(images) -> logits (B, classes), or features (B, D) when headless.
     model(images, return_attention=True, return_hidden=True) -> dict with "logits" and/or
     "features", "attention" (list of (B, heads, T, T)) and "hidden" (list of (B, T, D)).
+    model(images, return_dict=True) -> the dict without intermediates (DeiT distilled: also
+    "logits_cls" and "logits_dist").
     images: NHWC float, preprocessed, height and width multiples of the patch size.
     """
 
@@ -60,11 +62,12 @@ class VisionTransformer(keras.Model):
         """The weights as {vitops key: numpy array}, e.g. for `forward` or `vitops.save`."""
         return {k: keras.ops.convert_to_numpy(v) for k, v in zip(self._keys, self._vars)}
 
-    def call(self, images, return_attention: bool = False, return_hidden: bool = False):
+    def call(self, images, return_attention: bool = False, return_hidden: bool = False,
+             return_dict: bool = False):
         params = {k: v.value for k, v in zip(self._keys, self._vars)}
         out = forward(params, self.config, images, return_attention=return_attention,
                       return_hidden=return_hidden)
-        if return_attention or return_hidden:
+        if return_attention or return_hidden or return_dict:
             return out
         return out["logits"] if "logits" in out else out["features"]
 

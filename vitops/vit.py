@@ -108,6 +108,8 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
       "features": (B, D) the final-normed CLS token (DeiT distilled: mean of CLS and dist;
         models with a pre-logits layer: its tanh output, (B, representation_size));
       "logits": (B, classes), only when the model has a head;
+      "logits_cls", "logits_dist": (B, classes) each, DeiT distilled with a head: the two heads
+        whose mean is "logits";
       "attention": list of (B, heads, T, T) softmax probabilities, one per block, on request;
       "hidden": list of depth + 1 arrays (B, T, D): the embeddings and each block's output,
         on request.
@@ -126,8 +128,11 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
         cls, dist = x[:, 0], x[:, 1]
         out["features"] = (cls + dist) / 2
         if config.num_classes:
-            out["logits"] = (dense(cls, params["head.kernel"], params["head.bias"])
-                             + dense(dist, params["head_dist.kernel"], params["head_dist.bias"])) / 2
+            # Both heads are kept apart for distillation training (DeiT, Sec. 4); inference
+            # averages them.
+            out["logits_cls"] = dense(cls, params["head.kernel"], params["head.bias"])
+            out["logits_dist"] = dense(dist, params["head_dist.kernel"], params["head_dist.bias"])
+            out["logits"] = (out["logits_cls"] + out["logits_dist"]) / 2
     else:
         features = x[:, 0]
         if config.representation_size:  # Google i21k: pre_logits = tanh(dense(cls))
