@@ -131,6 +131,13 @@ def test_output_structure(tmp_path):
                                rtol=1e-6, atol=1e-6)
     # attention rows are probability distributions
     np.testing.assert_allclose(to_np(out["attention"][0]).sum(-1), 1.0, atol=1e-5)
+    # without hidden states the last block computes only the prefix tokens' outputs, but its
+    # attention map is still whole, and every output is the same
+    lean = model(images, return_attention=True)
+    for a, b in zip(lean["attention"], out["attention"]):
+        np.testing.assert_allclose(to_np(a), to_np(b), rtol=1e-5, atol=1e-7)
+    for key in ("logits", "features"):
+        np.testing.assert_allclose(to_np(lean[key]), to_np(out[key]), rtol=1e-5, atol=1e-6)
 
 
 def test_predict_matches_call(tmp_path):

@@ -26,24 +26,33 @@ def mlp(x, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias):
 
 
 def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
-              return_probs: bool = False):
+              return_probs: bool = False, num_queries: int | None = None):
     """Multi-head self-attention over (B, N, D).
 
-    Returns (out (B, N, D), probs (B, H, N, N) or None). Without return_probs the backend's
-    fused kernel runs; with it, the explicit softmax path that timm uses when not fused:
-    q is scaled by Dh**-0.5 before q @ k^T.
+    Returns (out (B, Q, D), probs (B, H, N, N) or None), Q = num_queries or N: with
+    num_queries, only the first Q tokens' outputs are computed (the last block, when only the
+    prefix tokens are read). Without return_probs the backend's fused kernel runs; with it,
+    the explicit softmax path that timm uses when not fused: q is scaled by Dh**-0.5 before
+    q @ k^T, and the full probability matrix is returned.
     """
     n, d = x.shape[-2], x.shape[-1]
     head_dim = d // num_heads
-    qkv = dense(x, qkv_kernel, qkv_bias)  # (B, N, 3D), columns [q | k | v], each head-major
-    qkv = ops.reshape(qkv, (-1, n, 3, num_heads, head_dim))
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, Dh) each
+    nq = n if num_queries is None else num_queries
+    scale = head_dim**-0.5
+    if nq == n or return_probs:
+        qkv = dense(x, qkv_kernel, qkv_bias)  # (B, N, 3D), columns [q | k | v], each head-major
+        qkv = ops.reshape(qkv, (-1, n, 3, num_heads, head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, Dh) each
+    else:  # queries for the first nq tokens only; keys and values for all
+        q = ops.reshape(dense(x[:, :nq], qkv_kernel[:, :d], qkv_bias[:d]), (-1, nq, num_heads, head_dim))
+        kv = ops.reshape(dense(x, qkv_kernel[:, d:], qkv_bias[d:]), (-1, n, 2, num_heads, head_dim))
+        k, v = kv[:, :, 0], kv[:, :, 1]
     if not return_probs:
-        out = ops.dot_product_attention(q, k, v, scale=head_dim**-0.5)  # (B, N, H, Dh)
-        return dense(ops.reshape(out, (-1, n, d)), proj_kernel, proj_bias), None
-    q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(head_dim**-0.5, q.dtype)  # (B, H, N, Dh)
+        out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, Dh)
+        return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
+    q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, N, Dh)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, Dh, N)
     v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, N, Dh)
     probs = ops.softmax(ops.matmul(q, k), axis=-1)  # (B, H, N, N)
-    out = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))  # (B, N, H, Dh)
-    return dense(ops.reshape(out, (-1, n, d)), proj_kernel, proj_bias), probs
+    out = ops.transpose(ops.matmul(probs[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
+    return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs
