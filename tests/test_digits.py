@@ -53,3 +53,15 @@ def test_linear_probe_trains_only_the_head(heldout):
         np.testing.assert_array_equal(before[k], after[k])
     accuracy = probe.evaluate(x_test, y_test, verbose=0)[1]
     assert accuracy >= 0.9
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "bfloat16"])
+def test_bfloat16_keeps_the_top1_class(heldout, policy):
+    _, _, x, _ = heldout
+    for name in ("digits_vit", "digits_deit"):
+        full = np.argmax(keras.ops.convert_to_numpy(vitops.load(name).predict(x, batch_size=128, verbose=0)), -1)
+        half_model = vitops.load(name, dtype=policy)
+        assert half_model.compute_dtype == "bfloat16"
+        half = keras.ops.convert_to_numpy(half_model.predict(x, batch_size=128, verbose=0))
+        agreement = float(np.mean(np.argmax(half.astype(np.float32), -1) == full))
+        assert agreement >= 0.99, f"{name} under {policy}: top-1 agrees on {agreement:.4f}"

@@ -21,14 +21,16 @@ from .weights import WeightFile, WeightFileError, load_params, save
 __version__ = "0.1.0"
 
 
-def load(path, **overrides) -> VisionTransformer:
+def load(path, dtype=None, **overrides) -> VisionTransformer:
     """Load a vitops weight file, or a registry model by name, as a Keras model.
 
     A registry name (``vitops.load("dino_vitb16")``, see `vitops models`) is downloaded,
     verified and converted once into the cache (VITOPS_HOME); later loads are offline. The
     models vitops ships ("digits_vit", "digits_deit") load by name too.
     overrides replace config fields that do not change the weights, e.g.
-    ``pos_interp="dino"`` to resample position embeddings as DINO does.
+    ``pos_interp="dino"`` to resample position embeddings as DINO does. dtype is a Keras
+    dtype policy for the model, e.g. "mixed_bfloat16" (float32 weights, bfloat16 compute) or
+    "bfloat16"; default: Keras' global policy.
     """
     allowed = {"pos_interp", "family", "name"}
     bad = sorted(set(overrides) - allowed)
@@ -44,7 +46,7 @@ def load(path, **overrides) -> VisionTransformer:
             path = hub.fetch(path)
     with WeightFile(path) as f:
         config = f.config.replace(**overrides) if overrides else f.config
-        model = VisionTransformer(config, params=f)
+        model = VisionTransformer(config, params=f, dtype=dtype)
         model.metadata = dict(f.metadata)  # provenance, labels, preprocessing hints
         return model
 

@@ -47,7 +47,7 @@ class VisionTransformer(keras.Model):
         for key, shape in param_shapes(config).items():
             if params is not None:
                 # Read lazily: with a WeightFile, one tensor is in host memory at a time.
-                init = (lambda shape, dtype=None, k=key: np.asarray(params[k], dtype=dtype or "float32"))
+                init = (lambda shape, dtype=None, k=key: np.asarray(params[k], dtype="float32"))
             else:
                 init = default_initializer(key)
             self._vars.append(self.add_weight(shape=shape, initializer=init, name=key.replace(".", "_")))
