@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import analysis, plot
+from . import _backend, analysis, plot
 from .preprocess import DEFAULT_CROP_PCT, denormalize, preprocess
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -161,7 +161,7 @@ def analyze(model, images, out_dir, *, batch_size: int = 8, threshold: float | N
         "model": {"name": config.name, "family": family, "image_size": list(config.image_size),
                   "patch_size": p, "depth": config.depth, "heads": config.num_heads, "dim": config.dim,
                   "num_classes": config.num_classes, "source_sha256": meta.get("source_sha256")},
-        "backend": keras.config.backend(),
+        "backend": _backend.name(),
         "images": names, "skipped": skipped,
         "settings": {"head_fusion": head_fusion, "discard_ratio": discard_ratio, "threshold": threshold,
                      "crop_pct": crop_pct},
