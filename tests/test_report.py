@@ -134,6 +134,17 @@ def test_unreadable_model_fails_before_any_work(tmp_path):
     assert not out.exists()
 
 
+def test_same_file_name_twice_is_kept_apart(tmp_path):
+    samples = [str(p) for p in hub.shipped_samples()]
+    copy = tmp_path / "again"
+    copy.mkdir()
+    shutil.copy(samples[0], copy / os.path.basename(samples[0]))
+    summary = analyze("digits_vit", [samples[0], str(copy / os.path.basename(samples[0])), samples[1]],
+                      tmp_path / "out", progress=False)
+    assert len(set(summary["images"])) == 3
+    assert len(summary["attention_rollout"]) == len(summary["cls_trajectory"]) == len(summary["predictions"]) == 3
+
+
 def test_no_readable_image_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="none of the images"):
         analyze("digits_vit", [str(tmp_path / "missing.png")], tmp_path / "out", progress=False)

@@ -91,6 +91,8 @@ def analyze(model, images, out_dir, *, batch_size: int = 8, threshold: float | N
     bar = keras.utils.Progbar(len(items), unit_name="image", verbose=1 if progress else 0)
     for i, item in enumerate(items):
         name = os.path.basename(os.fspath(item)) if isinstance(item, (str, os.PathLike)) else f"array_{i}"
+        if name in names or any(s["image"] == name for s in skipped):
+            name = f"{name} (#{i + 1})"  # metrics.json is keyed by image name: keep them distinct
         try:
             arrays.append(preprocess([item], size=config.image_size, family=family, crop_pct=crop_pct)[0])
             names.append(name)
