@@ -4,7 +4,6 @@ dropped connection, no server; the cache never keeps a broken file. And the ship
 import hashlib
 import io
 import json
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
