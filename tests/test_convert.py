@@ -34,6 +34,18 @@ def test_pth_and_safetensors_convert_identically(tmp_path):
     assert rel_err(y, timm_outputs(ref, images)["output"]) <= 1e-4
 
 
+def test_bfloat16_checkpoint(tmp_path):
+    # timm's hub holds some checkpoints in bfloat16, which numpy cannot represent
+    from safetensors.torch import save_file
+
+    ref = make_timm("vit_small_patch16_224", **TINY, num_classes=4)
+    save_file({k: v.bfloat16().contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "bf16.safetensors"))
+    vitops.convert(tmp_path / "bf16.safetensors", tmp_path / "m.safetensors")
+    params, _ = vitops.load_params(tmp_path / "m.safetensors")
+    expected = ref.state_dict()["blocks.0.attn.qkv.weight"].bfloat16().float().numpy().T
+    np.testing.assert_array_equal(params["blocks.0.attn.qkv.kernel"], expected)
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))

@@ -25,12 +25,9 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
         with safe_open(path, framework="numpy") as f:
             return {k: f.get_tensor(k).astype(np.float32, copy=False) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        msg = str(e)
-        if "bf16" in msg.lower() or "bfloat16" in msg.lower():  # numpy has no bfloat16
-            return read_safetensors_torch(path)
         raise ConversionError(f"{path} is not a readable safetensors file "
                               f"(truncated or corrupt?): {e}") from None
-    except TypeError:
+    except TypeError:  # "data type 'bfloat16' not understood": numpy has no bfloat16
         return read_safetensors_torch(path)
 
 
