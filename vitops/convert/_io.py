@@ -19,6 +19,8 @@ def _to_numpy(value):
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Every tensor as float32. bfloat16 files (some of timm's hub files) read too: Keras
+    depends on ml_dtypes, which gives numpy its bfloat16 type."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -27,16 +29,6 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     except (SafetensorError, OSError) as e:
         raise ConversionError(f"{path} is not a readable safetensors file "
                               f"(truncated or corrupt?): {e}") from None
-    except TypeError:  # "data type 'bfloat16' not understood": numpy has no bfloat16
-        return read_safetensors_torch(path)
-
-
-def read_safetensors_torch(path) -> dict[str, np.ndarray]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ConversionError(f"{path} holds bfloat16 tensors; reading them needs PyTorch") from e
-    return {k: _to_numpy(v) for k, v in load_file(path).items()}
 
 
 def read_torch_pickle(path) -> dict:
