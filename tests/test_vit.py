@@ -114,6 +114,25 @@ def test_fused_and_explicit_attention_paths_agree(tmp_path):
     assert rel_err(plain, explicit) <= 1e-5
 
 
+def test_attention_maps_with_and_without_autograd(tmp_path):
+    """On PyTorch the softmax is written over the logits when autograd is off (inference,
+    predict_on_batch), and kept out of place when it records: both give timm's maps, and
+    gradients still flow through the maps."""
+    ref_model = make_timm("vit_small_patch16_224", **TINY, patch_size=16, num_classes=4)
+    model = vitops.load(convert_timm(tmp_path, ref_model))
+    images = np.random.default_rng(7).standard_normal((2, 48, 64, 3)).astype(np.float32)
+    with torch.inference_mode():
+        assert_matches(model, ref_model, images)
+    with torch.no_grad():
+        assert_matches(model, ref_model, images)
+    if keras.config.backend() == "torch":
+        x = torch.tensor(images, requires_grad=True)
+        out = model(x, return_attention=True)
+        assert all(a.requires_grad for a in out["attention"])
+        (out["attention"][-1][:, :, 0] ** 2).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+
+
 def test_output_structure(tmp_path):
     ref_model = make_timm("deit_tiny_distilled_patch16_224", **TINY, patch_size=16, num_classes=5)
     model = vitops.load(convert_timm(tmp_path, ref_model))

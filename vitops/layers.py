@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from ._backend import softmax_of_temporary
+
 
 def layer_norm(x, scale, bias, eps: float):
     """LayerNorm over the last axis. eps is explicit: Keras' default differs from ViT's 1e-6."""
@@ -53,6 +55,6 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, N, Dh)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, Dh, N)
     v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, N, Dh)
-    probs = ops.softmax(ops.matmul(q, k), axis=-1)  # (B, H, N, N)
+    probs = softmax_of_temporary(ops.matmul(q, k), axis=-1)  # (B, H, N, N)
     out = ops.transpose(ops.matmul(probs[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs
