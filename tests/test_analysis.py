@@ -170,6 +170,19 @@ def test_cls_rollout_of_unnormalised_maps_uses_the_exact_definition(rng):
     np.testing.assert_allclose(np_(cls_rollout(atts)), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_cls_rollout_single_read_path_is_taken_for_probabilities_only(rng):
+    # the single-read kernel reports how far the CLS query rows are from summing to 1: ~0 for
+    # softmax maps (so cls_rollout uses it), clearly not for the scaled maps above
+    from vitops.analysis.rollout import _ROW_SUM_TOL, _cls_row_of_probabilities
+
+    atts = [random_attention(rng, b=2, h=3, t=10) for _ in range(3)]
+    row, err = _cls_row_of_probabilities(atts)
+    assert float(err) <= 1e-5
+    np.testing.assert_allclose(np_(row), ref_rollout(atts)[:, 0], rtol=1e-4, atol=1e-6)
+    atts[1] = atts[1] * 1.01
+    assert float(_cls_row_of_probabilities(atts)[1]) > _ROW_SUM_TOL
+
+
 def test_rollout_hand_cases():
     t = 5
     eye = [np.broadcast_to(np.eye(t, dtype=np.float32), (1, 2, t, t))] * 3

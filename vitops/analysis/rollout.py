@@ -8,13 +8,13 @@ from the first block to the last: A_L ... A_2 A_1.
 
 from __future__ import annotations
 
-import numpy as np
 from keras import ops
 
 from .._backend import compiled
 from ._checks import attention_list, patch_grid
 
 HEAD_FUSIONS = ("mean", "max", "min")
+_ROW_SUM_TOL = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; lower-precision maps take the exact path
 
 
 def _check(head_fusion, discard_ratio):
@@ -68,25 +68,31 @@ def _mean_rows_step(row, a):
     return (ops.mean(mixed[:, :, 0], axis=1) + row) / 2
 
 
-@compiled(static_argnames=("head_fusion", "discard_ratio", "rows_normalized"))
-def _cls_row(attentions, head_fusion, discard_ratio, rows_normalized):
+@compiled
+def _cls_row_of_probabilities(attentions):
+    """The CLS row for mean fusion without discarding, assuming softmax rows: one read of the
+    maps. Returns (row (B, T), worst |sum - 1| over the CLS query rows of every block and head),
+    so the caller can check the assumption from the same compiled call.
+    """
+    last = attentions[-1]
+    b, t = last.shape[0], last.shape[-1]
+    e0 = ops.one_hot(ops.zeros((b,), "int32"), t, dtype=last.dtype)
+    # e_0^T (mean_h A_L + I) / 2 needs only the CLS query row of the last block
+    row = (ops.mean(last[:, :, 0], axis=1) + e0) / 2  # (B, T)
+    for a in reversed(attentions[:-1]):
+        row = _mean_rows_step(row, a)
+    cls_sums = ops.stack([ops.sum(a[:, :, 0], axis=-1) for a in attentions])  # (L, B, H)
+    return row, ops.max(ops.abs(cls_sums - 1))
+
+
+@compiled(static_argnames=("head_fusion", "discard_ratio"))
+def _cls_row(attentions, head_fusion, discard_ratio):
+    """The CLS row by the definition: each block's fused, renormalised factor, (B, T)."""
     row = None  # (B, T): e_0^T A_L ... A_l, from the last block down
     for a in reversed(attentions):
-        if head_fusion == "mean" and discard_ratio == 0 and rows_normalized:
-            if row is None:
-                t = a.shape[-1]
-                row = ops.one_hot(ops.zeros((a.shape[0],), "int32"), t, dtype=a.dtype)
-            row = _mean_rows_step(row, a)
-        else:
-            f = _fused(a, head_fusion, discard_ratio)  # (B, T, T)
-            row = f[:, 0] if row is None else ops.matmul(row[:, None], f)[:, 0]
+        f = _fused(a, head_fusion, discard_ratio)  # (B, T, T)
+        row = f[:, 0] if row is None else ops.matmul(row[:, None], f)[:, 0]
     return row
-
-
-def _rows_sum_to_one(attentions, tol: float = 1e-3) -> bool:
-    """Are these probability maps? Checked on the CLS query rows only (a T-th of the data)."""
-    sums = ops.convert_to_numpy(ops.stack([ops.sum(a[:, :, 0], axis=-1) for a in attentions]))
-    return bool(np.all(np.abs(sums - 1.0) <= tol))
 
 
 def cls_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0,
@@ -101,7 +107,13 @@ def cls_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.
     _check(head_fusion, discard_ratio)
     attentions = attention_list(attentions)
     gh, gw = patch_grid(attentions[0].shape[-1], num_prefix_tokens, grid)
-    normalized = head_fusion == "mean" and discard_ratio == 0 and _rows_sum_to_one(attentions)
-    row = _cls_row(attentions, head_fusion=head_fusion, discard_ratio=float(discard_ratio),
-                   rows_normalized=normalized)
+    row = None
+    if head_fusion == "mean" and discard_ratio == 0:
+        row, err = _cls_row_of_probabilities(attentions)
+        # The fast path is exact for probability maps; anything else (checked on the CLS query
+        # rows, a T-th of the data) takes the definition.
+        if float(err) > _ROW_SUM_TOL:
+            row = None
+    if row is None:
+        row = _cls_row(attentions, head_fusion=head_fusion, discard_ratio=float(discard_ratio))
     return ops.reshape(row[:, num_prefix_tokens:], (-1, gh, gw))
