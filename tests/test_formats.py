@@ -200,6 +200,17 @@ def test_google_npz_with_pre_logits(tmp_path):
     assert rel_err(to_np(out["logits"]), pre_logits @ pre[2] + pre[3]) <= 1e-4
 
 
+def test_npz_arch_is_checked_including_image_size(tmp_path):
+    # a ViT-Ti/16 trained at 384 px: the shapes fit vit_tiny_patch16_384, not its 224 sibling
+    ref = make_timm("vit_tiny_patch16_384", num_classes=5)
+    write_google_npz(ref, tmp_path / "ti.npz")
+    with pytest.raises(ConversionError, match="does not match architecture 'vit_tiny_patch16_224'.*image_size"):
+        vitops.convert(tmp_path / "ti.npz", tmp_path / "o.safetensors", arch="vit_tiny_patch16_224")
+    assert not (tmp_path / "o.safetensors").exists()
+    config = vitops.convert(tmp_path / "ti.npz", tmp_path / "o.safetensors", arch="vit_tiny_patch16_384")
+    assert (config.name, config.image_size, config.num_classes) == ("vit_tiny_patch16_384", (384, 384), 5)
+
+
 def test_npz_errors(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ConversionError, match="cannot read"):

@@ -18,12 +18,12 @@ import os
 import numpy as np
 
 from .. import weights
-from ..config import ViTConfig, get_config
+from ..config import ViTConfig
 from ._io import ConversionError, flatten_tensors, read_checkpoint
 from .hf import find_files, hf_config, hf_to_timm, is_hf_state_dict
 from .npz import is_npz_dict, npz_to_vitops
 from .releases import is_wrapped, unwrap
-from .timm import is_timm_state_dict, timm_to_vitops
+from .timm import checked_arch, is_timm_state_dict, timm_to_vitops
 
 FORMATS = ("timm", "deit", "dino", "hf", "npz")
 
@@ -51,15 +51,12 @@ def _read_npz(path) -> dict:
 
 
 def _apply_arch(config: ViTConfig, arch: str | None) -> ViTConfig:
-    """Take family and name from a named architecture, after checking it fits."""
+    """Take family and name from a named architecture, after checking that the checkpoint's
+    own config (Hugging Face config.json, or the .npz shapes) fits it."""
     if not arch:
         return config
-    base = get_config(arch)
-    fields = ("dim", "depth", "num_heads", "patch_size", "mlp_dim", "distilled")
-    clash = [f"{f}: {arch} has {getattr(base, f)}, checkpoint has {getattr(config, f)}"
-             for f in fields if getattr(base, f) != getattr(config, f)]
-    if clash:
-        raise ConversionError(f"checkpoint does not match architecture {arch!r}: " + "; ".join(clash))
+    fields = ("dim", "depth", "num_heads", "patch_size", "mlp_dim", "image_size", "distilled")
+    base = checked_arch(arch, {f: getattr(config, f) for f in fields})
     return config.replace(family=base.family, name=base.name)
 
 

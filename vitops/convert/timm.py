@@ -48,6 +48,17 @@ def _require(sd, key, what):
     return np.shape(sd[key])
 
 
+def checked_arch(arch: str, facts: Mapping[str, object]) -> ViTConfig:
+    """The named architecture's config, after checking every fact read from a checkpoint
+    (config field -> value) against it; a mismatch names each differing field."""
+    base = get_config(arch)
+    clash = [f"{k}: {arch} has {getattr(base, k)}, checkpoint has {v}"
+             for k, v in facts.items() if getattr(base, k) != v]
+    if clash:
+        raise ConversionError(f"checkpoint does not match architecture {arch!r}: " + "; ".join(clash))
+    return base
+
+
 def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None,
                  prefer: str | None = None) -> ViTConfig:
     """Architecture from the tensors' shapes; `arch` (a timm or vitops name) adds what shapes
@@ -69,14 +80,8 @@ def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None,
                               "square grid")
     shape_facts = dict(dim=d, depth=depth, patch_size=patch, mlp_dim=mlp_dim,
                        image_size=(side * patch, side * patch))
-    if arch:
-        base = get_config(arch)
-        facts = dict(shape_facts, distilled=distilled)
-        clash = [f"{k}: {arch} has {getattr(base, k)}, checkpoint has {v}"
-                 for k, v in facts.items() if getattr(base, k) != v]
-        if clash:
-            raise ConversionError(f"checkpoint does not match architecture {arch!r}: " + "; ".join(clash))
-        return base.replace(num_classes=num_classes)
+    if arch:  # the head count comes from the name; everything the shapes say is checked
+        return checked_arch(arch, dict(shape_facts, distilled=distilled)).replace(num_classes=num_classes)
     if d % HEAD_DIM:
         raise ConversionError(f"cannot infer the head count of width {d} (not a multiple of "
                               f"{HEAD_DIM}); pass the architecture name with --arch")
