@@ -112,13 +112,14 @@ def main():
 
     import tempfile
 
-    tmp = tempfile.mkdtemp(prefix="vitops-bench-")
-    path = os.path.join(tmp, f"{args.variant}.safetensors")
-    ref = make_checkpoint(args.variant, path)
+    # The checkpoint (330 MB for ViT-B/16) is only needed until it is loaded.
+    with tempfile.TemporaryDirectory(prefix="vitops-bench-") as tmp:
+        path = os.path.join(tmp, f"{args.variant}.safetensors")
+        ref = make_checkpoint(args.variant, path)
+        # bfloat16: a Keras dtype policy (float32 weights, bfloat16 compute), as timm's autocast.
+        model = vitops.load(path, dtype="mixed_bfloat16" if args.dtype == "bfloat16" else None)
     if args.no_timm:
         ref = None
-    # bfloat16: a Keras dtype policy (float32 weights, bfloat16 compute), as timm's autocast.
-    model = vitops.load(path, dtype="mixed_bfloat16" if args.dtype == "bfloat16" else None)
     config = model.config
     size = config.image_size
     x = np.random.default_rng(0).standard_normal((args.batch, *size, 3)).astype(np.float32)
