@@ -108,16 +108,6 @@ def read_all(blocks):
     return sum(keras.ops.sum(a) for a in blocks)
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up (and compilation, where a backend compiles)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def median_times_interleaved(fns, repeats):
     """Median seconds of each function, timed round by round (so drift hits them alike)."""
     for fn in fns:
@@ -129,6 +119,10 @@ def median_times_interleaved(fns, repeats):
             fn()
             ts.append(time.perf_counter() - start)
     return [float(np.median(ts)) for ts in times]
+
+
+def median_time(fn, repeats):
+    return median_times_interleaved([fn], repeats)[0]
 
 
 def sync(x):
