@@ -23,14 +23,11 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
+from .errors import HubError
 from .weights import atomic_write, sha256_file
 
 REGISTRY_ENV = "VITOPS_REGISTRY"
 HOME_ENV = "VITOPS_HOME"
-
-
-class HubError(RuntimeError):
-    """A download, checksum or cache problem; the message says what and where."""
 
 
 def home() -> Path:

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from .errors import ImageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATION = {
@@ -20,10 +22,6 @@ NORMALIZATION = {
     "dino": (IMAGENET_MEAN, IMAGENET_STD),
 }
 DEFAULT_CROP_PCT = 0.875
-
-
-class ImageError(ValueError):
-    """An image that cannot be read or used; the message names it."""
 
 
 def _cv2():

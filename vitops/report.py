@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from . import _backend, analysis, plot
+from .loading import resolve_model
 from .preprocess import DEFAULT_CROP_PCT, denormalize, preprocess
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -38,15 +39,6 @@ def expand_images(items) -> list:
         else:
             out.append(item)
     return out
-
-
-def resolve_model(model):
-    """A loaded model, a file path, a shipped model name or a registry name -> Keras model."""
-    import vitops
-
-    if isinstance(model, vitops.VisionTransformer):
-        return model
-    return vitops.load(os.fspath(model))
 
 
 def _batches(n: int, size: int) -> list[slice]:

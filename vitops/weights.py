@@ -18,14 +18,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from .config import ViTConfig
+from .errors import WeightFileError
 from .vit import param_shapes
 
 FORMAT = "vitops"
 FORMAT_VERSION = "1"
-
-
-class WeightFileError(ValueError):
-    """A weight file that cannot be read, or whose tensors do not fit its config."""
 
 
 def shape_problems(found: Mapping[str, tuple], expected: Mapping[str, tuple]) -> list[str]:

@@ -6,9 +6,7 @@ import os
 
 import numpy as np
 
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names what is wrong."""
+from ..errors import ConversionError
 
 
 def _to_numpy(value):
