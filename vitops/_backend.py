@@ -15,15 +15,17 @@ def name() -> str:
     return keras.config.backend()
 
 
-def compiled(fn=None, *, static_argnames=()):
+def compiled(fn=None, *, static_argnames=(), inference: bool = False):
     """Compile a pure keras.ops function the backend's way: jax.jit, or tf.function with XLA.
 
-    PyTorch runs eagerly (its eager kernels are already fused enough for these small graphs,
-    and torch.compile's first-call cost would dominate interactive use). Arguments named in
-    static_argnames must be hashable Python values; a new value compiles a new version.
+    PyTorch runs eagerly (its eager kernels are already fused enough for these graphs, and
+    torch.compile's first-call cost would dominate interactive use); with inference=True under
+    `torch.inference_mode()`, so nothing is recorded for autograd and no activation is kept
+    alive for a backward pass that never comes. Arguments named in static_argnames must be
+    hashable Python values, passed by keyword; a new value compiles a new version.
     """
     if fn is None:
-        return functools.partial(compiled, static_argnames=static_argnames)
+        return functools.partial(compiled, static_argnames=static_argnames, inference=inference)
     cache = {}
 
     @functools.wraps(fn)
@@ -45,6 +47,11 @@ def compiled(fn=None, *, static_argnames=()):
                 f = cache[static] = tf.function(functools.partial(fn, **dict(static)),
                                                 jit_compile=True)
             return f(*args, **kwargs)
+        if inference and backend == "torch":
+            import torch
+
+            with torch.inference_mode():
+                return fn(*args, **kwargs)
         return fn(*args, **kwargs)
 
     return wrapper

@@ -28,7 +28,7 @@ def mlp(x, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias):
 
 
 def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
-              return_probs: bool = False, num_queries: int | None = None):
+              return_probs: bool = False, num_queries: int | None = None, probs_delta=None):
     """Multi-head self-attention over (B, N, D).
 
     Returns (out (B, Q, D), probs (B, H, N, N) or None), Q = num_queries or N: with
@@ -36,6 +36,12 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     prefix tokens are read). Without return_probs the backend's fused kernel runs; with it,
     the explicit softmax path that timm uses when not fused: q is scaled by Dh**-0.5 before
     q @ k^T, and the full probability matrix is returned.
+
+    probs_delta (broadcastable to (B, H, N, N)), when given, is added to the probabilities
+    before they weight the values (the returned probs are the softmax alone). At zero the
+    output is unchanged, and the gradient of any output with respect to probs_delta is its
+    gradient with respect to the attention probabilities: what gradient-weighted attention
+    methods need, without hooks.
     """
     n, d = x.shape[-2], x.shape[-1]
     head_dim = d // num_heads
@@ -49,6 +55,7 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
         q = ops.reshape(dense(x[:, :nq], qkv_kernel[:, :d], qkv_bias[:d]), (-1, nq, num_heads, head_dim))
         kv = ops.reshape(dense(x, qkv_kernel[:, d:], qkv_bias[d:]), (-1, n, 2, num_heads, head_dim))
         k, v = kv[:, :, 0], kv[:, :, 1]
+    return_probs = return_probs or probs_delta is not None
     if not return_probs:
         out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, Dh)
         return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
@@ -56,5 +63,6 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, Dh, N)
     v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, N, Dh)
     probs = softmax_of_temporary(ops.matmul(q, k), axis=-1)  # (B, H, N, N)
-    out = ops.transpose(ops.matmul(probs[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
+    weights = probs if probs_delta is None else probs + ops.cast(probs_delta, probs.dtype)
+    out = ops.transpose(ops.matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs

@@ -13,8 +13,24 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from . import _backend
 from .config import ViTConfig
 from .vit import forward, param_shapes
+
+
+def _inference(params, images, config, return_attention, return_hidden, reductions, compute_dtype):
+    # What Keras' autocast does for call(): float weights are read in the compute dtype.
+    params = {k: keras.ops.cast(v, compute_dtype) if keras.backend.standardize_dtype(v.dtype) != compute_dtype else v
+              for k, v in params.items()}
+    return forward(params, config, images, return_attention=return_attention,
+                   return_hidden=return_hidden, reductions=reductions)
+
+
+# One compiled version per (config, outputs asked for, reductions), and per input shape.
+_compiled_inference = _backend.compiled(
+    _inference,
+    static_argnames=("config", "return_attention", "return_hidden", "reductions", "compute_dtype"),
+    inference=True)
 
 
 def default_initializer(key: str):
@@ -62,14 +78,30 @@ class VisionTransformer(keras.Model):
         """The weights as {vitops key: numpy array}, e.g. for `forward` or `vitops.save`."""
         return {k: keras.ops.convert_to_numpy(v) for k, v in zip(self._keys, self._vars)}
 
+    def _params(self) -> dict:
+        return {k: v.value for k, v in zip(self._keys, self._vars)}
+
     def call(self, images, return_attention: bool = False, return_hidden: bool = False,
              return_dict: bool = False):
-        params = {k: v.value for k, v in zip(self._keys, self._vars)}
-        out = forward(params, self.config, images, return_attention=return_attention,
+        out = forward(self._params(), self.config, images, return_attention=return_attention,
                       return_hidden=return_hidden)
         if return_attention or return_hidden or return_dict:
             return out
         return out["logits"] if "logits" in out else out["features"]
+
+    def infer(self, images, *, reductions=None, return_attention: bool = False,
+              return_hidden: bool = False) -> dict:
+        """The forward pass compiled for inference: jax.jit or tf.function with XLA, compiled
+        once per set of outputs and `reductions` (and input shape); eager PyTorch under
+        `torch.inference_mode()`. Returns the dict of `vitops.forward`, with
+        out["reductions"] when reductions (a `vitops.reductions.Reductions`) is given.
+        images: (B, H, W, 3) preprocessed, numpy or a backend tensor.
+        """
+        images = keras.ops.convert_to_tensor(images, self.compute_dtype)
+        return _compiled_inference(self._params(), images, config=self.config,
+                                   return_attention=bool(return_attention),
+                                   return_hidden=bool(return_hidden), reductions=reductions,
+                                   compute_dtype=self.compute_dtype)
 
     def get_config(self):
         return {"vit_config": self.config.to_json(), "name": self.name}

@@ -87,16 +87,18 @@ def embed(params, config: ViTConfig, images):
 
 
 def block(params, config: ViTConfig, i: int, x, return_attention: bool = False,
-          num_queries: int | None = None):
+          num_queries: int | None = None, probs_delta=None):
     """One pre-norm transformer block: (B, T, D) -> (B, Q, D), probs (B, H, T, T) or None.
 
-    Q = T, or num_queries: then only the first Q tokens' outputs are computed.
+    Q = T, or num_queries: then only the first Q tokens' outputs are computed. probs_delta:
+    see `layers.attention`.
     """
     b = f"blocks.{i}."
     h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], config.layer_norm_eps)
     h, probs = attention(h, params[b + "attn.qkv.kernel"], params[b + "attn.qkv.bias"],
                          params[b + "attn.proj.kernel"], params[b + "attn.proj.bias"],
-                         config.num_heads, return_probs=return_attention, num_queries=num_queries)
+                         config.num_heads, return_probs=return_attention, num_queries=num_queries,
+                         probs_delta=probs_delta)
     if num_queries is not None:
         x = x[:, :num_queries]
     x = x + h
@@ -107,7 +109,7 @@ def block(params, config: ViTConfig, i: int, x, return_attention: bool = False,
 
 
 def forward(params, config: ViTConfig, images, *, return_attention: bool = False,
-            return_hidden: bool = False) -> dict:
+            return_hidden: bool = False, reductions=None, attention_delta=None) -> dict:
     """Run the model on preprocessed NHWC images (B, H, W, 3); H, W multiples of the patch.
 
     Returns a dict:
@@ -118,20 +120,36 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
         whose mean is "logits";
       "attention": list of (B, heads, T, T) softmax probabilities, one per block, on request;
       "hidden": list of depth + 1 arrays (B, T, D): the embeddings and each block's output,
-        on request.
+        on request;
+      "reductions": dict of small arrays, when `reductions` (a `vitops.reductions.Reductions`)
+        names analyses to compute block by block; only one block's maps exist at a time.
+    attention_delta: list of one array per block, broadcastable to (B, heads, T, T), added to
+      that block's attention probabilities (zeros change nothing; the gradient with respect to
+      them is the gradient with respect to the probabilities, see `layers.attention`).
     """
+    if attention_delta is not None and len(attention_delta) != config.depth:
+        raise ValueError(f"attention_delta needs one array per block ({config.depth}), "
+                         f"got {len(attention_delta)}")
+    grid = check_images(images, config)
     x = embed(params, config, images)
     attentions, hidden = [], [x] if return_hidden else None
+    need_probs = return_attention or (reductions is not None and reductions.needs_attention)
+    all_tokens = return_hidden or (reductions is not None and reductions.needs_all_tokens)
+    state = reductions.start(x, config, grid) if reductions is not None else None
     for i in range(config.depth):
+        last = i == config.depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
         # the hidden states are asked for, its other tokens' outputs are never computed (the
         # result is the same; about 1/16 of ViT-B's work is skipped).
-        last_only = config.num_prefix_tokens if i == config.depth - 1 and not return_hidden else None
-        x, probs = block(params, config, i, x, return_attention, num_queries=last_only)
+        last_only = config.num_prefix_tokens if last and not all_tokens else None
+        delta = None if attention_delta is None else attention_delta[i]
+        x, probs = block(params, config, i, x, need_probs, num_queries=last_only, probs_delta=delta)
         if return_attention:
             attentions.append(probs)
         if return_hidden:
             hidden.append(x)
+        if state is not None:
+            state = reductions.step(state, x, probs, last)
     x = layer_norm(x, params["norm.scale"], params["norm.bias"], config.layer_norm_eps)
     out = {}
     if config.distilled:
@@ -154,4 +172,6 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
         out["attention"] = attentions
     if return_hidden:
         out["hidden"] = hidden
+    if state is not None:
+        out["reductions"] = reductions.finish(state)
     return out

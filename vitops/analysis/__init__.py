@@ -5,6 +5,7 @@ Inputs are arrays of any backend (or numpy); outputs are backend tensors unless 
 sums in float64 numpy.
 """
 
+from .accumulate import Accumulator, Moments, load_states, save_states
 from .cka import MinibatchCKA, linear_cka, rbf_cka
 from .distance import AttentionDistance, distance_matrix, mean_attention_distance
 from .embeddings import cls_trajectory, position_similarity, projection_filters
@@ -16,4 +17,5 @@ __all__ = [
     "attention_rollout", "cls_rollout", "attention_heatmaps",
     "linear_cka", "rbf_cka", "MinibatchCKA",
     "position_similarity", "projection_filters", "cls_trajectory",
+    "Accumulator", "Moments", "save_states", "load_states",
 ]

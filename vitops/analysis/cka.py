@@ -12,7 +12,9 @@ import numpy as np
 from keras import ops
 
 from .._backend import compiled
+from ..errors import AnalysisError
 from ._checks import as_tensor
+from .accumulate import Accumulator
 
 
 def _features(x, name):
@@ -69,7 +71,7 @@ def _cka_from_grams(k, l, debiased):
     return ops.sum(k * l) / ops.sqrt(ops.sum(k * k) * ops.sum(l * l))
 
 
-@compiled(static_argnames=("debiased",))
+@compiled(static_argnames=("debiased",), inference=True)
 def _linear_cka(x, y, debiased):
     return _cka_from_grams(ops.matmul(x, ops.transpose(x)), ops.matmul(y, ops.transpose(y)), debiased)
 
@@ -89,7 +91,7 @@ def _rbf_gram(x, sigma):
     return ops.exp(-sq / (2.0 * sigma**2 * med))
 
 
-@compiled(static_argnames=("sigma", "debiased"))
+@compiled(static_argnames=("sigma", "debiased"), inference=True)
 def _rbf_cka(x, y, sigma, debiased):
     return _cka_from_grams(_rbf_gram(x, sigma), _rbf_gram(y, sigma), debiased)
 
@@ -102,7 +104,7 @@ def rbf_cka(x, y, sigma: float = 0.5, debiased: bool = False):
     return _rbf_cka(x, y, sigma=float(sigma), debiased=bool(debiased))
 
 
-class MinibatchCKA:
+class MinibatchCKA(Accumulator):
     """Linear CKA between every layer of one list and every layer of another, over batches.
 
     cka = MinibatchCKA()
@@ -111,12 +113,20 @@ class MinibatchCKA:
 
     Each batch adds its unbiased HSIC for every pair; the ratio HSIC(K, L) / sqrt(HSIC(K, K)
     HSIC(L, L)) is formed once at the end (Nguyen et al. 2021, Eq. 3). Batches need n >= 4 and
-    the same n in both lists; the sums are kept in float64 on the host.
+    the same n in both lists; the sums are kept in float64 on the host, so states merge exactly.
+    `update_grams` takes the per-layer Gram matrices instead of the features (what the forward
+    pass's reductions return), so features never leave the model.
     """
+
+    kind = "minibatch_cka"
 
     def __init__(self):
         self._xy = self._xx = self._yy = None
         self.batches = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.batches == 0
 
     @staticmethod
     def _check(features, name):
@@ -139,13 +149,32 @@ class MinibatchCKA:
             if nb != n:
                 raise ValueError(f"features_a and features_b hold different numbers of examples: "
                                  f"{n} != {nb}")
+        self._check_batch(n, (len(xa), len(xa) if features_b is None else len(xb)))
+        ga, gb = _gram_stacks(xa) if features_b is None else _gram_stacks(xa, xb)
+        self._add(_hsic_terms(ga) if gb is None else _hsic_terms(ga, gb))
+
+    def update_grams(self, grams_a, grams_b=None) -> None:
+        """grams_a (layers_a, n, n), grams_b (layers_b, n, n): each layer's Gram matrix of its
+        features centred over the batch (`Reductions(grams=True)`); grams_b defaults to grams_a."""
+        ga = as_tensor(grams_a, "grams_a")
+        gb = None if grams_b is None else as_tensor(grams_b, "grams_b")
+        for g, name in ((ga, "grams_a"), (gb, "grams_b")):
+            if g is not None and (len(g.shape) != 3 or g.shape[1] != g.shape[2]):
+                raise ValueError(f"{name} must be (layers, n, n), got shape {tuple(g.shape)}")
+        if gb is not None and gb.shape[1] != ga.shape[1]:
+            raise ValueError(f"grams_a and grams_b hold different numbers of examples: "
+                             f"{ga.shape[1]} != {gb.shape[1]}")
+        self._check_batch(ga.shape[1], (ga.shape[0], ga.shape[0] if gb is None else gb.shape[0]))
+        self._add(_hsic_terms(ga) if gb is None else _hsic_terms(ga, gb))
+
+    def _check_batch(self, n, shape):
         if n < 4:
             raise ValueError(f"minibatch CKA needs at least 4 examples per batch (unbiased HSIC), got {n}")
-        shape = (len(xa), len(xa) if features_b is None else len(xb))
         if self._xy is not None and self._xy.shape != shape:
             raise ValueError(f"this batch has {shape[0]} x {shape[1]} layers, earlier ones had "
                              f"{self._xy.shape[0]} x {self._xy.shape[1]}")
-        terms = _minibatch_terms(xa) if features_b is None else _minibatch_terms(xa, xb)
+
+    def _add(self, terms):
         xy, xx, yy = (ops.convert_to_numpy(v).astype(np.float64) for v in terms)
         if self._xy is None:
             self._xy, self._xx, self._yy = xy, xx, yy
@@ -160,26 +189,65 @@ class MinibatchCKA:
             raise ValueError("no batches were added: call update() first")
         return self._xy / np.sqrt(np.outer(self._xx, self._yy))
 
+    def state(self) -> dict:
+        if self.empty:
+            return {"batches": np.zeros((), np.int64)}
+        return {"xy": self._xy, "xx": self._xx, "yy": self._yy,
+                "batches": np.asarray(self.batches, np.int64)}
+
+    def set_state(self, arrays) -> None:
+        self.batches = int(arrays["batches"])
+        if self.batches:
+            self._xy, self._xx, self._yy = (np.asarray(arrays[k], np.float64) for k in ("xy", "xx", "yy"))
+
+    def _merge_state(self, other) -> None:
+        if other._xy.shape != self._xy.shape:
+            raise AnalysisError(f"cannot merge CKA over {other._xy.shape[0]} x {other._xy.shape[1]} "
+                                f"layers into one over {self._xy.shape[0]} x {self._xy.shape[1]}")
+        self._xy = self._xy + other._xy
+        self._xx = self._xx + other._xx
+        self._yy = self._yy + other._yy
+        self.batches += other.batches
+
+
+def centred_gram(x):
+    """(n, ...) features -> (n, n) Gram matrix of the features centred over the n examples, in
+    float32. Centring before the product avoids the cancellation of centring a Gram after."""
+    x = ops.reshape(ops.cast(x, "float32"), (x.shape[0], -1))  # (n, p)
+    x = x - ops.mean(x, axis=0, keepdims=True)
+    return ops.matmul(x, ops.transpose(x))
+
 
 def _gram_stack(xs):
-    """Centred features -> Gram matrices (layers, n, n); one batched matmul when widths agree."""
+    """Features per layer -> Gram matrices (layers, n, n); one batched matmul when widths agree."""
     xs = [ops.reshape(ops.cast(x, "float32"), (x.shape[0], -1)) for x in xs]
-    xs = [x - ops.mean(x, axis=0, keepdims=True) for x in xs]
     if len({x.shape for x in xs}) == 1:
         stacked = ops.stack(xs)  # (layers, n, p)
+        stacked = stacked - ops.mean(stacked, axis=1, keepdims=True)
         return ops.matmul(stacked, ops.transpose(stacked, (0, 2, 1)))
-    return ops.stack([ops.matmul(x, ops.transpose(x)) for x in xs])
+    return ops.stack([centred_gram(x) for x in xs])
 
 
-@compiled
-def _minibatch_terms(xa, xb=None):
-    """One batch's unbiased HSIC: all pairs (A, B), and each layer with itself (A,), (B,)."""
-    ua = _u_center(_gram_stack(xa))
-    n = ua.shape[-1]
-    ua = ops.reshape(ua, (ua.shape[0], n * n)) / np.sqrt(n * (n - 3))
+def _flat_u(grams):
+    """(layers, n, n) Grams -> (layers, n * n) U-centred, scaled so that a row's inner product
+    with another is their unbiased HSIC."""
+    u = _u_center(grams)
+    n = u.shape[-1]
+    return ops.reshape(u, (u.shape[0], n * n)) / np.sqrt(n * (n - 3))
+
+
+@compiled(inference=True)
+def _hsic_terms(ga, gb=None):
+    """One batch's unbiased HSIC from Gram stacks (A, n, n) and (B, n, n): all pairs (A, B),
+    and each layer with itself (A,), (B,)."""
+    ua = _flat_u(ga)
     self_a = ops.sum(ua * ua, axis=-1)
-    if xb is None:
+    if gb is None:
         return ops.matmul(ua, ops.transpose(ua)), self_a, self_a
-    ub = _u_center(_gram_stack(xb))
-    ub = ops.reshape(ub, (ub.shape[0], n * n)) / np.sqrt(n * (n - 3))
+    ub = _flat_u(gb)
     return ops.matmul(ua, ops.transpose(ub)), self_a, ops.sum(ub * ub, axis=-1)
+
+
+@compiled(inference=True)
+def _gram_stacks(xa, xb=None):
+    return _gram_stack(xa), None if xb is None else _gram_stack(xb)

@@ -14,6 +14,8 @@ import numpy as np
 from keras import ops
 
 from .._backend import compiled
+from ..errors import AnalysisError
+from .accumulate import Moments
 from ._checks import as_grid, as_tensor, attention_list, check_rank, patch_grid
 
 
@@ -42,8 +44,14 @@ def _padded_distance_np(grid: tuple[int, int], patch_size: float, prefix: int) -
     return d
 
 
-@compiled(static_argnames=("num_prefix_tokens", "renormalize", "num_patches"))
-def _mean_distance(attention, dist, num_prefix_tokens, renormalize, num_patches):
+def padded_distance(grid, patch_size: float, num_prefix_tokens: int) -> np.ndarray:
+    """(T, T) pixel distances between tokens, zero on the prefix tokens' rows and columns."""
+    return _padded_distance_np(as_grid(grid), float(patch_size), int(num_prefix_tokens))
+
+
+def mean_distance_of(attention, dist, num_prefix_tokens: int, renormalize: bool, num_patches: int):
+    """(B, H, T, T) probabilities and padded (T, T) distances -> (B, H): the kernel itself,
+    uncompiled, so the forward pass can apply it block by block (vitops.reductions)."""
     b, h, t, _ = attention.shape
     dist = ops.cast(dist, attention.dtype)
     if not renormalize:
@@ -56,6 +64,10 @@ def _mean_distance(attention, dist, num_prefix_tokens, renormalize, num_patches)
     d = dist[num_prefix_tokens:, num_prefix_tokens:]
     per_query = ops.sum(a * d, axis=-1) / ops.sum(a, axis=-1)  # (B, H, N)
     return ops.mean(per_query, axis=-1)
+
+
+_mean_distance = compiled(mean_distance_of,
+                          static_argnames=("num_prefix_tokens", "renormalize", "num_patches"), inference=True)
 
 
 def mean_attention_distance(attention, patch_size, num_prefix_tokens: int = 1,
@@ -75,7 +87,7 @@ def mean_attention_distance(attention, patch_size, num_prefix_tokens: int = 1,
                           renormalize=bool(renormalize), num_patches=gh * gw)
 
 
-class AttentionDistance:
+class AttentionDistance(Moments):
     """Streaming mean attention distance over an image set, per block and head.
 
     acc = AttentionDistance(patch_size=16)
@@ -83,32 +95,37 @@ class AttentionDistance:
     acc.result()  # {"mean": (blocks, heads), "std": (blocks, heads), "count": images}
 
     Only (blocks, heads) running sums are kept (float64, on the host), never attention maps.
+    `update_distances` takes per-image distances computed elsewhere (the forward pass's
+    reductions). Merges with another of the same settings (see `Accumulator`).
     """
 
-    def __init__(self, patch_size, num_prefix_tokens: int = 1, renormalize: bool = False, grid=None):
+    kind = "attention_distance"
+
+    def __init__(self, patch_size, num_prefix_tokens: int = 1, renormalize: bool = False, grid=None,
+                 shape=None):
+        super().__init__(shape)
         self.patch_size, self.num_prefix_tokens = patch_size, num_prefix_tokens
-        self.renormalize, self.grid = renormalize, grid
-        self.count = 0
-        self._sum = self._sumsq = None
+        self.renormalize, self.grid = renormalize, None if grid is None else as_grid(grid)
+
+    def settings(self) -> dict:
+        return {"patch_size": self.patch_size, "num_prefix_tokens": self.num_prefix_tokens,
+                "renormalize": bool(self.renormalize),
+                "grid": None if self.grid is None else list(self.grid)}
 
     def update(self, attentions) -> None:
         """attentions: list of per-block (B, H, T, T), e.g. out["attention"]."""
         attentions = attention_list(attentions)
         per_block = ops.stack([mean_attention_distance(a, self.patch_size, self.num_prefix_tokens,
                                                        self.renormalize, self.grid)
-                               for a in attentions])  # (L, B, H)
-        d = ops.convert_to_numpy(per_block).astype(np.float64)
-        if self._sum is not None and d.shape[::2] != self._sum.shape:
-            raise ValueError(f"this batch has {d.shape[0]} blocks x {d.shape[2]} heads, earlier "
-                             f"batches had {self._sum.shape[0]} x {self._sum.shape[1]}")
-        s, ss = d.sum(axis=1), (d * d).sum(axis=1)
-        self._sum = s if self._sum is None else self._sum + s
-        self._sumsq = ss if self._sumsq is None else self._sumsq + ss
-        self.count += d.shape[1]
+                               for a in attentions], axis=1)  # (B, L, H)
+        self.update_distances(ops.convert_to_numpy(per_block))
 
-    def result(self) -> dict:
-        if not self.count:
-            raise ValueError("no attention maps were added: call update() first")
-        mean = self._sum / self.count
-        var = np.maximum(self._sumsq / self.count - mean * mean, 0.0)
-        return {"mean": mean, "std": np.sqrt(var), "count": self.count}
+    def update_distances(self, distances) -> None:
+        """distances: (B, blocks, heads) per image, in pixels."""
+        d = np.asarray(distances, np.float64)
+        if d.ndim != 3:
+            raise AnalysisError(f"distances must be (images, blocks, heads), got shape {d.shape}")
+        if self.shape is not None and d.shape[1:] != self.shape:
+            raise AnalysisError(f"this batch has {d.shape[1]} blocks x {d.shape[2]} heads, earlier "
+                                f"batches had {self.shape[0]} x {self.shape[1]}")
+        self.update_values(d)

@@ -28,13 +28,20 @@ def attention_heatmaps(attention, grid=None, num_prefix_tokens: int = 1, thresho
     gh, gw = patch_grid(attention.shape[-1], num_prefix_tokens, grid)
     maps = attention[:, :, 0, num_prefix_tokens:]  # (B, H, N)
     if threshold is not None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        # DINO: sort ascending, cumulative share, keep where it exceeds 1 - threshold.
-        order = ops.argsort(maps, axis=-1)
-        ranked = ops.take_along_axis(maps, order, axis=-1)
-        share = ops.cumsum(ranked, axis=-1) / ops.sum(ranked, axis=-1, keepdims=True)
-        keep_sorted = share > (1.0 - threshold)
-        rank = ops.argsort(order, axis=-1)  # inverse permutation: each patch's place in the order
-        maps = ops.take_along_axis(keep_sorted, rank, axis=-1)
+        maps = mass_masks(maps, threshold)
     return ops.reshape(maps, (-1, maps.shape[1], gh, gw))
+
+
+def mass_masks(maps, threshold: float):
+    """(..., N) non-negative weights -> boolean masks (..., N) of the smallest set of entries that
+    holds a share `threshold` of each map's mass, largest weights first (DINO's --threshold)."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    maps = as_tensor(maps, "maps")
+    # DINO: sort ascending, cumulative share, keep where it exceeds 1 - threshold.
+    order = ops.argsort(maps, axis=-1)
+    ranked = ops.take_along_axis(maps, order, axis=-1)
+    share = ops.cumsum(ranked, axis=-1) / ops.sum(ranked, axis=-1, keepdims=True)
+    keep_sorted = share > (1.0 - threshold)
+    rank = ops.argsort(order, axis=-1)  # inverse permutation: each patch's place in the order
+    return ops.take_along_axis(keep_sorted, rank, axis=-1)

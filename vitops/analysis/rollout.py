@@ -41,7 +41,7 @@ def _fused(attention, head_fusion: str, discard_ratio: float):
     return a / ops.sum(a, axis=-1, keepdims=True)
 
 
-@compiled(static_argnames=("head_fusion", "discard_ratio"))
+@compiled(static_argnames=("head_fusion", "discard_ratio"), inference=True)
 def _rollout(attentions, head_fusion, discard_ratio):
     joint = None
     for a in attentions:
@@ -68,7 +68,7 @@ def _mean_rows_step(row, a):
     return (ops.mean(mixed[:, :, 0], axis=1) + row) / 2
 
 
-@compiled
+@compiled(inference=True)
 def _cls_row_of_probabilities(attentions):
     """The CLS row for mean fusion without discarding, assuming softmax rows: one read of the
     maps. Returns (row (B, T), worst |sum - 1| over the CLS query rows of every block and head),
@@ -85,7 +85,7 @@ def _cls_row_of_probabilities(attentions):
     return row, ops.max(ops.abs(cls_sums - 1))
 
 
-@compiled(static_argnames=("head_fusion", "discard_ratio"))
+@compiled(static_argnames=("head_fusion", "discard_ratio"), inference=True)
 def _cls_row(attentions, head_fusion, discard_ratio):
     """The CLS row by the definition: each block's fused, renormalised factor, (B, T)."""
     row = None  # (B, T): e_0^T A_L ... A_l, from the last block down

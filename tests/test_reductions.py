@@ -1,0 +1,128 @@
+"""Analyses inside the forward pass equal the kernels applied to materialised maps.
+
+Tolerances: float32, the same kernels in another order of operations: relative 1e-5 with an
+absolute floor of 1e-6 for probabilities, rollouts and CKA terms; distances (pixels) relative
+1e-5. The compiled inference path must also leave nothing for autograd on PyTorch.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import vitops
+from reference import TINY, make_timm, save_state_dict
+from vitops import analysis
+from vitops.reductions import Reductions
+
+np_ = keras.ops.convert_to_numpy
+BACKEND = keras.config.backend()
+
+
+@pytest.fixture(scope="module", params=["vit", "deit_distilled"])
+def model(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param)
+    name = {"vit": "vit_small_patch16_224", "deit_distilled": "deit_tiny_distilled_patch16_224"}[request.param]
+    ref = make_timm(name, seed=3, **TINY, patch_size=16, num_classes=6)
+    save_state_dict(ref, tmp / "timm.safetensors")
+    vitops.convert(tmp / "timm.safetensors", tmp / "m.safetensors")
+    return vitops.load(tmp / "m.safetensors")
+
+
+def materialised(model, x):
+    return model(x, return_attention=True, return_hidden=True)
+
+
+@pytest.mark.parametrize("fusion,ratio,renorm", [("mean", 0.0, False), ("max", 0.3, True), ("min", 0.0, False)])
+def test_in_forward_equals_materialised_kernels(model, fusion, ratio, renorm):
+    config = model.config
+    x = np.random.default_rng(0).standard_normal((5, 48, 80, 3)).astype(np.float32)  # 3x5 grid
+    grid, prefix = (3, 5), config.num_prefix_tokens
+    spec = Reductions(distance=True, renormalize=renorm, rollout="cls", head_fusion=fusion,
+                      discard_ratio=ratio, cls_attention=True, cls_tokens=True, grams=True)
+    got = model.infer(x, reductions=spec)
+    red = {k: np_(v) for k, v in got["reductions"].items()}
+    ref = materialised(model, x)
+    maps = ref["attention"]
+
+    np.testing.assert_allclose(np_(got["logits"]), np_(ref["logits"]), rtol=1e-5, atol=1e-6)
+    distance = np.stack([np_(analysis.mean_attention_distance(a, config.patch_size, prefix, renorm, grid))
+                         for a in maps], axis=1)
+    assert red["distance"].shape == (5, config.depth, config.num_heads)
+    np.testing.assert_allclose(red["distance"], distance, rtol=1e-5)
+    rollout = np_(analysis.cls_rollout(maps, fusion, ratio, num_prefix_tokens=prefix, grid=grid))
+    np.testing.assert_allclose(red["rollout"].reshape(5, *grid), rollout, rtol=1e-5, atol=1e-6)
+    heat = np_(analysis.attention_heatmaps(maps, grid=grid, num_prefix_tokens=prefix))
+    np.testing.assert_allclose(red["cls_attention"].reshape(heat.shape), heat, rtol=1e-5, atol=1e-6)
+    cls = np.stack([np_(h)[:, 0] for h in ref["hidden"]], axis=1)
+    np.testing.assert_allclose(red["cls_tokens"], cls, rtol=1e-5, atol=1e-5)
+    assert red["grams"].shape == (config.depth + 1, 5, 5)
+    from_grams, from_hidden = analysis.MinibatchCKA(), analysis.MinibatchCKA()
+    from_grams.update_grams(red["grams"])
+    from_hidden.update(ref["hidden"])
+    np.testing.assert_allclose(from_grams.result(), from_hidden.result(), rtol=1e-5, atol=1e-6)
+
+
+def test_full_rollout_and_partial_specs(model):
+    x = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    maps = materialised(model, x)["attention"]
+    full = np_(model.infer(x, reductions=Reductions(rollout="full"))["reductions"]["rollout"])
+    np.testing.assert_allclose(full, np_(analysis.attention_rollout(maps)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full.sum(-1), 1.0, atol=1e-5)
+    only = model.infer(x, reductions=Reductions(cls_tokens=True))["reductions"]
+    assert set(only) == {"cls_tokens"}
+    plain = np_(model.infer(x)["logits"])
+    np.testing.assert_allclose(plain, np_(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_single_block_model_rollout(tmp_path):
+    ref = make_timm("vit_small_patch16_224", seed=5, **{**TINY, "depth": 1}, patch_size=16, num_classes=3)
+    save_state_dict(ref, tmp_path / "t.safetensors")
+    vitops.convert(tmp_path / "t.safetensors", tmp_path / "m.safetensors")
+    model = vitops.load(tmp_path / "m.safetensors")
+    x = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    got = np_(model.infer(x, reductions=Reductions(rollout="cls"))["reductions"]["rollout"])
+    expected = np_(analysis.cls_rollout(materialised(model, x)["attention"]))
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_specs_are_named():
+    with pytest.raises(vitops.AnalysisError, match="head_fusion"):
+        Reductions(rollout="cls", head_fusion="median")
+    with pytest.raises(vitops.AnalysisError, match="rollout must be"):
+        Reductions(rollout="row")
+    with pytest.raises(vitops.AnalysisError, match="discard_ratio"):
+        Reductions(rollout="cls", discard_ratio=1.0)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="autograd recording is PyTorch's")
+def test_inference_records_no_autograd(model):
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((4, 64, 64, 3)).astype(np.float32)
+    out = model.infer(x, reductions=Reductions(distance=True, rollout="cls", grams=True))
+    tensors = [out["logits"], *out["reductions"].values()]
+    assert not any(t.requires_grad for t in tensors)
+    assert all(torch.is_inference(t) for t in tensors)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA's buffer plan is read through JAX")
+def test_only_one_blocks_maps_are_live():
+    """Every reduction at once needs at most one block's maps of scratch memory beyond what the
+    plain forward pass needs, not all blocks' maps: checked on XLA's own buffer assignment, for
+    a model whose maps dominate its memory (1,025 tokens, width 64)."""
+    import jax
+
+    config = vitops.ViTConfig(image_size=128, patch_size=4, dim=64, depth=6, num_heads=2, mlp_dim=64,
+                              num_classes=0)
+    params = vitops.VisionTransformer(config)._params()
+    b, t = 2, config.num_tokens
+    one_block = b * config.num_heads * t * t * 4  # bytes of one block's probabilities
+    x = jax.numpy.zeros((b, 128, 128, 3))
+
+    def scratch(**kw):
+        f = lambda p, x: vitops.forward(p, config, x, **kw)  # noqa: E731
+        return jax.jit(f).lower(params, x).compile().memory_analysis().temp_size_in_bytes
+
+    spec = Reductions(distance=True, rollout="cls", cls_attention=True, cls_tokens=True, grams=True)
+    extra = scratch(reductions=spec) - scratch()
+    assert extra <= one_block, (extra, one_block)  # materialising all maps costs depth x one_block
