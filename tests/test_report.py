@@ -1,11 +1,17 @@
-"""`vitops analyze`: the numbers in metrics.json against the kernels run directly, every
-figure's plotted data, bad inputs, and the report rendered in a real headless browser."""
+"""`vitops analyze` and `vitops report`: metrics.json against the kernels run directly on
+materialised maps, several models side by side with cross-model CKA, every figure's plotted data,
+bad inputs, and the report rendered in a real headless browser.
+
+Tolerances: the in-forward reductions against the materialised kernels, float32 on both sides:
+relative 1e-5 (absolute floor 1e-6 for probabilities and CKA).
+"""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -14,78 +20,127 @@ import pytest
 import vitops
 from vitops import analysis, hub, plot
 from vitops.preprocess import preprocess
-from vitops.report import analyze
+from vitops.report import analyze, strict_json
 
 np_ = keras.ops.convert_to_numpy
+MODELS = ["digits_vit", "digits_deit"]
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    samples = [str(p) for p in hub.shipped_samples()]
+def samples():
+    return [str(p) for p in hub.shipped_samples()]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, samples):
+    out = tmp_path_factory.mktemp("report") / "out"
     bad = out.parent / "not_an_image.png"
     bad.write_text("this is text")
     images = samples[:6] + [str(bad), str(out.parent / "missing.jpg")]
-    summary = analyze("digits_vit", images, out, batch_size=4, threshold=0.6, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. PyTorch's requires_grad warning: none may appear
+        summary = analyze(MODELS, images, out, batch_size=4, threshold=0.6, show=3, progress=False)
     return out, summary, samples[:6]
 
 
 def test_outputs_and_skipped_images(report):
     out, summary, samples = report
-    assert summary["images"] == [os.path.basename(s) for s in samples]
-    assert {s["image"] for s in summary["skipped"]} == {"not_an_image.png", "missing.jpg"}
+    assert summary["images"]["analysed"] == 6 and summary["images"]["total"] == 8
+    assert {s["image"] for s in summary["images"]["skipped"]} == {"not_an_image.png", "missing.jpg"}
     for name in ["report.html", "metrics.json"] + summary["figures"]:
         assert (out / name).stat().st_size > 0
     assert set(summary["figures"]) == {f"{k}.png" for k in (
-        "mean_attention_distance", "attention_rollout", "attention_heatmaps", "position_similarity",
-        "projection_filters", "cls_trajectory", "cka")}
-    assert json.loads((out / "metrics.json").read_text())["images"] == summary["images"]
+        "mean_attention_distance", "samples", "attention_heatmaps", "rollout_mean", "cls_trajectory", "cka",
+        "cka_cross", "position_similarity", "projection_filters")}
+    assert json.loads((out / "metrics.json").read_text())["models"].keys() == set(MODELS)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.")]  # no temporary left
 
 
-def test_metrics_are_the_kernels_numbers(report):
+def _materialised(model, images):
+    x = preprocess(images, size=32, family=model.config.family, crop_pct=1.0)
+    return model(x, return_attention=True, return_hidden=True)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_metrics_are_the_materialised_kernels_numbers(report, name):
     out, _, samples = report
-    metrics = json.loads((out / "metrics.json").read_text())
-    model = vitops.load("digits_vit")
-    x = preprocess(samples, size=32, family="vit", crop_pct=1.0)
-    res = model(x, return_attention=True, return_hidden=True)
-    # mean attention distance, averaged over images, per block and head (numpy float64 here)
+    metrics = json.loads((out / "metrics.json").read_text())["models"][name]
+    model = vitops.load(name)
+    prefix = model.config.num_prefix_tokens
+    res = _materialised(model, samples)
+    maps = res["attention"]
+    # mean attention distance over all 6 images, per block and head (numpy float64 here)
     d = np.arange(64)
     rows, cols = d // 8, d % 8
     dist = 4 * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
-    per_block = np.stack([(np_(a).astype(np.float64)[:, :, 1:, 1:] * dist).sum(-1).mean(-1).mean(0)
-                          for a in res["attention"]])
-    np.testing.assert_allclose(metrics["mean_attention_distance"]["mean"], per_block, rtol=1e-4)
-    rollout = np_(analysis.cls_rollout(res["attention"], grid=(8, 8)))
-    for name, r in zip(metrics["images"], rollout):
-        np.testing.assert_allclose(metrics["attention_rollout"][name], r, rtol=1e-4, atol=1e-7)
-    first = metrics["images"][0]
-    np.testing.assert_allclose(metrics["attention_heatmaps"][first],
-                               np_(res["attention"][-1])[0, :, 0, 1:].reshape(-1, 8, 8), rtol=1e-5, atol=1e-7)
-    pos = model.get_params()["pos_embed"][1:].astype(np.float64)
-    pos /= np.linalg.norm(pos, axis=-1, keepdims=True)
-    np.testing.assert_allclose(metrics["position_similarity"], pos @ pos.T, atol=1e-5)
+    per_image = np.stack([(np_(a).astype(np.float64)[:, :, prefix:, prefix:] * dist).sum(-1).mean(-1)
+                          for a in maps], axis=1)  # (images, blocks, heads)
+    np.testing.assert_allclose(metrics["mean_attention_distance"]["mean"], per_image.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(metrics["mean_attention_distance"]["std"], per_image.std(0), rtol=1e-4, atol=1e-5)
+    rollout = np_(analysis.cls_rollout(maps, num_prefix_tokens=prefix, grid=(8, 8)))
+    np.testing.assert_allclose(metrics["attention_rollout_mean"], rollout.mean(0), rtol=1e-5, atol=1e-7)
+    heat = np_(analysis.attention_heatmaps(maps, grid=(8, 8), num_prefix_tokens=prefix))
+    np.testing.assert_allclose(metrics["cls_attention_mean"], heat.mean(0), rtol=1e-5, atol=1e-7)
+    # samples: 3 of 6 images spread evenly (positions 0, 4, 7 of the 8 given; 7 is not readable)
+    assert [s["position"] for s in metrics["samples"].values()] == [0, 4]
+    for sample in metrics["samples"].values():
+        i = sample["position"]
+        np.testing.assert_allclose(sample["attention_rollout"], rollout[i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(sample["cls_attention"], heat[i], rtol=1e-5, atol=1e-7)
+        mass = (np.array(sample["cls_attention"]) * np.array(sample["cls_attention_masks"])).sum((1, 2))
+        assert np.all(mass >= 0.6 * np.array(sample["cls_attention"]).sum((1, 2)) - 1e-6)
+        assert sample["predictions"][0]["class"] == int(np.argmax(np_(res["logits"])[i]))
     cls = np.stack([np_(h)[:, 0] for h in res["hidden"]], 1).astype(np.float64)
     cls /= np.linalg.norm(cls, axis=-1, keepdims=True)
-    for i, name in enumerate(metrics["images"]):
-        np.testing.assert_allclose(metrics["cls_trajectory"][name], cls[i] @ cls[i, -1], atol=1e-5)
-    cka = np.array(metrics["cka"]["matrix"])
-    assert cka.shape == (5, 5)
-    np.testing.assert_allclose(np.diag(cka), 1.0, atol=1e-5)
-    np.testing.assert_allclose(cka, cka.T, atol=1e-5)
-    logits = np_(res["logits"])
-    for i, name in enumerate(metrics["images"]):
-        top = metrics["predictions"][name]
-        assert top[0]["class"] == int(np.argmax(logits[i])) and len(top) == 5
-        assert top[0]["label"] == str(top[0]["class"])
+    cos = (cls * cls[:, -1:]).sum(-1)
+    np.testing.assert_allclose(metrics["cls_trajectory"]["mean"], cos.mean(0), rtol=1e-5, atol=1e-6)
+    cka = analysis.MinibatchCKA()
+    for s in (slice(0, 4), slice(4, 6)):  # the run's batches of 4; the last (2 images) is too small
+        if s.stop - s.start >= 4:
+            cka.update([h[s] for h in res["hidden"]])
+    np.testing.assert_allclose(metrics["cka"]["matrix"], cka.result(), rtol=1e-5, atol=1e-6)
+    pos = model.get_params()["pos_embed"][prefix:].astype(np.float64)
+    pos /= np.linalg.norm(pos, axis=-1, keepdims=True)
+    np.testing.assert_allclose(metrics["position_similarity"], pos @ pos.T, atol=1e-5)
 
 
-def test_threshold_masks_hold_the_mass(report):
-    out, _, _ = report
+def test_cross_model_cka_is_minibatch_cka_of_both_models(report):
+    out, _, samples = report
     metrics = json.loads((out / "metrics.json").read_text())
-    first = metrics["images"][0]
-    maps, masks = np.array(metrics["attention_heatmaps"][first]), np.array(metrics["attention_heatmaps_masks"][first])
-    share = (maps * masks).sum((1, 2)) / maps.sum((1, 2))
-    assert np.all(share >= 0.6 - 1e-6)
+    (entry,) = metrics["cross_model_cka"]
+    assert entry["models"] == MODELS
+    ha, hb = (_materialised(vitops.load(m), samples)["hidden"] for m in MODELS)
+    cka = analysis.MinibatchCKA()
+    cka.update([h[:4] for h in ha], [h[:4] for h in hb])
+    np.testing.assert_allclose(entry["matrix"], cka.result(), rtol=1e-5, atol=1e-6)
+    assert np.array(entry["matrix"]).shape == (5, 5)
+
+
+def test_per_image_files(report):
+    out, summary, samples = report
+    for name in MODELS:
+        rows = (out / "per_image" / f"{name}.csv").read_text().splitlines()
+        assert len(rows) == 1 + 6 and rows[0].startswith("position,image,top1_class")
+        rollout = np.load(out / "per_image" / f"{name}_rollout.npy")
+        assert rollout.shape == (8, 8, 8)
+        assert np.isnan(rollout[6:]).all() and np.isfinite(rollout[:6]).all()  # the two unreadable ones
+        top = np.load(out / "per_image" / f"{name}_top.npy")
+        truths = [int(os.path.basename(s).split("_")[1].split(".")[0]) for s in samples]
+        assert list(top[:6, 0]) == truths  # the shipped models read the shipped digits correctly
+
+
+def test_strict_json_turns_nan_into_null():
+    value, bad = strict_json({"a": np.array([1.0, np.nan, np.inf]), "b": [np.float32(2.5)], "c": float("nan")})
+    assert value == {"a": [1.0, None, None], "b": [2.5], "c": None} and bad == 3
+    json.dumps(value, allow_nan=False)
+
+
+def test_nan_images_give_valid_json_and_say_so(tmp_path):
+    images = [np.full((32, 32, 3), np.nan, np.float32)] + [np.zeros((32, 32, 3), np.uint8)] * 4
+    summary = analyze("digits_vit", images, tmp_path / "out", batch_size=5, progress=False)
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.json"))
+    assert summary["non_finite_values"] > 0
 
 
 # ---- each figure, checked on its data ----
@@ -99,54 +154,61 @@ def test_figures_hold_their_data(rng):
     fig = plot.position_similarity(sim, (3, 4))
     mosaic = fig.axes[0].images[0].get_array()
     np.testing.assert_allclose(mosaic[4:7, 5:9], sim[5].reshape(3, 4))  # patch (1, 1): rows 1*(3+1), cols 1*(4+1)
-    filters = rng.random((5, 4, 4, 3))
-    fig = plot.projection_filters(filters)
-    for i in range(5):
-        np.testing.assert_allclose(fig.axes[i].images[0].get_array(), filters[i])
+    filters = rng.random((10, 4, 4, 3))
+    tiles = plot.projection_filters(filters).axes[0].images[0].get_array()
+    np.testing.assert_allclose(tiles[0:4, 0:4], filters[0], rtol=1e-6)
+    np.testing.assert_allclose(tiles[5:9, 5:9], filters[9], rtol=1e-6)  # filter 9: row 1, column 1
     cos = rng.random((2, 5))
-    fig = plot.cls_trajectory(cos, ["a", "b"])
-    for line, row in zip(fig.axes[0].lines, cos):
+    fig = plot.cls_trajectory(cos, ["a", "b"], mean=cos.mean(0), std=cos.std(0))
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), cos.mean(0))
+    for line, row in zip(fig.axes[0].lines[1:], cos):
         np.testing.assert_allclose(line.get_ydata(), row)
-    m = rng.random((5, 5))
+    m = rng.random((5, 4))
     np.testing.assert_allclose(plot.cka_matrix(m).axes[0].images[0].get_array(), m)
-    image, cls_map = rng.random((32, 32, 3)), rng.random((8, 8))
-    fig = plot.rollout_overlays(image[None], cls_map[None], ["x"])
-    overlay = fig.axes[1].images[1].get_array()
-    assert overlay.shape == (32, 32)
+    images, rollout, heat = rng.random((2, 32, 32, 3)), rng.random((2, 8, 8)), rng.random((2, 8, 8))
+    fig = plot.sample_overlays([images, images], [rollout, rollout * 2], [heat, heat], [["a", "a"], ["b", "b"]],
+                               ["m1", "m2"])
+    axes = fig.axes
+    assert len(axes) == 2 * 4
     import cv2
 
-    expected = cv2.resize((cls_map / cls_map.max()).astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR)
+    overlay = axes[4 + 1].images[1].get_array()  # row 1 (image "b"), model m1, CLS attention
+    expected = cv2.resize((heat[1] / heat[1].max()).astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(overlay, expected, rtol=1e-6)  # the map, normalised, at image size
-    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), image)
+    np.testing.assert_allclose(axes[4 + 1].images[0].get_array(), images[1])
     heads = rng.random((3, 8, 8))
-    fig = plot.attention_heatmaps(image, heads)
+    fig = plot.attention_heatmaps(images[0], heads)
     assert len([ax for ax in fig.axes if ax.images]) == 3
 
 
-# ---- errors ----
+# ---- errors and the output folder ----
 
-def test_unreadable_model_fails_before_any_work(tmp_path):
+def test_unreadable_model_fails_before_any_work(tmp_path, samples):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 100)
     out = tmp_path / "out"
     with pytest.raises(vitops.WeightFileError, match="truncated or corrupt"):
-        analyze(tmp_path / "bad.safetensors", [str(p) for p in hub.shipped_samples()], out, progress=False)
-    assert not out.exists()
+        analyze(tmp_path / "bad.safetensors", samples, out, progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
-def test_same_file_name_twice_is_kept_apart(tmp_path):
-    samples = [str(p) for p in hub.shipped_samples()]
+def test_failed_run_leaves_the_previous_report(tmp_path, samples):
+    out = tmp_path / "out"
+    analyze("digits_vit", samples[:4], out, progress=False, show=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(vitops.AnalysisError, match="none of the"):
+        analyze("digits_vit", [str(tmp_path / "missing.png")], out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_same_file_name_twice_is_kept_apart(tmp_path, samples):
     copy = tmp_path / "again"
     copy.mkdir()
     shutil.copy(samples[0], copy / os.path.basename(samples[0]))
-    summary = analyze("digits_vit", [samples[0], str(copy / os.path.basename(samples[0])), samples[1]],
-                      tmp_path / "out", progress=False)
-    assert len(set(summary["images"])) == 3
-    assert len(summary["attention_rollout"]) == len(summary["cls_trajectory"]) == len(summary["predictions"]) == 3
-
-
-def test_no_readable_image_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="none of the images"):
-        analyze("digits_vit", [str(tmp_path / "missing.png")], tmp_path / "out", progress=False)
+    analyze("digits_vit", [samples[0], str(copy / os.path.basename(samples[0])), samples[1]], tmp_path / "out",
+            progress=False)
+    rows = (tmp_path / "out" / "per_image" / "digits_vit.csv").read_text().splitlines()[1:]
+    assert len({r.split(",")[1] for r in rows}) == 3
 
 
 def test_cli_default_run_is_offline_and_complete(tmp_path):
@@ -155,11 +217,33 @@ def test_cli_default_run_is_offline_and_complete(tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sample digits" in proc.stdout
+    assert "images/s" in proc.stdout  # the progress bar's throughput (and its time left)
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert len(metrics["images"]) == len(hub.shipped_samples()) and metrics["cka"] is not None
-    # the shipped model reads the shipped digits correctly
-    truths = [int(name.split("_")[1].split(".")[0]) for name in metrics["images"]]
-    assert [metrics["predictions"][n][0]["class"] for n in metrics["images"]] == truths
+    assert metrics["images"]["analysed"] == len(hub.shipped_samples())
+    assert metrics["models"]["digits_vit"]["cka"] is not None
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "vitops", *args], capture_output=True, text=True,
+                              env={**os.environ, "VITOPS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"})
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc.returncode, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+
+    (tmp_path / "file").write_text("x")
+    code, line = run("analyze", "--out", str(tmp_path / "file"))
+    assert code == 2 and "not a folder" in line
+    code, line = run("analyze", "--batch-size", "0", "--out", str(tmp_path / "o"))
+    assert code == 2 and "batch size" in line
+    code, line = run("analyze", "--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "nope.safetensors" in line
+    code, line = run("analyze", "--shard", "4/4", "--out", str(tmp_path / "o"))
+    assert code == 2 and "--shard" in line
+    code, line = run("report", str(tmp_path / "file"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "file" in line
+    if keras.config.backend() != "jax":
+        code, line = run("analyze", "--devices", "2", "--out", str(tmp_path / "o"))
+        assert code == 2 and "JAX" in line
 
 
 # ---- a real browser ----
@@ -172,14 +256,14 @@ def _chromium():
     return None
 
 
-def test_report_renders_every_image_in_a_browser(report, tmp_path):
+def render_in_browser(page_path, tmp_path):
+    """(images loaded, images on the page) of an HTML file in headless Chromium."""
     browser = _chromium()
     if browser is None:
         if os.environ.get("VITOPS_REQUIRE_BROWSER") == "1":
             pytest.fail("no Chromium found, and VITOPS_REQUIRE_BROWSER=1")
         pytest.skip("no Chromium installed (the nox 'browser' session installs it)")
-    out, summary, _ = report
-    page = (out / "report.html").read_text()
+    page = page_path.read_text()
     # A copy of the page with a probe that records, once loaded, how many images decoded.
     probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
              "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length);"
@@ -192,7 +276,11 @@ def test_report_renders_every_image_in_a_browser(report, tmp_path):
                            "--dump-dom", test_page.as_uri()], capture_output=True, text=True, timeout=120)
     dom = proc.stdout
     assert "data-loaded" in dom, proc.stderr[-2000:]
-    loaded = int(dom.split('data-loaded="')[1].split('"')[0])
-    total = int(dom.split('data-total="')[1].split('"')[0])
-    assert total == len(summary["figures"]) == 7
+    return int(dom.split('data-loaded="')[1].split('"')[0]), int(dom.split('data-total="')[1].split('"')[0])
+
+
+def test_report_renders_every_image_in_a_browser(report, tmp_path):
+    out, summary, _ = report
+    loaded, total = render_in_browser(out / "report.html", tmp_path)
+    assert total == len(summary["figures"]) == 9
     assert loaded == total

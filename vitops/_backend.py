@@ -78,6 +78,95 @@ def softmax_of_temporary(x, axis: int = -1):
     return keras.ops.softmax(x, axis=axis)
 
 
+def device_count() -> int:
+    """Devices the backend sees (for JAX: accelerators, or host devices on CPU)."""
+    import keras
+
+    return len(keras.distribution.list_devices()) if name() == "jax" else 1
+
+
+def data_parallel(devices):
+    """A `keras.distribution.DataParallel` over `devices` ("all", or a count), or None for one
+    device. JAX only: on PyTorch and TensorFlow vitops runs on a single device, and asking for
+    more is an error rather than a silent fallback."""
+    from .errors import BackendError
+
+    if devices is None or str(devices) == "1":
+        return None
+    if name() != "jax":
+        raise BackendError(f"--devices {devices}: data-parallel analysis runs on the JAX backend; "
+                           f"the {name()} backend runs on one device (set KERAS_BACKEND=jax)")
+    import keras
+
+    available = keras.distribution.list_devices()
+    if str(devices) == "all":
+        count = len(available)
+    else:
+        try:
+            count = int(devices)
+        except ValueError:
+            raise BackendError(f"--devices must be 'all' or a positive count, got {devices!r}") from None
+        if not 1 <= count <= len(available):
+            raise BackendError(f"--devices {count}: JAX sees {len(available)} device(s): {available}")
+    if count == 1:
+        return None
+    return keras.distribution.DataParallel(devices=available[:count])
+
+
+def distribute_model(model, distribution) -> None:
+    """Lay the model's variables out as the distribution says (replicated, for DataParallel)."""
+    import keras
+
+    for v in model.variables:
+        v.assign(keras.distribution.distribute_tensor(v.value, distribution.get_variable_layout(v)))
+
+
+def distribute_batch(x, distribution):
+    """Shard a batch over the devices along its first axis. A batch that does not divide by the
+    device count is replicated instead: every device computes it whole, so the result is still
+    the one-device result (padding would change batch statistics such as CKA's Gram matrices)."""
+    import keras
+
+    mesh = distribution.device_mesh
+    if x.shape[0] % mesh.devices.size == 0:
+        layout = distribution.get_data_layout(x.shape)
+    else:
+        layout = keras.distribution.TensorLayout([None] * len(x.shape), mesh)
+    return keras.distribution.distribute_tensor(x, layout)
+
+
+def whole_batch(x):
+    """x itself, held whole on every device when a data-parallel distribution is active.
+
+    For statistics across the batch (CKA's Gram matrices), each device then computes them from
+    all images in the one-device order of operations: a batch split over devices gives the
+    one-device numbers, not numbers that differ by float32 rounding of a cross-device sum.
+    """
+    import keras
+
+    distribution = keras.distribution.distribution()
+    if distribution is None or name() != "jax":
+        return x
+    layout = keras.distribution.TensorLayout([None] * len(x.shape), distribution.device_mesh)
+    return keras.distribution.distribute_tensor(x, layout)
+
+
+def weighted_total(a, w):
+    """sum over the last two axes of a * w: (..., T, T), (T, T) -> (...).
+
+    XLA (jax, tensorflow) fuses the product into the reduction, and its result for one row
+    does not depend on how many rows there are, so a batch split over devices gives the same
+    numbers as one device (as a matrix-vector product it would not: XLA:CPU's gemv changes its
+    summation order with the row count). Eager PyTorch would write the product to a fresh
+    (..., T, T) buffer first, so there it is a matrix-vector product, which reads `a` once.
+    """
+    lead, t = a.shape[:-2], a.shape[-1]
+    if name() == "torch":
+        return keras.ops.reshape(keras.ops.matmul(keras.ops.reshape(a, (-1, t * t)),
+                                                  keras.ops.reshape(w, (t * t,))), lead)
+    return keras.ops.sum(keras.ops.sum(a * w, axis=-1), axis=-1)
+
+
 def synchronize(x):
     """Block until x (an array or a nest of arrays) is computed; returns x."""
     backend = name()

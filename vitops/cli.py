@@ -1,9 +1,19 @@
-"""Command line: `vitops convert SRC DST [--arch NAME]`, `vitops models`."""
+"""Command line: `vitops analyze | report | convert | models`.
+
+Every user mistake or OS error ends in one line and exit code 2; anything else is an internal
+error: one line, exit code 1, and `--debug` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .config import FAMILIES
+from .errors import AnalysisError, VitopsError
+
+DEFAULT_MODEL = "digits_vit"
+DEFAULT_OUT = "vitops-report"
 
 
 def _convert(args) -> int:
@@ -49,31 +59,58 @@ def _models(args) -> int:
 def _analyze(args) -> int:
     from . import hub
     from .report import analyze
-    from .weights import WeightFileError
+    from .stream import parse_shard
 
     images = args.images
     if not images:
         images = [str(p) for p in hub.shipped_samples()]
         if not images:
-            print("vitops analyze: error: no images given and no sample images shipped", file=sys.stderr)
-            return 2
+            raise AnalysisError("no images given and no sample images shipped")
         print(f"no images given: analysing the {len(images)} sample digits shipped with vitops")
-    try:
-        summary = analyze(args.model, images, args.out, batch_size=args.batch_size,
-                          threshold=args.threshold, head_fusion=args.head_fusion,
-                          discard_ratio=args.discard_ratio, family=args.family)
-    except (WeightFileError, hub.HubError, ValueError, KeyError) as e:
-        print(f"vitops analyze: error: {e}", file=sys.stderr)
-        return 2
-    for s in summary["skipped"]:
-        print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
-    print(f"analysed {len(summary['images'])} image(s) in {summary['seconds']:.1f} s; wrote "
-          f"{args.out}/report.html, metrics.json and {len(summary['figures'])} figures")
+    overrides = {k: v for k, v in (("family", args.family), ("crop_pct", args.crop_pct)) if v is not None}
+    out = args.out if args.out is not None or args.save_state else DEFAULT_OUT
+    summary = analyze(args.model or [DEFAULT_MODEL], images, out, batch_size=args.batch_size,
+                      threshold=args.threshold, head_fusion=args.head_fusion,
+                      discard_ratio=args.discard_ratio, show=args.show, preprocessing=overrides or None,
+                      shard=parse_shard(args.shard) if args.shard else None, devices=args.devices,
+                      save_state=args.save_state, workers=args.workers)
+    if out is not None:
+        _print_summary(summary, out)
+    if args.save_state:
+        im = summary["images"]
+        print(f"analysed {im['analysed']} image(s) ({len(im['skipped'])} skipped); wrote the analysis state to "
+              f"{args.save_state} (merge shards with `vitops report`)")
     return 0
 
 
+def _report(args) -> int:
+    from .report import report_from_states
+
+    summary = report_from_states(args.states, args.out)
+    _print_summary(summary, args.out)
+    return 0
+
+
+def _print_summary(summary, out) -> None:
+    im = summary["images"]
+    for s in im["skipped"][:20]:
+        print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
+    if len(im["skipped"]) > 20:
+        print(f"skipped {len(im['skipped']) - 20} more image(s) (metrics.json lists them)", file=sys.stderr)
+    if summary.get("non_finite_values"):
+        print(f"warning: {summary['non_finite_values']} value(s) were not finite (NaN/inf inputs?); "
+              "metrics.json holds null for them", file=sys.stderr)
+    print(f"analysed {im['analysed']} of {im['total']} image(s) with {', '.join(summary['models'])} in "
+          f"{summary['seconds']:.1f} s; wrote {out}/report.html, metrics.json, {len(summary['figures'])} "
+          "figures and per_image/")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitops", description=__doc__)
+    from .analysis.rollout import HEAD_FUSIONS
+    from .study import DEFAULT_SHOW
+
+    parser = argparse.ArgumentParser(prog="vitops", description=__doc__.split("\n")[0],
+                                     epilog="--debug (anywhere): show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert a checkpoint into a vitops .safetensors file")
     p.add_argument("src", help="checkpoint: timm .safetensors/.pth, DeiT or DINO release .pth, "
@@ -86,27 +123,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", default="teacher", choices=("teacher", "student"),
                    help="for DINO training checkpoints: which network to convert")
     p.set_defaults(func=_convert)
-    p = sub.add_parser("analyze", help="analyse a model on images: figures, metrics.json, report.html")
+    p = sub.add_parser("analyze", help="analyse models on images: figures, metrics.json, report.html",
+                       description="Analyse one or more models over images, streaming: every analysis is "
+                       "computed inside the compiled forward pass, and memory does not grow with the number "
+                       "of images.")
     p.add_argument("images", nargs="*", help="image files or folders (default: the shipped sample digits)")
-    p.add_argument("--model", default="digits_vit",
-                   help="vitops file, registry name or shipped model (default: digits_vit, shipped)")
-    p.add_argument("--out", default="vitops-report", help="output folder (default: vitops-report)")
+    p.add_argument("--model", action="append",
+                   help="vitops file, registry name or shipped model; repeat to compare models side by "
+                   f"side (default: {DEFAULT_MODEL}, shipped)")
+    p.add_argument("--out", default=None, help=f"output folder (default: {DEFAULT_OUT}, or none when "
+                   "--save-state is given); replaced only when the run succeeds")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--show", type=int, default=DEFAULT_SHOW, help="sample images drawn in the report "
+                   f"(default {DEFAULT_SHOW}, spread evenly over the list)")
     p.add_argument("--threshold", type=float, default=None,
                    help="DINO heat-map masks keeping this share of attention mass, e.g. 0.6")
-    p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"))
+    p.add_argument("--head-fusion", default="mean", choices=HEAD_FUSIONS)
     p.add_argument("--discard-ratio", type=float, default=0.0)
-    p.add_argument("--family", choices=("vit", "deit", "dino"), default=None,
-                   help="override the preprocessing the model file names")
+    p.add_argument("--family", choices=FAMILIES, default=None,
+                   help="override the preprocessing family the model file names")
+    p.add_argument("--crop-pct", type=float, default=None,
+                   help="override the centre-crop fraction the model file records")
+    p.add_argument("--shard", help="I/N: analyse the I-th of N slices of the image list (0-based)")
+    p.add_argument("--save-state", help="also write every accumulator to this file, for `vitops report`")
+    p.add_argument("--devices", default=None, help="data-parallel devices on JAX: 'all' or a count")
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     p.set_defaults(func=_analyze)
+    p = sub.add_parser("report", help="merge analysis states of shards into one report",
+                       description="Merge the --save-state files of `vitops analyze --shard I/N` runs into "
+                       "the report one run over all their images would write.")
+    p.add_argument("states", nargs="+", help="state files written by `vitops analyze --save-state`")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    p.set_defaults(func=_report)
     p = sub.add_parser("models", help="list the registry models and the named architectures")
     p.set_defaults(func=_models)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    import vitops
+
+    if vitops.BACKEND_PROBLEM:
+        print(f"vitops: error: {vitops.BACKEND_PROBLEM}", file=sys.stderr)
+        return 2
+    if vitops.AUTO_BACKEND:
+        print(f"vitops: KERAS_BACKEND is not set and Keras' configured backend is not installed; "
+              f"using {vitops.AUTO_BACKEND}", file=sys.stderr)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    command = f"vitops {args.command}"
+    try:
+        return args.func(args)
+    except VitopsError as e:
+        if debug:
+            raise
+        print(f"{command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder that vanished: the OS's words and the path
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and how to see more
+        if debug:
+            raise
+        print(f"{command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

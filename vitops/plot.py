@@ -1,7 +1,8 @@
 """Figures of the analyses, as matplotlib Figures built from arrays (no pyplot state).
 
-Every function takes numpy arrays (the numbers in metrics.json) and returns a Figure whose
-artists hold exactly those numbers, so a figure can be checked on its data.
+Every function takes numpy arrays (the numbers in metrics.json) and draws exactly those numbers,
+so a figure can be checked on its data. Single-model drawers take `fig`, a Figure or a SubFigure
+to draw into; `side_by_side` gives one SubFigure per model, so several models share one figure.
 """
 
 from __future__ import annotations
@@ -13,25 +14,17 @@ from matplotlib.figure import Figure
 
 
 def _grid(n: int, max_cols: int) -> tuple[int, int]:
-    cols = min(n, max_cols)
+    cols = max(1, min(n, max_cols))
     return math.ceil(n / cols), cols
 
 
-def mean_attention_distance(mean: np.ndarray, std: np.ndarray | None = None, title: str = "") -> Figure:
-    """ViT paper Fig. 7 (left): one dot per head, blocks along x. mean, std: (blocks, heads)."""
-    blocks, heads = mean.shape
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    xs = np.repeat(np.arange(blocks), heads)
-    ax.scatter(xs, mean.reshape(-1), c=np.tile(np.arange(heads), blocks), cmap="tab20", s=18)
-    if std is not None:
-        ax.errorbar(xs, mean.reshape(-1), yerr=std.reshape(-1), fmt="none", ecolor="0.7", lw=0.6, zorder=0)
-    ax.set_xlabel("block (network depth)")
-    ax.set_ylabel("mean attention distance (pixels)")
-    ax.set_xticks(range(blocks))
-    ax.set_title(title or "Mean attention distance per head")
-    ax.grid(alpha=0.3)
-    return fig
+def side_by_side(count: int, width: float, height: float, title: str = ""):
+    """A figure with one SubFigure per model, left to right: (figure, [subfigures])."""
+    fig = Figure(figsize=(width * count, height), layout="constrained")
+    subs = fig.subfigures(1, count, squeeze=False)[0] if count > 1 else [fig]
+    if title:
+        fig.suptitle(title)
+    return fig, list(subs)
 
 
 def _upsample(m: np.ndarray, shape) -> np.ndarray:
@@ -40,30 +33,53 @@ def _upsample(m: np.ndarray, shape) -> np.ndarray:
     return cv2.resize(np.asarray(m, np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def rollout_overlays(images: np.ndarray, maps: np.ndarray, names, title: str = "") -> Figure:
-    """Each image beside its CLS attention rollout. images (B, H, W, 3) in [0, 1]; maps (B, gh, gw)."""
-    n = len(images)
-    fig = Figure(figsize=(4.2, 2.2 * n), layout="constrained")
-    axes = fig.subplots(n, 2, squeeze=False)
-    for i in range(n):
-        m = maps[i] / max(float(maps[i].max()), 1e-12)
-        axes[i, 0].imshow(images[i])
-        axes[i, 0].set_title(str(names[i]), fontsize=8)
-        axes[i, 1].imshow(images[i])
-        axes[i, 1].imshow(_upsample(m, images[i].shape[:2]), cmap="inferno", alpha=0.6)
-        axes[i, 1].set_title("attention rollout", fontsize=8)
-        for ax in axes[i]:
-            ax.axis("off")
-    fig.suptitle(title or "Attention rollout (CLS row)")
+def mean_attention_distance(mean: np.ndarray, std: np.ndarray | None = None, title: str = "",
+                            fig=None, ylim=None):
+    """ViT paper Fig. 7 (left): one dot per head, blocks along x. mean, std: (blocks, heads)."""
+    blocks, heads = mean.shape
+    fig = fig if fig is not None else Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    xs = np.repeat(np.arange(blocks), heads)
+    ax.scatter(xs, mean.reshape(-1), c=np.tile(np.arange(heads), blocks), cmap="tab20", s=18)
+    if std is not None:
+        ax.errorbar(xs, mean.reshape(-1), yerr=std.reshape(-1), fmt="none", ecolor="0.7", lw=0.6, zorder=0)
+    ax.set_xlabel("block (network depth)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_xticks(range(blocks))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title or "Mean attention distance per head")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def sample_overlays(images, rollouts, heats, row_titles, labels) -> Figure:
+    """Sample images, one row each; per model two columns: its attention rollout and its
+    last-block CLS attention (mean over heads), each over the image as that model saw it.
+    images[m] (S, H, W, 3) in [0, 1]; rollouts[m], heats[m] (S, rows, cols); row_titles[s][m]."""
+    models, count = len(labels), len(images[0])
+    fig = Figure(figsize=(3.9 * models, 2.0 * count + 0.5), layout="constrained")
+    axes = fig.subplots(count, 2 * models, squeeze=False)
+    for m in range(models):
+        for s in range(count):
+            image = images[m][s]
+            for c, (maps, what) in enumerate(((rollouts[m], "rollout"), (heats[m], "CLS attention"))):
+                ax = axes[s, 2 * m + c]
+                shown = maps[s] / max(float(np.nanmax(maps[s])), 1e-12)
+                ax.imshow(image)
+                ax.imshow(_upsample(shown, image.shape[:2]), cmap="inferno", alpha=0.6)
+                ax.set_title(f"{labels[m]}: {what}\n{row_titles[s][m]}", fontsize=7)
+                ax.axis("off")
+    fig.suptitle("Sample images: attention rollout (Abnar & Zuidema 2020) and last-block CLS attention")
     return fig
 
 
 def attention_heatmaps(image: np.ndarray, maps: np.ndarray, masks: np.ndarray | None = None,
-                       title: str = "") -> Figure:
+                       title: str = "", fig=None):
     """Last block, CLS to patches, one panel per head. maps (heads, gh, gw); masks likewise."""
     heads = maps.shape[0]
     rows, cols = _grid(heads, 6)
-    fig = Figure(figsize=(2.2 * cols, 2.3 * rows), layout="constrained")
+    fig = fig if fig is not None else Figure(figsize=(2.2 * cols, 2.3 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for h, ax in enumerate(axes):
         ax.axis("off")
@@ -77,7 +93,19 @@ def attention_heatmaps(image: np.ndarray, maps: np.ndarray, masks: np.ndarray | 
     return fig
 
 
-def position_similarity(sim: np.ndarray, grid) -> Figure:
+def mean_map(m: np.ndarray, title: str = "", fig=None):
+    """A (rows, cols) map averaged over all images, on the patch grid."""
+    fig = fig if fig is not None else Figure(figsize=(4.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(m, cmap="inferno")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(title or "Mean over all images")
+    return fig
+
+
+def position_similarity(sim: np.ndarray, grid, fig=None, title: str = ""):
     """ViT paper Fig. 7 (centre): for each patch, its embedding's cosine similarity to all others,
     shown as a (gh, gw) tile at the patch's place. sim: (N, N), N = gh * gw."""
     gh, gw = grid
@@ -86,53 +114,68 @@ def position_similarity(sim: np.ndarray, grid) -> Figure:
     for r in range(gh):
         for c in range(gw):
             mosaic[r * (gh + 1):r * (gh + 1) + gh, c * (gw + 1):c * (gw + 1) + gw] = tiles[r, c]
-    fig = Figure(figsize=(6, 6), layout="constrained")
+    fig = fig if fig is not None else Figure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(mosaic, cmap="viridis", vmin=-1, vmax=1)
     ax.axis("off")
     fig.colorbar(im, ax=ax, shrink=0.7, label="cosine similarity")
-    ax.set_title("Position embedding similarity")
+    ax.set_title(title or "Position embedding similarity")
     return fig
 
 
-def projection_filters(filters: np.ndarray, max_filters: int = 64) -> Figure:
-    """The first patch-embedding filters as RGB images. filters: (D, P, P, 3) in [0, 1]."""
+def filter_mosaic(filters: np.ndarray, cols: int = 8) -> np.ndarray:
+    """(k, P, P, 3) filters -> one (rows * (P + 1) - 1, cols * (P + 1) - 1, 3) image, filter i at
+    tile (i // cols, i % cols), tiles one white pixel apart."""
+    k, p = len(filters), filters.shape[1]
+    rows, cols = _grid(k, cols)
+    mosaic = np.ones((rows * (p + 1) - 1, cols * (p + 1) - 1, 3), np.float32)
+    for i in range(k):
+        r, c = divmod(i, cols)
+        mosaic[r * (p + 1):r * (p + 1) + p, c * (p + 1):c * (p + 1) + p] = filters[i]
+    return mosaic
+
+
+def projection_filters(filters: np.ndarray, max_filters: int = 64, fig=None, title: str = ""):
+    """The first patch-embedding filters as RGB images, in one mosaic (one axes: fast to draw).
+    filters: (D, P, P, 3) in [0, 1]."""
     k = min(len(filters), max_filters)
-    rows, cols = _grid(k, 16)
-    fig = Figure(figsize=(cols * 0.7, rows * 0.75 + 0.4), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i < k:
-            ax.imshow(filters[i])
-    fig.suptitle(f"Patch-embedding filters (first {k} of {len(filters)})")
+    fig = fig if fig is not None else Figure(figsize=(6, 6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(filter_mosaic(filters[:k]), interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title or f"Patch-embedding filters (first {k} of {len(filters)})")
     return fig
 
 
-def cls_trajectory(cos: np.ndarray, names) -> Figure:
-    """Cosine similarity of the CLS token after each step to its final state. cos: (B, L)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
+def cls_trajectory(cos: np.ndarray, names, fig=None, mean=None, std=None, title: str = ""):
+    """Cosine similarity of the CLS token after each step to its final state: one line per
+    sample image, cos (S, L); with mean and std (L,), their band over all images."""
+    fig = fig if fig is not None else Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
-    steps = np.arange(cos.shape[1])
+    steps = np.arange(cos.shape[1] if len(cos) else len(mean))
+    if mean is not None:
+        ax.fill_between(steps, mean - std, mean + std, color="0.85", label="all images: mean ± std")
+        ax.plot(steps, mean, color="k", lw=2, label="all images: mean")
     for row, name in zip(cos, names):
-        ax.plot(steps, row, marker="o", ms=3, label=str(name))
+        ax.plot(steps, row, marker="o", ms=3, lw=1, label=str(name))
     ax.set_xlabel("step (0 = embeddings, i = after block i)")
     ax.set_ylabel("cosine similarity to final CLS")
     ax.set_xticks(steps)
     ax.grid(alpha=0.3)
     if len(names) <= 12:
         ax.legend(fontsize=7)
-    ax.set_title("CLS token through the blocks")
+    ax.set_title(title or "CLS token through the blocks")
     return fig
 
 
-def cka_matrix(matrix: np.ndarray, title: str = "") -> Figure:
-    """Layer-by-layer CKA heat map. matrix: (layers, layers)."""
-    fig = Figure(figsize=(5.5, 4.8), layout="constrained")
+def cka_matrix(matrix: np.ndarray, title: str = "", fig=None, xlabel: str = "layer (0 = embeddings)",
+               ylabel: str = "layer (0 = embeddings)"):
+    """CKA heat map between layers. matrix: (layers_y, layers_x)."""
+    fig = fig if fig is not None else Figure(figsize=(5.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(matrix, cmap="magma", vmin=0, vmax=1, origin="lower")
-    ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("layer (0 = embeddings)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, label="CKA")
     ax.set_title(title or "CKA between layers")
     return fig

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from keras import ops
 
+from ._backend import whole_batch
+
 from .analysis.cka import centred_gram
 from .analysis.distance import mean_distance_of, padded_distance
 from .analysis.rollout import HEAD_FUSIONS, _fused
@@ -78,7 +80,7 @@ class Reductions:
         if self.cls_tokens:
             state["cls_tokens"] = [x[:, 0]]
         if self.grams:
-            state["grams"] = [centred_gram(x)]
+            state["grams"] = [centred_gram(whole_batch(x))]
         if self.distance:
             state["distance"] = []
             state["_dist"] = ops.convert_to_tensor(
@@ -92,7 +94,7 @@ class Reductions:
         if self.cls_tokens:
             state["cls_tokens"].append(x[:, 0])
         if self.grams:
-            state["grams"].append(centred_gram(x))
+            state["grams"].append(centred_gram(whole_batch(x)))
         if probs is None:
             return state
         a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype

@@ -93,7 +93,13 @@ def settings_difference(a: dict, b: dict) -> str:
 
 
 class Moments(Accumulator):
-    """Mean and standard deviation, per entry, of (B, ...) values over all images fed to it."""
+    """Mean and standard deviation, per entry, of (B, ...) values over all images fed to it.
+
+    Kept as count, mean and the sum of squared deviations (M2), each batch folded in with Chan,
+    Golub and LeVeque's pairwise update (1979): unlike raw sums of squares, this does not lose
+    the variance to cancellation when it is small next to the mean, so states merged in any
+    order agree to float64 rounding.
+    """
 
     kind = "moments"
 
@@ -101,7 +107,7 @@ class Moments(Accumulator):
         self.shape = None if shape is None else tuple(int(s) for s in shape)
         self.labels = labels  # settings that must agree to merge (e.g. what the values are)
         self.count = 0
-        self._sum = self._sumsq = None
+        self._mean = self._m2 = None
 
     def settings(self) -> dict:
         return {"shape": None if self.shape is None else list(self.shape), **self.labels}
@@ -119,39 +125,68 @@ class Moments(Accumulator):
             self.shape = v.shape[1:]
         if v.shape[1:] != self.shape:
             raise AnalysisError(f"values of shape {v.shape[1:]} per image, expected {self.shape}")
-        s, ss = v.sum(axis=0), (v * v).sum(axis=0)
-        if self._sum is None:
-            self._sum, self._sumsq = s, ss
-        else:
-            self._sum += s
-            self._sumsq += ss
-        self.count += v.shape[0]
+        if not len(v):
+            return
+        mean = v.mean(axis=0)
+        self._combine(len(v), mean, ((v - mean) ** 2).sum(axis=0))
+
+    def _combine(self, n, mean, m2) -> None:
+        if self.count == 0:
+            self.count, self._mean, self._m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + m2 + delta * delta * (self.count * n / total)
+        self.count = total
 
     def result(self) -> dict:
         if not self.count:
             raise AnalysisError("nothing was added: call update() first")
-        mean = self._sum / self.count
-        var = np.maximum(self._sumsq / self.count - mean * mean, 0.0)
-        return {"mean": mean, "std": np.sqrt(var), "count": self.count}
+        return {"mean": self._mean, "std": np.sqrt(self._m2 / self.count), "count": self.count}
 
     def state(self) -> dict[str, np.ndarray]:
         if self.empty:
             return {"count": np.zeros((), np.int64)}
-        return {"sum": self._sum, "sumsq": self._sumsq, "count": np.asarray(self.count, np.int64)}
+        return {"mean": self._mean, "m2": self._m2, "count": np.asarray(self.count, np.int64)}
 
     def set_state(self, arrays) -> None:
         self.count = int(arrays["count"])
         if self.count:
-            self._sum = np.asarray(arrays["sum"], np.float64)
-            self._sumsq = np.asarray(arrays["sumsq"], np.float64)
-            self.shape = self._sum.shape
+            self._mean = np.asarray(arrays["mean"], np.float64)
+            self._m2 = np.asarray(arrays["m2"], np.float64)
+            self.shape = self._mean.shape
 
     def _merge_state(self, other) -> None:
-        if other._sum.shape != self._sum.shape:
-            raise AnalysisError(f"cannot merge moments of shape {other._sum.shape} into {self._sum.shape}")
-        self._sum = self._sum + other._sum
-        self._sumsq = self._sumsq + other._sumsq
-        self.count += other.count
+        if other._mean.shape != self._mean.shape:
+            raise AnalysisError(f"cannot merge moments of shape {other._mean.shape} into {self._mean.shape}")
+        self._combine(other.count, other._mean, other._m2)
+
+
+class Fixed(Accumulator):
+    """Arrays that do not depend on the images (e.g. computed from the weights): merging checks
+    that both sides hold the same values and keeps them."""
+
+    kind = "fixed"
+
+    def __init__(self, **arrays):
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+
+    @property
+    def empty(self) -> bool:
+        return not self.arrays
+
+    def state(self) -> dict:
+        return dict(self.arrays)
+
+    def set_state(self, arrays) -> None:
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+
+    def _merge_state(self, other) -> None:
+        for k in sorted(set(self.arrays) | set(other.arrays)):
+            a, b = self.arrays.get(k), other.arrays.get(k)
+            if a is None or b is None or a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+                raise AnalysisError(f"cannot merge: {k} differs between the two states")
 
 
 def save_states(path, accumulators: dict[str, Accumulator], metadata: dict | None = None) -> None:
@@ -166,7 +201,7 @@ def save_states(path, accumulators: dict[str, Accumulator], metadata: dict | Non
             raise AnalysisError(f"accumulator names cannot contain '/': {name!r}")
         kinds[name] = {"kind": acc.kind, "settings": acc.settings()}
         for key, value in acc.state().items():
-            tensors[f"{name}/{key}"] = np.ascontiguousarray(value)
+            tensors[f"{name}/{key}"] = np.array(value, order="C")  # ascontiguousarray makes 0-d 1-d
     meta = {"format": STATE_FORMAT, "format_version": STATE_VERSION,
             "accumulators": json.dumps(kinds), "metadata": json.dumps(metadata or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -197,8 +232,12 @@ def load_states(path) -> tuple[dict[str, Accumulator], dict]:
         cls = _KINDS.get(info.get("kind"))
         if cls is None:
             raise AnalysisError(f"{path}: unknown accumulator kind {info.get('kind')!r} for {name!r}")
-        acc = cls.from_settings(info.get("settings", {}))
         prefix = f"{name}/"
-        acc.set_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        try:
+            acc = cls.from_settings(info.get("settings", {}))
+            acc.set_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        except (KeyError, TypeError, ValueError) as e:
+            raise AnalysisError(f"{path}: {name!r} ({info.get('kind')}) cannot be read: "
+                                f"{type(e).__name__}: {e}") from None
         out[name] = acc
     return out, metadata

@@ -13,7 +13,7 @@ import functools
 import numpy as np
 from keras import ops
 
-from .._backend import compiled
+from .._backend import compiled, weighted_total
 from ..errors import AnalysisError
 from .accumulate import Moments
 from ._checks import as_grid, as_tensor, attention_list, check_rank, patch_grid
@@ -55,11 +55,9 @@ def mean_distance_of(attention, dist, num_prefix_tokens: int, renormalize: bool,
     b, h, t, _ = attention.shape
     dist = ops.cast(dist, attention.dtype)
     if not renormalize:
-        # sum over (q, k) of a * d with d zero on prefix rows and columns: one pass over the
-        # attention as a matrix-vector product, no sliced copy of it.
-        flat = ops.reshape(attention, (-1, t * t))  # (B * H, T * T)
-        total = ops.matmul(flat, ops.reshape(dist, (t * t,)))  # (B * H,)
-        return ops.reshape(total, (-1, h)) / num_patches
+        # sum over (q, k) of a * d, with d zero on prefix rows and columns: one pass over the
+        # attention, no sliced copy of it.
+        return weighted_total(attention, dist) / num_patches  # (B, H)
     a = attention[:, :, num_prefix_tokens:, num_prefix_tokens:]  # (B, H, N, N)
     d = dist[num_prefix_tokens:, num_prefix_tokens:]
     per_query = ops.sum(a * d, axis=-1) / ops.sum(a, axis=-1)  # (B, H, N)

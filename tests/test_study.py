@@ -1,0 +1,192 @@
+"""Analyses over data sets: accumulators that merge exactly, shards analysed in separate
+processes that merge into one run's report, data-parallel runs on simulated JAX devices, and
+merges of incompatible states refused with the difference named.
+
+Tolerances: shards against one run, 1e-9 relative (absolute floor 1e-15) on every number of
+metrics.json (float64 sums, only their order differs); two simulated devices against one,
+1e-6 relative (absolute floor 1e-7): float32 work split another way, and identical predictions.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import vitops
+from vitops import analysis, hub
+from vitops.analysis.accumulate import Fixed, Moments, load_states, save_states
+from vitops.report import analyze
+from vitops.study import Study, StudySettings, load_studies, run_study
+
+BACKEND = keras.config.backend()
+MODELS = ["digits_vit", "digits_deit"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """18 real digits (the shipped samples under other names, and a few flipped) and one bad file."""
+    folder = tmp_path_factory.mktemp("images")
+    import cv2
+
+    for k, path in enumerate(hub.shipped_samples() * 2 + hub.shipped_samples()[:2]):
+        img = cv2.imread(str(path))
+        cv2.imwrite(str(folder / f"img_{k:02d}.png"), img if k < 8 else img[:, ::-1])
+    (folder / "img_05x.png").write_text("not an image")
+    return folder
+
+
+def cli(*args, env=None):
+    proc = subprocess.run([sys.executable, "-m", "vitops", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def numbers(obj, path=""):
+    """Every number of a metrics.json, flattened: {path: array}; strings and labels compared apart."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in ("seconds", "shards"):
+                out.update(numbers(v, f"{path}/{k}"))
+    elif isinstance(obj, list) and obj and isinstance(obj[0], (dict, str)):
+        for i, v in enumerate(obj):
+            out.update(numbers(v, f"{path}[{i}]"))
+    elif isinstance(obj, (list, int, float)) and not isinstance(obj, bool):
+        out[path] = np.asarray(obj, np.float64)
+    else:
+        out[path] = obj
+    return out
+
+
+def assert_same_metrics(a, b, rtol, atol):
+    na, nb = numbers(a), numbers(b)
+    assert na.keys() == nb.keys()
+    for key in na:
+        if isinstance(na[key], np.ndarray):
+            np.testing.assert_allclose(nb[key], na[key], rtol=rtol, atol=atol, err_msg=key)
+        else:
+            assert na[key] == nb[key], key
+
+
+def test_four_shards_in_separate_processes_merge_into_one_run(tmp_path, images):
+    common = ["--model", MODELS[0], "--model", MODELS[1], "--batch-size", "4", "--show", "5"]
+    analyze(MODELS, [images], tmp_path / "one", batch_size=4, show=5, progress=False)  # the one run
+    states = []
+    for i in range(4):
+        states.append(tmp_path / f"state{i}.safetensors")
+        cli("analyze", images, "--shard", f"{i}/4", "--save-state", states[-1], *common)
+    cli("report", *states[::-1], "--out", tmp_path / "merged")  # any order
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    merged = json.loads((tmp_path / "merged" / "metrics.json").read_text())
+    assert merged["images"]["analysed"] == one["images"]["analysed"] == 18
+    assert_same_metrics(one, merged, rtol=1e-9, atol=1e-15)
+    for name in os.listdir(tmp_path / "one" / "per_image"):
+        a, b = tmp_path / "one" / "per_image" / name, tmp_path / "merged" / "per_image" / name
+        if name.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(a), np.load(b))
+        else:
+            assert a.read_text() == b.read_text()
+    # a shard's state given twice, another model's state, other settings: refused, named
+    with pytest.raises(vitops.AnalysisError, match="overlap"):
+        load_studies([states[0], states[0]])
+    # another set of models, other settings: refused, the difference named
+    settings = StudySettings(batch_size=4, show=5)
+    other = run_study(MODELS[::-1], [images], settings=settings, shard=(1, 4), progress=False)
+    with pytest.raises(vitops.AnalysisError, match="different models"):
+        Study.load(states[0]).merge(other)
+    fused = run_study(MODELS, [images], settings=StudySettings(batch_size=4, show=5, head_fusion="max"),
+                      shard=(1, 4), progress=False)
+    with pytest.raises(vitops.AnalysisError, match="head_fusion: 'mean' != 'max'"):
+        Study.load(states[0]).merge(fused)
+
+
+def test_in_process_shards_and_an_empty_shard(tmp_path, images):
+    settings = StudySettings(batch_size=4, show=3)
+    one = run_study(MODELS[0], [images], settings=settings, progress=False)
+    parts = [run_study(MODELS[0], [images], settings=settings, shard=(i, 8), progress=False) for i in range(8)]
+    assert sum(p.analysed for p in parts) == one.analysed and min(p.analysed for p in parts) == 0
+    merged = parts[0]
+    for i, p in enumerate(parts[1:]):
+        p.save(tmp_path / f"{i}.safetensors")
+        merged.merge(Study.load(tmp_path / f"{i}.safetensors"))
+    a, b = one.models[0], merged.models[0]
+    np.testing.assert_allclose(b.distance.result()["std"], a.distance.result()["std"], rtol=1e-12)
+    np.testing.assert_allclose(b.cka.result(), a.cka.result(), rtol=1e-12)
+    np.testing.assert_array_equal(b.samples.positions, a.samples.positions)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="data parallelism runs through keras.distribution on JAX")
+def test_two_simulated_devices_equal_one(tmp_path, images):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    common = ["--model", MODELS[0], "--model", MODELS[1], "--batch-size", "6", "--show", "4"]
+    cli("analyze", images, "--out", tmp_path / "one", *common, env=env)
+    cli("analyze", images, "--out", tmp_path / "two", *common, "--devices", "2", env=env)
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert_same_metrics(one, two, rtol=1e-6, atol=1e-7)
+    for m in MODELS:  # predictions identical, image by image
+        a = np.load(tmp_path / "one" / "per_image" / f"{m}_top.npy")
+        np.testing.assert_array_equal(a, np.load(tmp_path / "two" / "per_image" / f"{m}_top.npy"))
+    proc = subprocess.run([sys.executable, "-m", "vitops", "analyze", "--devices", "3", "--out", tmp_path / "x"],
+                          capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.returncode == 2 and "sees 2 device" in proc.stderr
+
+
+# ---- the accumulators themselves ----
+
+def test_accumulators_merge_save_load(tmp_path, rng):
+    values = rng.standard_normal((20, 3, 2)) * 1e-3 + 50.0  # a variance tiny next to the mean
+    whole, first, second = Moments(), Moments(), Moments()
+    whole.update_values(values)
+    first.update_values(values[:7])
+    second.update_values(values[7:])
+    first.save(tmp_path / "m.safetensors")
+    loaded = Moments.load(tmp_path / "m.safetensors").merge(second)
+    np.testing.assert_allclose(loaded.result()["std"], values.std(0), rtol=1e-9)
+    np.testing.assert_allclose(loaded.result()["mean"], whole.result()["mean"], rtol=1e-15)
+    assert loaded.result()["count"] == 20
+
+    dist_a, dist_b = analysis.AttentionDistance(16), analysis.AttentionDistance(8)
+    dist_a.update_distances(values)
+    dist_b.update_distances(values)
+    with pytest.raises(vitops.AnalysisError, match="patch_size: 16 != 8"):
+        dist_a.merge(dist_b)
+    with pytest.raises(vitops.AnalysisError, match="cannot merge a MinibatchCKA into a AttentionDistance"):
+        dist_a.merge(analysis.MinibatchCKA())
+
+    feats = [rng.standard_normal((16, 5)) for _ in range(3)]
+    whole, halves = analysis.MinibatchCKA(), [analysis.MinibatchCKA(), analysis.MinibatchCKA()]
+    for s in (slice(0, 8), slice(8, 16)):
+        whole.update([f[s] for f in feats])
+    halves[0].update([f[:8] for f in feats])
+    halves[1].update([f[8:] for f in feats])
+    save_states(tmp_path / "two.safetensors", {"a": halves[0], "b": halves[1]}, {"note": "x"})
+    states, meta = load_states(tmp_path / "two.safetensors")
+    assert meta == {"note": "x"}
+    np.testing.assert_allclose(states["a"].merge(states["b"]).result(), whole.result(), rtol=1e-12)
+    with pytest.raises(vitops.AnalysisError, match="2 x 2"):
+        small = analysis.MinibatchCKA()
+        small.update([f[:8] for f in feats[:2]])
+        whole.merge(small)
+    with pytest.raises(vitops.AnalysisError, match="differs"):
+        Fixed(a=np.ones(3)).merge(Fixed(a=np.zeros(3)))
+
+
+def test_state_files_that_are_not_states(tmp_path):
+    (tmp_path / "junk").write_bytes(b"\x00" * 64)
+    with pytest.raises(vitops.AnalysisError, match="not a readable analysis state"):
+        Study.load(tmp_path / "junk")
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "vitops"})
+    with pytest.raises(vitops.AnalysisError, match="not a vitops analysis state"):
+        Study.load(tmp_path / "other.safetensors")
+    shutil.copy(hub.shipped_path("digits_vit"), tmp_path / "w.safetensors")
+    with pytest.raises(vitops.AnalysisError, match="not a vitops analysis state"):
+        Study.load(tmp_path / "w.safetensors")
