@@ -223,27 +223,39 @@ def test_cli_default_run_is_offline_and_complete(tmp_path):
     assert metrics["models"]["digits_vit"]["cka"] is not None
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from vitops.cli import main
+
+    monkeypatch.setenv("VITOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
     def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "vitops", *args], capture_output=True, text=True,
-                              env={**os.environ, "VITOPS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"})
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc.returncode, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+        code = main([*map(str, args)])
+        err = capsys.readouterr().err.strip().splitlines()
+        return code, err[-1] if err else ""
 
     (tmp_path / "file").write_text("x")
-    code, line = run("analyze", "--out", str(tmp_path / "file"))
+    code, line = run("analyze", "--out", tmp_path / "file")
     assert code == 2 and "not a folder" in line
-    code, line = run("analyze", "--batch-size", "0", "--out", str(tmp_path / "o"))
+    code, line = run("analyze", "--batch-size", "0", "--out", tmp_path / "o")
     assert code == 2 and "batch size" in line
-    code, line = run("analyze", "--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o"))
+    code, line = run("analyze", "--model", tmp_path / "nope.safetensors", "--out", tmp_path / "o")
     assert code == 2 and "nope.safetensors" in line
-    code, line = run("analyze", "--shard", "4/4", "--out", str(tmp_path / "o"))
+    code, line = run("analyze", "--shard", "4/4", "--out", tmp_path / "o")
     assert code == 2 and "--shard" in line
-    code, line = run("report", str(tmp_path / "file"), "--out", str(tmp_path / "o"))
-    assert code == 2 and "file" in line
+    code, line = run("report", tmp_path / "file", "--out", tmp_path / "o")
+    assert code == 2 and "file" in line and "state" in line
+    os.chmod(tmp_path, 0o500)  # a folder --out cannot be created in (root can write anyway)
+    try:
+        if not os.access(tmp_path, os.W_OK):
+            code, line = run("analyze", "--out", tmp_path / "new")
+            assert code == 2 and "permission denied" in line
+    finally:
+        os.chmod(tmp_path, 0o700)
     if keras.config.backend() != "jax":
-        code, line = run("analyze", "--devices", "2", "--out", str(tmp_path / "o"))
+        code, line = run("analyze", "--devices", "2", "--out", tmp_path / "o")
         assert code == 2 and "JAX" in line
+    assert not (tmp_path / "o").exists()
 
 
 # ---- a real browser ----
