@@ -87,3 +87,27 @@ def test_analysis_kernels_agree(tmp_path):
             if key != "backend":
                 np.testing.assert_allclose(results[a][key], results[b][key], rtol=1e-5, atol=1e-6,
                                            err_msg=f"{key}: {a} vs {b}")
+
+
+def test_analyze_metrics_agree(tmp_path):
+    """`vitops analyze` of the shipped models on the shipped digits: every number of metrics.json
+    (computed inside each backend's compiled forward pass) agrees across backends, to float32
+    rounding carried through the analyses: relative 1e-4, absolute 1e-5; top classes identical."""
+    from test_study import numbers
+
+    metrics = {}
+    for backend in BACKENDS:
+        out = tmp_path / backend
+        proc = subprocess.run([sys.executable, "-m", "vitops", "analyze", "--model", "digits_vit", "--model",
+                               "digits_deit", "--batch-size", "4", "--out", str(out)], capture_output=True, text=True,
+                              env={**os.environ, "KERAS_BACKEND": backend, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, f"{backend}:\n{proc.stderr[-3000:]}"
+        metrics[backend] = numbers(__import__("json").loads((out / "metrics.json").read_text()))
+        metrics[backend].pop("/backend")
+    for a, b in itertools.combinations(BACKENDS, 2):
+        assert metrics[a].keys() == metrics[b].keys()
+        for key, value in metrics[a].items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_allclose(metrics[b][key], value, rtol=1e-4, atol=1e-5, err_msg=f"{key}: {a} vs {b}")
+            else:
+                assert metrics[b][key] == value, (key, a, b)

@@ -57,6 +57,27 @@ def compiled(fn=None, *, static_argnames=(), inference: bool = False):
     return wrapper
 
 
+def attention_logits(q, k, scratch: dict | None = None):
+    """q @ k: (B, H, N, Dh) @ (B, H, Dh, N) -> (B, H, N, N) attention logits.
+
+    With a scratch dict (one forward pass whose maps are read block by block and not kept),
+    eager PyTorch writes every block's logits into one buffer kept in it, rather than into a
+    fresh 15 MB (ViT-B/16, batch 8) allocation per block that the allocator maps and the
+    kernel page-faults in anew. Not while autograd records (an out= product cannot be
+    differentiated through). XLA plans its own buffers; there it is the plain product.
+    """
+    if scratch is not None and name() == "torch":
+        import torch
+
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
+            shape = (*q.shape[:-1], k.shape[-1])
+            buf = scratch.get("logits")
+            if buf is None or tuple(buf.shape) != shape or buf.dtype != q.dtype:
+                buf = scratch["logits"] = torch.empty(shape, dtype=q.dtype, device=q.device)
+            return torch.matmul(q, k, out=buf)
+    return keras.ops.matmul(q, k)
+
+
 def softmax_of_temporary(x, axis: int = -1):
     """softmax(x) along axis, where x is a temporary no one else reads: computed in place
     when that is safe.

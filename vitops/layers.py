@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from ._backend import softmax_of_temporary
+from ._backend import attention_logits, softmax_of_temporary
 
 
 def layer_norm(x, scale, bias, eps: float):
@@ -28,7 +28,8 @@ def mlp(x, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias):
 
 
 def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
-              return_probs: bool = False, num_queries: int | None = None, probs_delta=None):
+              return_probs: bool = False, num_queries: int | None = None, probs_delta=None,
+              scratch: dict | None = None):
     """Multi-head self-attention over (B, N, D).
 
     Returns (out (B, Q, D), probs (B, H, N, N) or None), Q = num_queries or N: with
@@ -42,7 +43,13 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     output is unchanged, and the gradient of any output with respect to probs_delta is its
     gradient with respect to the attention probabilities: what gradient-weighted attention
     methods need, without hooks.
+
+    scratch: a dict owned by the caller for one forward pass, given when the probabilities are
+    read before the next block runs and never kept (in-forward reductions): the backend may then
+    compute every block's logits and probabilities in one reused buffer (see
+    `_backend.attention_logits`).
     """
+    return_probs = return_probs or probs_delta is not None
     n, d = x.shape[-2], x.shape[-1]
     head_dim = d // num_heads
     nq = n if num_queries is None else num_queries
@@ -55,14 +62,13 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
         q = ops.reshape(dense(x[:, :nq], qkv_kernel[:, :d], qkv_bias[:d]), (-1, nq, num_heads, head_dim))
         kv = ops.reshape(dense(x, qkv_kernel[:, d:], qkv_bias[d:]), (-1, n, 2, num_heads, head_dim))
         k, v = kv[:, :, 0], kv[:, :, 1]
-    return_probs = return_probs or probs_delta is not None
     if not return_probs:
         out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, Dh)
         return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, N, Dh)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, Dh, N)
     v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, N, Dh)
-    probs = softmax_of_temporary(ops.matmul(q, k), axis=-1)  # (B, H, N, N)
+    probs = softmax_of_temporary(attention_logits(q, k, scratch), axis=-1)  # (B, H, N, N)
     weights = probs if probs_delta is None else probs + ops.cast(probs_delta, probs.dtype)
     out = ops.transpose(ops.matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs

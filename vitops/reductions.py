@@ -112,7 +112,7 @@ class Reductions:
             else:
                 state["rollout"] = ops.matmul(f, joint)  # (B, T, T)
         if last and self.cls_attention:
-            state["cls_attention"] = a[:, :, 0, prefix:]  # (B, H, N)
+            state["cls_attention"] = a[:, :, 0, prefix:] + 0.0  # (B, H, N); a copy, not a view of the map
         return state
 
     def finish(self, state: dict) -> dict:

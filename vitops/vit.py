@@ -87,18 +87,18 @@ def embed(params, config: ViTConfig, images):
 
 
 def block(params, config: ViTConfig, i: int, x, return_attention: bool = False,
-          num_queries: int | None = None, probs_delta=None):
+          num_queries: int | None = None, probs_delta=None, scratch: dict | None = None):
     """One pre-norm transformer block: (B, T, D) -> (B, Q, D), probs (B, H, T, T) or None.
 
-    Q = T, or num_queries: then only the first Q tokens' outputs are computed. probs_delta:
-    see `layers.attention`.
+    Q = T, or num_queries: then only the first Q tokens' outputs are computed. probs_delta,
+    scratch: see `layers.attention`.
     """
     b = f"blocks.{i}."
     h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], config.layer_norm_eps)
     h, probs = attention(h, params[b + "attn.qkv.kernel"], params[b + "attn.qkv.bias"],
                          params[b + "attn.proj.kernel"], params[b + "attn.proj.bias"],
                          config.num_heads, return_probs=return_attention, num_queries=num_queries,
-                         probs_delta=probs_delta)
+                         probs_delta=probs_delta, scratch=scratch)
     if num_queries is not None:
         x = x[:, :num_queries]
     x = x + h
@@ -136,6 +136,8 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
     need_probs = return_attention or (reductions is not None and reductions.needs_attention)
     all_tokens = return_hidden or (reductions is not None and reductions.needs_all_tokens)
     state = reductions.start(x, config, grid) if reductions is not None else None
+    # Maps that only the reductions read, block by block, can share one buffer (see attention).
+    scratch = {} if state is not None and not return_attention else None
     for i in range(config.depth):
         last = i == config.depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
@@ -143,7 +145,8 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
         # result is the same; about 1/16 of ViT-B's work is skipped).
         last_only = config.num_prefix_tokens if last and not all_tokens else None
         delta = None if attention_delta is None else attention_delta[i]
-        x, probs = block(params, config, i, x, need_probs, num_queries=last_only, probs_delta=delta)
+        x, probs = block(params, config, i, x, need_probs, num_queries=last_only, probs_delta=delta,
+                         scratch=scratch)
         if return_attention:
             attentions.append(probs)
         if return_hidden:
