@@ -6,7 +6,7 @@ holding all three backends and timm, installed as the README says), because the 
 needs all three side by side, and because PyTorch with torchvision is several GB: one copy,
 not one per session.
 
-    nox                        # tests-jax, tests-torch, tests-tensorflow, parity, browser
+    nox                        # tests-jax, tests-torch, tests-tensorflow, parity, browser, install-jax
     nox -s tests-torch -- -k posemb
     nox -s bench-jax
 """
@@ -17,7 +17,7 @@ import sys
 import nox
 
 BACKENDS = ("jax", "torch", "tensorflow")
-nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["parity", "browser"]
+nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["parity", "browser", "install-jax"]
 nox.options.default_venv_backend = "none"
 
 _MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
@@ -89,3 +89,11 @@ def browser(session):
                     env={"DEBIAN_FRONTEND": "noninteractive"})
     session.run(sys.executable, "-m", "pytest", "-q", "tests/test_report.py", "-k", "browser",
                 *session.posargs, env={**_env("jax"), "VITOPS_REQUIRE_BROWSER": "1"}, external=True)
+
+
+@nox.session(name="install-jax", venv_backend="venv")
+def install_jax(session):
+    """A fresh environment with only the jax extra (no torch, no TensorFlow): the CLI picks JAX
+    when KERAS_BACKEND is unset and works (tests/fresh_install_check.py)."""
+    session.install("-c", "constraints.txt", ".[jax]")
+    session.run("python", "tests/fresh_install_check.py", f"{session.create_tmp()}/fresh")

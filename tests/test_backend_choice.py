@@ -1,0 +1,43 @@
+"""Choosing a backend before Keras is imported: KERAS_BACKEND wins; else Keras' configured one if
+installed; else an installed one (jax, torch, tensorflow); with none, one line naming the extras.
+(The real jax-only install is the nox session `install-jax`.)"""
+
+import json
+
+import pytest
+
+import vitops
+from vitops import _select
+from vitops.cli import main
+
+
+@pytest.fixture
+def clean(monkeypatch, tmp_path):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_configured_backend_missing_picks_an_installed_one(clean, monkeypatch):
+    monkeypatch.setattr(_select, "installed", lambda b: b in ("torch", "tensorflow"))
+    (clean / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    assert _select.choose_backend() == ("torch", None)
+    assert __import__("os").environ["KERAS_BACKEND"] == "torch"
+
+
+def test_installed_configured_backend_and_explicit_choice_are_left_alone(clean, monkeypatch):
+    monkeypatch.setattr(_select, "installed", lambda b: b == "tensorflow")
+    assert _select.choose_backend() == (None, None)  # keras.json absent: tensorflow, installed
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setattr(_select, "installed", lambda b: False)
+    assert _select.choose_backend() == (None, None)  # the user's choice, even if missing
+
+
+def test_no_backend_at_all_is_one_line(clean, monkeypatch, capsys):
+    monkeypatch.setattr(_select, "installed", lambda b: False)
+    chosen, problem = _select.choose_backend()
+    assert chosen is None and "vitops[jax]" in problem
+    monkeypatch.setattr(vitops, "BACKEND_PROBLEM", problem)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'vitops[jax]'" in err[0]
