@@ -106,6 +106,9 @@ def main():
     parser.add_argument("--modes", default="predict,attention",
                         help="comma list of: predict, attention, call (torch), torch_compile")
     parser.add_argument("--no-timm", action="store_true", help="skip the timm reference")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="JAX: also run data-parallel over this many devices (batch per device = --batch); "
+                        "on a CPU, simulate them with XLA_FLAGS=--xla_force_host_platform_device_count=N")
     args = parser.parse_args()
     modes = args.modes.split(",")
     backend = keras.config.backend()
@@ -151,6 +154,19 @@ def main():
                 return sync(compiled_model(x))
 
         runners["vitops_torch_compile"] = run_compiled
+    if args.devices > 1:
+        # Data parallel through keras.distribution (JAX): the compiled inference on one device
+        # with --batch images, and on N devices with N x --batch images sharded over them.
+        distribution = _backend.data_parallel(args.devices)
+        _backend.distribute_model(model, distribution)
+        xn = np.concatenate([x] * args.devices)
+        runners["vitops_infer_1_device"] = lambda: sync(model.infer(x)["logits"])
+
+        def run_parallel():
+            with distribution.scope():
+                return sync(model.infer(_backend.distribute_batch(xn, distribution))["logits"])
+
+        runners[f"vitops_infer_{args.devices}_devices"] = run_parallel
     if ref is not None:
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
@@ -178,14 +194,23 @@ def main():
     results = {}
     for k, ts in times.items():
         t = float(np.median(ts))
-        results[k] = {"images_per_s": args.batch / t, "seconds_per_batch": t,
-                      "gflops_per_s": flops / t / 1e9, "share_of_matmul_peak": flops / t / 1e9 / peak}
+        images = args.batch * (args.devices if k == f"vitops_infer_{args.devices}_devices" else 1)
+        results[k] = {"images_per_s": images / t, "seconds_per_batch": t,
+                      "gflops_per_s": flops * images / args.batch / t / 1e9,
+                      "share_of_matmul_peak": flops * images / args.batch / t / 1e9 / peak}
     if "timm" in results:
         for k in results:
             results[k]["ratio_to_timm"] = results[k]["images_per_s"] / results["timm"]["images_per_s"]
     if "vitops_predict_on_batch" in results and "vitops_predict_on_batch_attention" in results:
         results["attention_cost"] = 1 - (results["vitops_predict_on_batch_attention"]["images_per_s"]
                                          / results["vitops_predict_on_batch"]["images_per_s"])
+    if args.devices > 1:
+        one = results["vitops_infer_1_device"]["images_per_s"]
+        many = results[f"vitops_infer_{args.devices}_devices"]["images_per_s"]
+        results["data_parallel"] = {"devices": args.devices, "total_images_per_s": many,
+                                    "per_device_images_per_s": many / args.devices,
+                                    "one_device_images_per_s": one,
+                                    "scaling_efficiency": many / (args.devices * one)}
     if "vitops_call" in results and "vitops_call_attention" in results:
         results["attention_cost_call"] = 1 - (results["vitops_call_attention"]["images_per_s"]
                                               / results["vitops_call"]["images_per_s"])
