@@ -118,7 +118,8 @@ class DecodedBatch:
 def decoder(items, preparers: Sequence[Callable], read: Callable) -> Callable[[range], DecodedBatch]:
     """A function turning a batch of positions into a DecodedBatch: each image is decoded once
     (read(item) -> RGB array) and prepared once per model (preparers[m](rgb) -> (H, W, 3)).
-    Any vitops error or OS error on one image names it and skips it; the batch goes on."""
+    Whatever fails on one image (unreadable, undecodable, too large) names it and skips it; the
+    batch goes on."""
     def work(batch: range) -> DecodedBatch:
         positions, per_model, failed = [], [[] for _ in preparers], []
         for pos in batch:
@@ -126,8 +127,11 @@ def decoder(items, preparers: Sequence[Callable], read: Callable) -> Callable[[r
             try:
                 rgb = read(item)
                 prepared = [prep(rgb) for prep in preparers]
-            except (VitopsError, ValueError, OSError) as e:
+            except VitopsError as e:
                 failed.append((pos, str(e)))
+                continue
+            except Exception as e:  # noqa: BLE001 - any failure of one image skips that image only
+                failed.append((pos, f"{type(e).__name__}: {e}"))
                 continue
             positions.append(pos)
             for m, x in enumerate(prepared):
