@@ -23,10 +23,15 @@ MIN_CKA_BATCH = 4  # the unbiased HSIC estimator needs n >= 4
 
 
 def expand_images(items) -> list:
-    """Paths (files, or folders whose image files are taken in name order) and arrays."""
+    """Paths (files, or folders whose image files are taken in name order) and arrays: one
+    image (H, W[, C]) each, or a stack (B, H, W, C) of them."""
+    if isinstance(items, (str, os.PathLike, np.ndarray)):
+        items = [items]
     out = []
     for item in items:
-        if isinstance(item, (str, os.PathLike)) and os.path.isdir(item):
+        if isinstance(item, np.ndarray) and item.ndim == 4:
+            out.extend(item)
+        elif isinstance(item, (str, os.PathLike)) and os.path.isdir(item):
             out.extend(sorted(str(p) for p in Path(item).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
         else:
             out.append(item)

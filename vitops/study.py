@@ -314,7 +314,7 @@ def run_study(models, images, *, settings: StudySettings | None = None, per_imag
     overrides = preprocessing if isinstance(preprocessing, (list, tuple)) else [preprocessing] * len(loaded)
     preparers = [preparer_for(m, o) for m, o in zip(loaded, overrides)]
 
-    items = stream.expand_images(images if isinstance(images, (list, tuple)) else [images])
+    items = stream.expand_images(images)
     if not items:
         raise AnalysisError("no images to analyse")
     n = len(items)
