@@ -8,6 +8,9 @@ The subclasses keep the builtin base callers already catch (ValueError, RuntimeE
 
 from __future__ import annotations
 
+import errno
+import reprlib
+
 
 class VitopsError(Exception):
     """Base class of every error vitops raises on purpose."""
@@ -64,8 +67,6 @@ def clip_text(text: str, limit: int = SHOWN_CHARS) -> str:
 def clip(value, limit: int = SHOWN_CHARS) -> str:
     """repr(value), cut to `limit` characters; bounded work on deeply nested or huge values
     (reprlib stops at a few levels and items; ints too long to print are named, not printed)."""
-    import reprlib
-
     short = reprlib.Repr()  # attributes, not keywords: Python 3.10 and 3.11 take none
     short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 6, 6, 4, 4
     short.maxstring, short.maxlong, short.maxother = limit, 40, limit
@@ -79,8 +80,6 @@ def clip(value, limit: int = SHOWN_CHARS) -> str:
 def os_reason(error: OSError) -> str:
     """A short, accurate reason for a failed file operation ('permission denied', not the
     'no such file' a failed existence test would suggest)."""
-    import errno
-
     reasons = {errno.ENOENT: "no such file or directory", errno.EACCES: "permission denied",
                errno.EPERM: "permission denied", errno.EISDIR: "is a directory",
                errno.ENOTDIR: "a parent is not a directory", errno.ENOSPC: "no space left on device",

@@ -56,7 +56,7 @@ def header_size(path) -> tuple[int, int]:
     except ImportError as e:  # pragma: no cover - Pillow comes with matplotlib
         raise ImageError("reading images needs Pillow (for the size check): pip install pillow") from e
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore")  # bomb warnings (the budget below decides), corrupt EXIF
         try:
             with Image.open(path) as im:
                 width, height = im.size
