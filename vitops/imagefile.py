@@ -1,18 +1,18 @@
 """Reading image files safely: the size from the header first, then the decode.
 
 A 69-byte PNG can claim 100000 x 100000 pixels; decoding it would need 30 GB. The header is
-read first (Pillow's lazy `Image.open` reads only the header; OpenCV has no such call) and an
-image with more pixels than the budget is refused before any pixel is decoded. OpenCV then
-decodes (the project's image library). Every failure is an ImageError naming the file.
+read first (see _imageheader) and an image with more pixels than the budget is refused before
+any pixel is decoded. OpenCV then decodes (the project's image library). Every failure is an
+ImageError naming the file.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
+from ._imageheader import header_size
 from .errors import ImageError, clip_text, os_reason
 
 # Pillow's own bomb threshold (PIL.Image.MAX_IMAGE_PIXELS, 0x5555555 = 89,478,485 pixels, a
@@ -48,30 +48,6 @@ def pixel_budget(max_pixels: int | None = None) -> int:
     return max_pixels
 
 
-def header_size(path) -> tuple[int, int]:
-    """(height, width) from an image file's header, without decoding its pixels."""
-    path = os.fspath(path)
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - Pillow comes with matplotlib
-        raise ImageError("reading images needs Pillow (for the size check): pip install pillow") from e
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # bomb warnings (the budget below decides), corrupt EXIF
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-        except Image.DecompressionBombError as e:
-            raise ImageError(f"{path}: {e}; vitops' budget is {pixel_budget():,} pixels") from None
-        except OSError as e:
-            if isinstance(e, FileNotFoundError) or e.errno is not None:
-                raise ImageError(f"cannot read {path}: {os_reason(e)}") from None
-            raise ImageError(f"cannot read {path} as an image: {clip_text(str(e), 200)}") from None
-        except Exception as e:  # noqa: BLE001 - a corrupt header can raise anything in a plugin
-            raise ImageError(f"cannot read the image header of {path}: {type(e).__name__}: "
-                             f"{clip_text(str(e), 200)}") from None
-    return int(height), int(width)
-
-
 def read_image(path, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file into (H, W, 3) RGB; the pixel type is kept (uint8, uint16 or
     float32), grayscale and alpha images become RGB.
@@ -85,6 +61,9 @@ def read_image(path, max_pixels: int | None = None) -> np.ndarray:
         raise ImageError(f"{path} is a directory, not an image file")
     budget = pixel_budget(max_pixels)
     height, width = header_size(path)
+    if height == "bomb":
+        claimed = f"{width:,} pixels" if width else "more pixels than Pillow's limit"
+        raise ImageError(f"{path}: its header says {claimed}, more than the {budget:,} allowed")
     if height * width > budget:
         raise ImageError(f"{path}: its header says {width} x {height} = {height * width:,} pixels, "
                          f"more than the {budget:,} allowed (max_pixels= or {PIXELS_ENV} raise it)")
