@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -160,8 +161,15 @@ def write(path, params: Mapping[str, np.ndarray], config: ViTConfig,
     try:
         save_file(tensors, os.fspath(path), metadata=metadata)
     except (OSError, SafetensorError) as e:
-        reason = os_reason(e) if isinstance(e, OSError) else str(e)
-        raise error(f"cannot write {name}: {reason}") from None
+        raise error(f"cannot write {name}: {_write_reason(e)}") from None
+
+
+def _write_reason(e: Exception) -> str:
+    """An OSError's reason; safetensors' Rust errors carry the errno as "(os error N)"."""
+    if isinstance(e, OSError):
+        return os_reason(e)
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return os_reason(OSError(int(m.group(1)), os.strerror(int(m.group(1))))) if m else str(e)
 
 
 def save(path, params: Mapping[str, np.ndarray], config: ViTConfig,
