@@ -48,13 +48,14 @@ class BackendError(VitopsError, RuntimeError):
 # claiming a million blocks, a header with 10^5 tensors): a message lists a few and counts
 # the rest, so it stays readable and small.
 SHOWN_ITEMS = 12
-SHOWN_CHARS = 80
+SHOWN_CHARS = 80  # a value shown in a message
+SHOWN_ITEM_CHARS = 300  # one item of a list of problems
 
 
 def capped(items, shown: int = SHOWN_ITEMS, sep: str = ", ") -> str:
     """'a, b, c and 12,000 more': the first `shown` items (each clipped), then a count."""
     items = list(items) if not isinstance(items, (list, tuple)) else items
-    head = [clip(i) if not isinstance(i, str) else clip_text(i) for i in items[:shown]]
+    head = [clip(i) if not isinstance(i, str) else clip_text(i, SHOWN_ITEM_CHARS) for i in items[:shown]]
     rest = len(items) - len(head)
     return sep.join(head) + (f" and {rest:,} more" if rest > 0 else "")
 

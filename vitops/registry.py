@@ -34,7 +34,7 @@ def url_filename(url: str) -> str:
 
 def entry_problems(entry) -> list[str]:
     """Every problem of one registry entry, as readable lines."""
-    from .config import get_config
+    from .config import FAMILIES, get_config
     from .convert import FORMATS
     from .preprocess import Preprocessing
 
@@ -50,6 +50,8 @@ def entry_problems(entry) -> list[str]:
             get_config(arch)
         except ConfigError as e:
             problems.append(f"arch: {e}")
+    if entry.get("family") is not None and entry.get("family") not in FAMILIES:
+        problems.append(f"family {clip(entry.get('family'))} is not one of {', '.join(FAMILIES)}")
     if entry.get("format") is not None and entry.get("format") not in FORMATS:
         problems.append(f"format {clip(entry.get('format'))} is not one of {', '.join(FORMATS)}")
     for key, length in (("sha256", 64), ("sha256_prefix", None)):
@@ -82,8 +84,9 @@ def entry_problems(entry) -> list[str]:
         if not isinstance(pre, dict):
             problems.append("preprocessing must be an object")
         else:
-            try:
-                Preprocessing.from_mapping(pre, source="preprocessing")
+            family = entry.get("family") if entry.get("family") in FAMILIES else "vit"
+            try:  # fields it lacks come from the family's defaults, as at conversion
+                Preprocessing.from_mapping(pre, Preprocessing.for_family(family), source="preprocessing")
             except ConfigError as e:
                 problems.append(str(e))
     return problems
