@@ -45,6 +45,7 @@ class Checkpoint:
     format: str  # one of FORMATS
     weights_file: str  # the file the tensors came from
     labels: list | None = None  # class names its own files give (Hugging Face id2label)
+    labels_source: str = ""  # where they come from, for messages
     preprocessing: Preprocessing | None = None  # what its own files say
 
 
@@ -82,7 +83,7 @@ def _load_hf(src, arch) -> Checkpoint:
         pre = hf_preprocessing(info.preprocessor, Preprocessing.for_family(config.family, config.image_size),
                                info.preprocessor_path)
     labels = info.labels if config.num_classes else None
-    return Checkpoint(params, config, "hf", wfile, labels, pre)
+    return Checkpoint(params, config, "hf", wfile, labels, f"{cfile} id2label", pre)
 
 
 def _load(src, arch, format, which) -> Checkpoint:
@@ -149,12 +150,12 @@ def convert(src, dst, arch: str | None = None, format: str | None = None, which:
     with atomic_output(dst, ConversionError) as tmp:
         ck = load_checkpoint(src, arch, format, which)
         config = ck.config
-        names = labels if labels is not None else ck.labels
+        names, source = (labels, "the labels given") if labels is not None else (ck.labels, ck.labels_source)
         if names is None and config.num_classes:
-            names = default_labels(config.num_classes, ck.format)
+            names, source = default_labels(config.num_classes, ck.format), "default"
         if names is not None and len(names) != config.num_classes:
-            raise ConversionError(f"{len(names)} class names for a head of {config.num_classes} classes"
-                                  + ("" if labels is None else " (from the labels given)"))
+            raise ConversionError(f"{len(names)} class names for a head of {config.num_classes} classes "
+                                  f"({source}); --labels FILE gives one name per line")
         base = Preprocessing.for_family(config.family, config.image_size)
         pre = (given_preprocessing(preprocessing, base) if preprocessing is not None
                else ck.preprocessing or timm_preprocessing(arch))

@@ -129,6 +129,8 @@ def read_hf_info(config_path: str, preprocessor_path: str | None) -> HFInfo:
     pre = read_json(preprocessor_path) if preprocessor_path else None
     if pre is not None:
         mean = pre.get("image_mean")
+        if isinstance(mean, (int, float)) and not isinstance(mean, bool):
+            mean = [mean] * 3  # image processors take one number for all channels
         ok = isinstance(mean, list) and len(mean) == 3 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean)
         if mean is not None and not ok:
