@@ -182,3 +182,38 @@ def test_cli_models_with_a_broken_registry_is_one_line(tmp_path, monkeypatch, ca
     assert main(["models"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a plain name" in err
+
+
+def test_a_download_that_cannot_be_written_is_reported(tmp_path, monkeypatch):
+    import io
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    import torch
+
+    from test_hub import FILES, Handler
+
+    buf = io.BytesIO()
+    torch.save({"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf)
+    FILES["big.pth"] = buf.getvalue()
+    assert len(FILES["big.pth"]) > 400_000
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/files/big.pth"
+    (tmp_path / "registry.json").write_text(json.dumps({"models": [{"name": "big", "source": {"url": url}}]}))
+    code = ("import resource, signal, vitops.hub\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+            "try:\n    vitops.hub.fetch('big')\n"
+            "except vitops.VitopsError as e:\n    print(type(e).__name__, e)\n")
+    env = dict(os.environ, VITOPS_HOME=str(tmp_path / "home"), VITOPS_REGISTRY=str(tmp_path / "registry.json"),
+               VITOPS_NO_PROGRESS="1")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    # the old code called this "no network, or the connection dropped"
+    assert proc.stdout.startswith("HubError cannot write ") and proc.stdout.rstrip().endswith("file too large"), \
+        proc.stdout + proc.stderr[-2000:]
+    assert os.listdir(tmp_path / "home") == []

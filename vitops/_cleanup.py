@@ -61,6 +61,8 @@ def _start_time(pid: int) -> float | None:
 
 def _owner_gone(pid: int, mtime: float) -> bool:
     """True when the process that made an entry (last modified at mtime) no longer runs."""
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: go by age alone
+        return time.time() - mtime > FOREIGN_AGE_S
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         if state in ("Z", "X"):  # killed, not yet reaped by its parent
@@ -123,6 +125,20 @@ def sweep(directory) -> list[str]:
     return removed
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc says it (setting it to read it
+    would briefly affect files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         if os.path.isdir(path) and not os.path.islink(path):
@@ -160,9 +176,7 @@ def atomic_output(path, error: type[VitopsError]) -> Iterator[str]:
         try:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # writers may recreate it 0600; a saved file gets the usual mode
+            os.chmod(tmp, 0o666 & ~_umask())  # writers may recreate it 0600; give the usual mode
             os.replace(tmp, path)
         except OSError as e:
             raise error(f"cannot write {path}: {os_reason(e)}") from None
