@@ -5,7 +5,7 @@
 
 Kinds of case (chosen per case; each case is a function of (seed, index) alone, so any case
 can be re-run with --start I --cases 1):
-  weights  a small vitops file with mutated header bytes, header length, data bytes, offsets,
+  weights  a small vitops file (and the shipped digits_vit) with mutated header bytes, header length, data bytes, offsets,
            shapes, dtypes, tensor names, config fields, metadata (format_version, labels,
            preprocessing), non-finite values; then vitops.load and a forward pass
   hf       a Hugging Face folder with mutated config.json / preprocessor_config.json fields,
@@ -89,11 +89,15 @@ def make_bases(folder):
     hf = os.path.join(folder, "hf")
     os.makedirs(hf)
     write_hf(hf, params, config)
+    from vitops.hub import shipped_path
+
+    digits = shipped_path("digits_vit")  # a real file, with vitops 0.1's comma-separated labels
     img = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
     images = {ext: cv2.imencode(ext, img)[1].tobytes() for ext in (".png", ".jpg", ".bmp", ".tiff")}
     images[".16.png"] = cv2.imencode(".png", (img.astype(np.uint16) * 257))[1].tobytes()
     images[".f.tiff"] = cv2.imencode(".tiff", img.astype(np.float32) / 255)[1].tobytes()
-    return {"weights": open(base, "rb").read(), "hf": hf, "images": images}
+    weights = [open(base, "rb").read()] + ([open(digits, "rb").read()] if digits else [])
+    return {"weights": weights, "hf": hf, "images": images}
 
 
 def write_hf(folder, params, config):
@@ -197,9 +201,11 @@ def mutate_weights(data, rng):
         if rng.random() < 0.2:
             meta.pop(key, None)
         elif key == "preprocessing":
-            pre = json.loads(meta["preprocessing"])
+            pre = json.loads(meta.get("preprocessing", "{}"))
             pre[pick(rng, sorted(pre) + ["extra"])] = pick(rng, HOSTILE)
             meta[key] = json.dumps(pre) if rng.random() < 0.8 else pick(rng, [DEEP, "[]", "{", "null"])
+        elif key == "crop_pct":
+            meta[key] = pick(rng, ["abc", "0", "-1", "1e999", "nan", "0.9", "1.0", ""])
         elif key == "labels":
             meta[key] = pick(rng, [json.dumps(["a"] * 4), json.dumps(["a"] * 6), json.dumps([1, 2, 3, 4, 5]),
                                    json.dumps(["x" * 5000] * 5), DEEP, "[", "a,b,c", "a,b,c,d,e", "[]", "{}"])
@@ -377,7 +383,9 @@ def make_case(index, seed, bases, folder, kinds=KINDS):
     weights = np.array([w for k, w in zip(KINDS, KIND_WEIGHTS) if k in kinds])
     kind = [k for k in KINDS if k in kinds][int(rng.choice(len(weights), p=weights / weights.sum()))]
     if kind == "weights":
-        mutation, data = mutate_weights(bases["weights"], rng)
+        which = int(rng.integers(len(bases["weights"])))
+        mutation, data = mutate_weights(bases["weights"][which], rng)
+        mutation = f"{('fuzz', 'digits')[which]}:{mutation}"
         path = os.path.join(folder, f"case{index}.safetensors")
         with open(path, "wb") as f:
             f.write(data)
@@ -426,7 +434,10 @@ def worker(args):
     folder = tempfile.mkdtemp(prefix="vitops-fuzz-")
     try:
         bases = make_bases(folder)
-        run_weights(os.path.join(folder, "base.safetensors"), np.random.default_rng(0))  # warm up
+        for i, data in enumerate(bases["weights"]):  # warm up: first calls compile the backend's ops
+            with open(os.path.join(folder, f"warm{i}.safetensors"), "wb") as f:
+                f.write(data)
+            run_weights(os.path.join(folder, f"warm{i}.safetensors"), np.random.default_rng(0))
         run_image_path = os.path.join(folder, "warm.png")
         with open(run_image_path, "wb") as f:
             f.write(bases["images"][".png"])

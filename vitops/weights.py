@@ -119,7 +119,7 @@ def metadata_problems(metadata: Mapping[str, str], config: ViTConfig) -> list[st
             problems.append(f"{len(labels)} labels for {config.num_classes} classes")
     except WeightFileError as e:
         problems.append(str(e))
-    if "preprocessing" in metadata:
+    if "preprocessing" in metadata or "crop_pct" in metadata:  # crop_pct: vitops 0.1 files
         try:
             size = Preprocessing.for_model(config, metadata).size
             if any(s % config.patch_size for s in size):
