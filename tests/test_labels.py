@@ -86,6 +86,13 @@ def test_timm_imagenet_1k_checkpoint_carries_imagenet_names(tmp_path):
     assert vitops.load(tmp_path / "m.safetensors").metadata["labels"].startswith('["tench, Tinca tinca", ')
 
 
+def test_imagenet_21k_names_come_from_timm_when_installed(tmp_path):
+    save_state_dict(make_timm("vit_small_patch16_224", **TINY, num_classes=21843), tmp_path / "ck.safetensors")
+    vitops.convert(tmp_path / "ck.safetensors", tmp_path / "m.safetensors")
+    labels = vitops.WeightFile(tmp_path / "m.safetensors").labels
+    assert len(labels) == 21843 and labels[0] == "organism, being"  # WordNet's n00004475
+
+
 def test_hugging_face_id2label_is_carried(tmp_path):
     import transformers
 

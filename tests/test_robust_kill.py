@@ -64,14 +64,14 @@ def zygote():
                             text=True, env=env)
 
     def run(op, args, env, kill_when, sig, delay):
-        """Start one operation, wait for kill_when() (polled), sleep `delay`, send `sig`.
+        """Start one operation, wait for kill_when(pid) (polled), sleep `delay`, send `sig`.
         Returns (pid, wait status, whether the signal was sent before the child ended)."""
         proc.stdin.write(json.dumps({"op": op, "args": args, "env": env}) + "\n")
         proc.stdin.flush()
         pid = json.loads(proc.stdout.readline())["pid"]
         deadline, sent = time.monotonic() + 120, False
         while time.monotonic() < deadline and _alive(pid):
-            if kill_when():
+            if kill_when(pid):
                 time.sleep(delay)
                 sent = _signal(pid, sig)
                 break
@@ -100,8 +100,10 @@ def _signal(pid, sig):
         return False
 
 
-def _temporaries(folder):
-    return sorted(p for p in os.listdir(folder) if p.startswith(_cleanup.TEMP_PREFIX))
+def _temporaries(folder, pid=None):
+    """vitops' temporaries in folder (of process `pid` only, when given)."""
+    return sorted(p for p in os.listdir(folder) if p.startswith(_cleanup.TEMP_PREFIX)
+                  and (pid is None or LEFTOVER.match(p).group(1) == str(pid)))
 
 
 def _digest(path):
@@ -155,24 +157,31 @@ def test_killed_convert_keeps_the_previous_output(zygote, vit_s, tmp_path, sig):
     dst = out / "model.safetensors"
     vitops.convert(vit_s / "small.safetensors", dst)  # the previous output
     previous = _digest(dst)
-    interrupted = 0
-    for delay in (0.0, 0.05, 0.3, 0.8):  # reading the checkpoint, converting, writing
-        pid, status, sent = zygote("convert", [str(vit_s / "vit_s.safetensors"), str(dst)], {},
-                                   lambda: bool(_temporaries(out)), sig, delay)
+    def started(pid):
+        return bool(_temporaries(out, pid))
+
+    def writing(pid):  # bytes are being written in its temporary folder (by safetensors' own temp)
+        return any(f.stat().st_size > 0 for d in _temporaries(out, pid) for f in (out / d).iterdir())
+
+    interrupted, while_writing, killed_pids = 0, 0, set()
+    for when, delay in ((started, 0.0), (started, 0.3), (writing, 0.0), (writing, 0.02)):
+        pid, status, sent = zygote("convert", [str(vit_s / "vit_s.safetensors"), str(dst)], {}, when, sig, delay)
         killed = sent and os.WIFSIGNALED(status) if sig == signal.SIGKILL else \
             sent and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
         left = _temporaries(out)
         if killed:
             interrupted += 1
+            while_writing += when is writing
             assert _digest(dst) == previous  # never a partial file
             if sig == signal.SIGTERM:
                 assert left == []  # the handler raised SystemExit: removed at once
-            else:
-                assert left and all(LEFTOVER.match(n).group(1) == str(pid) for n in left)
+            else:  # its own leftover; earlier ones were swept when it started
+                killed_pids.add(str(pid))
+                assert _temporaries(out, pid) and {LEFTOVER.match(n).group(1) for n in left} <= killed_pids
         else:  # it finished before the signal: a complete new file
             assert vitops.load_params(dst)[1].name == "vit_small_patch16_224"
             previous = _digest(dst)
-    assert interrupted >= 2, "no run was interrupted mid-way: the checkpoint converts too fast here"
+    assert interrupted >= 2 and while_writing >= 1, f"interrupted {interrupted} times, {while_writing} while writing"
     # the next invocation sweeps what SIGKILL left
     vitops.convert(vit_s / "small.safetensors", dst)
     assert os.listdir(out) == ["model.safetensors"]
@@ -231,8 +240,8 @@ def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server
     hub.fetch("other")  # the cache's previous content
     before = {p: _digest(home / p) for p in ("checksums.json", "models/other.safetensors", "models/other.json")}
 
-    def partial_download():
-        return any(f.stat().st_size > 0 for d in home.glob(".vitops-tmp-*") for f in d.rglob("*") if f.is_file())
+    def partial_download(pid):
+        return any(f.stat().st_size > 0 for d in _temporaries(home, pid) for f in (home / d).rglob("*") if f.is_file())
 
     interrupted = 0
     for delay in (0.0, 0.1):
@@ -244,7 +253,7 @@ def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server
             assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
             assert left == []
         else:
-            assert left and all(LEFTOVER.match(n).group(1) == str(pid) for n in left)
+            assert _temporaries(home, pid) and all(LEFTOVER.match(n) for n in left)
         assert not (home / "models" / "tiny.safetensors").exists()
         assert {p: _digest(home / p) for p in before} == before
     hub.fetch("tiny")  # the next fetch sweeps the leftovers and completes

@@ -149,40 +149,42 @@ def _remove(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path, error: type[VitopsError]) -> Iterator[str]:
-    """Yield a temporary path beside `path`; on success move it onto `path`, on any exit
-    without success remove it, so `path` is either untouched or complete.
+    """Yield a temporary path for `path`; on success move it onto `path`, on any exit without
+    success remove it, so `path` is either untouched or complete.
 
-    The temporary file is created at once, so an unwritable folder or a directory at `path`
-    is reported before any work. OS errors of the folder, the temporary file and the final
-    move become `error` naming `path` and the reason (the body reports its own); stale
-    temporaries of killed processes in the folder are swept first.
+    The temporary path lies in a temporary folder of its own beside `path`, so whatever the
+    writer makes there too (safetensors writes through a `.tmpXXXXXX` file of its own) goes
+    with it. It is created at once, so an unwritable folder or a directory at `path` is
+    reported before any work. OS errors of the folder and the final move become `error`
+    naming `path` and the reason (the body reports its own); stale temporaries of killed
+    processes in the folder are swept first.
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise error(f"cannot write {path}: it is a directory; give a file name")
-    directory = os.path.dirname(path)
+    directory, name = os.path.split(path)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         raise error(f"cannot create the folder {directory}: {os_reason(e)}") from None
     sweep(directory)
-    tmp = os.path.join(directory, temp_name(os.path.basename(path))[:255])
+    folder = os.path.join(directory, temp_name(name)[:255])
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+        os.mkdir(folder)
     except OSError as e:
         raise error(f"cannot write {path}: {os_reason(e)}") from None
+    tmp = os.path.join(folder, name)
     try:
         yield tmp
         try:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # writers may recreate it 0600; give the usual mode
+            os.chmod(tmp, 0o666 & ~_umask())  # writers may make it 0600; give the usual mode
             os.replace(tmp, path)
         except OSError as e:
             raise error(f"cannot write {path}: {os_reason(e)}") from None
-    except BaseException:  # KeyboardInterrupt and SystemExit (SIGTERM) too
-        _remove(tmp)
-        raise
+    finally:  # success, an error, KeyboardInterrupt or SystemExit (SIGTERM): nothing stays
+        _remove(folder)
 
 
 @contextlib.contextmanager
