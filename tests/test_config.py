@@ -22,7 +22,7 @@ def test_variants_cover_the_families():
 def test_timm_names_with_tags():
     assert vitops.get_config("vit_base_patch16_224.augreg_in21k_ft_in1k").name == "vit_base_patch16_224"
     assert vitops.get_config("vit_base_patch8_224.dino").name == "dino_vitb8"
-    with pytest.raises(KeyError, match="unknown architecture"):
+    with pytest.raises(vitops.ConfigError, match="unknown architecture"):
         vitops.get_config("vit_gigantic_patch3_999")
 
 

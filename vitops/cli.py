@@ -17,11 +17,13 @@ DEFAULT_OUT = "vitops-report"
 
 
 def _convert(args) -> int:
-    from .convert import ConversionError, convert
+    from .convert import convert
+    from .errors import VitopsError
 
     try:
-        config = convert(args.src, args.dst, arch=args.arch, format=args.format, which=args.which)
-    except (ConversionError, KeyError, ValueError) as e:
+        config = convert(args.src, args.dst, arch=args.arch, format=args.format, which=args.which,
+                         labels=args.labels)
+    except VitopsError as e:  # a user's mistake or an OS error, said in one line
         print(f"vitops convert: error: {e}", file=sys.stderr)
         return 2
     head = f"{config.num_classes} classes" if config.num_classes else "headless (features)"
@@ -37,16 +39,25 @@ def _convert(args) -> int:
 def _models(args) -> int:
     from . import hub
     from .config import VARIANTS
+    from .errors import VitopsError
 
-    print("Registry models (vitops.load(NAME) downloads, verifies and converts once; cache: "
-          f"{hub.home()}):")
-    for name, e in hub.registry().items():
-        pub = e["published"]
+    try:
+        entries = hub.registry()
+        cache = hub.home()
+    except VitopsError as e:
+        print(f"vitops models: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Registry models (vitops.load(NAME) downloads, verifies and converts once; cache: {cache}):")
+    for name, e in entries.items():
+        pub = e.get("published") or {}
         score = (f"top-1 {pub['imagenet_top1']}" if pub.get("imagenet_top1") else
-                 f"k-NN {pub['imagenet_knn']} / linear {pub['imagenet_linear']}" if "imagenet_knn" in pub
+                 f"k-NN {pub.get('imagenet_knn')} / linear {pub.get('imagenet_linear')}" if "imagenet_knn" in pub
                  else "top-1 n/a")
-        cached = "cached" if hub.cached_path(name).exists() else ""
-        print(f"  {name:34s} {e['arch']:34s} {score:26s} {cached}")
+        try:
+            cached = "cached" if hub.cached_path(name).exists() else ""
+        except (VitopsError, OSError):
+            cached = ""
+        print(f"  {name:34s} {str(e.get('arch') or '-'):34s} {score:26s} {cached}")
     print("\nArchitectures (for --arch):")
     print(f"{'name':34s} {'family':6s} {'size':>7s} {'patch':>5s} {'dim':>5s} {'depth':>5s} "
           f"{'heads':>5s} {'classes':>7s}")
@@ -112,16 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitops", description=__doc__.split("\n")[0],
                                      epilog="--debug (anywhere): show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .convert import FORMATS
+    from .convert.releases import WHICH
+
     p = sub.add_parser("convert", help="convert a checkpoint into a vitops .safetensors file")
     p.add_argument("src", help="checkpoint: timm .safetensors/.pth, DeiT or DINO release .pth, "
                    "Hugging Face directory (or its weight file), Google .npz")
     p.add_argument("dst", help="output vitops .safetensors file (written atomically)")
     p.add_argument("--arch", help="architecture name, e.g. vit_small_patch16_224 or "
                    "deit_small_distilled_patch16_224 (default: inferred from shapes)")
-    p.add_argument("--format", choices=("timm", "deit", "dino", "hf", "npz"),
+    p.add_argument("--format", choices=FORMATS,
                    help="source format (default: detected from the file and its keys)")
-    p.add_argument("--which", default="teacher", choices=("teacher", "student"),
+    p.add_argument("--which", default=WHICH[0], choices=WHICH,
                    help="for DINO training checkpoints: which network to convert")
+    p.add_argument("--labels", metavar="FILE",
+                   help="class names, one per line, as many as the head has classes (default: the "
+                   "checkpoint's own, or ImageNet-1k's for a 1000-class timm/DeiT/Google head)")
     p.set_defaults(func=_convert)
     p = sub.add_parser("analyze", help="analyse models on images: figures, metrics.json, report.html",
                        description="Analyse one or more models over images, streaming: every analysis is "

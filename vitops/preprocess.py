@@ -1,109 +1,319 @@
 """Images in, model-ready NHWC float32 out: decode, to RGB, resize, centre-crop, normalise.
 
-Per family (see REFERENCES.md): Google ViT scales to [-1, 1] (mean = std = 0.5); DeiT and DINO
-use the ImageNet mean and std. The eval transform resizes the short side to size / crop_pct
-and centre-crops to size (crop_pct 0.875 = 224 / 256, the keras-io example's and DeiT's).
-Shrinking uses OpenCV's area filter (antialiased), enlarging its bicubic filter.
+    rgb = read_image("cat.jpg")                 # once (vitops.imagefile: header checked first)
+    x = prepare(rgb, Preprocessing.for_model(model.config, model.metadata))   # (H, W, 3)
+    batch = preprocess(["cat.jpg", "dog.png"], preprocessing=p)               # (B, H, W, 3)
+
+The eval transform: resize the short side to size / crop_pct, centre-crop to size, scale to
+[0, 1] by the pixel type (uint8 / 255, uint16 / 65535; float images are taken as already in
+[0, 1]), subtract the mean and divide by the std. Shrinking always uses OpenCV's area filter
+(antialiased); enlarging uses the named interpolation (OpenCV's bicubic or bilinear). When
+enlarging, only the crop is computed: the same samples as resizing the whole image first, up
+to OpenCV's 1/32-pixel coordinate rounding, in memory of the crop's size.
+
+Preprocessing travels with the weights (metadata key "preprocessing", see `Preprocessing`);
+without it the family defaults below apply.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ImageError
+from ._json import parse_object
+from .config import FAMILIES, LIMITS
+from .errors import ConfigError, ImageError, clip
+from .imagefile import PIXEL_TYPES, _cv2, read_image, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATION = {
-    "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Google ViT: [-1, 1]
     "deit": (IMAGENET_MEAN, IMAGENET_STD),
     "dino": (IMAGENET_MEAN, IMAGENET_STD),
 }
+# 224 / 256: DeiT's and DINO's eval transform (resize 256, crop 224) and the keras-io example's.
 DEFAULT_CROP_PCT = 0.875
+# Per family, the crop of the published evaluations: timm's 0.9 for Google ViT (timm measured
+# the top-1 the registry quotes with it), the authors' 0.875 for DeiT and DINO; at 384 px and
+# above every family is evaluated uncropped (timm's *_384 configs: crop_pct 1.0).
+FAMILY_CROP_PCT = {"vit": 0.9, "deit": DEFAULT_CROP_PCT, "dino": DEFAULT_CROP_PCT}
+FULL_CROP_FROM = 384
+INTERPOLATIONS = ("bicubic", "bilinear")
+CROP_PCT_RANGE = (0.25, 1.0)  # published evals use 0.75-1.0
+STD_RANGE = (1e-3, 1.0)  # of [0, 1] data; a tiny std would blow finite pixels up
+MAX_PREPROCESSING_CHARS = 4096
 
 
-def _cv2():
-    try:
-        import cv2
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("image preprocessing needs OpenCV: pip install opencv-python-headless") from e
-    return cv2
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's images are prepared: output size (height, width), crop_pct,
+    interpolation ("bicubic" or "bilinear", used when enlarging), and per-channel RGB mean and
+    std of [0, 1] pixels. Checked on construction (ConfigError).
+
+    In a weight file's metadata as JSON: {"size": [224, 224], "crop_pct": 0.9,
+    "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}.
+    """
+
+    size: tuple[int, int]
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self):
+        problems = preprocessing_problems(dataclasses.asdict(self))
+        if problems:
+            raise ConfigError("invalid preprocessing: " + "; ".join(problems))
+        size = self.size
+        object.__setattr__(self, "size", (int(size), int(size)) if isinstance(size, numbers.Integral)
+                           else (int(size[0]), int(size[1])))
+        object.__setattr__(self, "crop_pct", float(self.crop_pct))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def replace(self, **changes) -> "Preprocessing":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        import json
+
+        d = dataclasses.asdict(self)
+        d["size"], d["mean"], d["std"] = list(self.size), list(self.mean), list(self.std)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def for_family(cls, family: str, size=224) -> "Preprocessing":
+        """The defaults of a model family (FAMILY_CROP_PCT, NORMALIZATION), bicubic."""
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown family {clip(family)}; one of {', '.join(FAMILIES)}")
+        mean, std = NORMALIZATION[family]
+        sides = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+        crop = 1.0 if min(sides) >= FULL_CROP_FROM else FAMILY_CROP_PCT[family]
+        return cls(size=size, crop_pct=crop, interpolation="bicubic", mean=mean, std=std)
+
+    @classmethod
+    def from_mapping(cls, d: Mapping, base: "Preprocessing | None" = None,
+                     source: str = "preprocessing") -> "Preprocessing":
+        """From a mapping with any of the fields (a registry entry's "preprocessing", the
+        metadata JSON); missing fields come from `base`. Unknown keys are an error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(f"{source}: unknown preprocessing fields {clip(unknown)}; known: "
+                              f"{', '.join(sorted(fields))}")
+        values = dataclasses.asdict(base) if base is not None else {}
+        values.update(d)
+        missing = sorted(fields - set(values))
+        if missing:
+            raise ConfigError(f"{source}: preprocessing lacks {', '.join(missing)}")
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str, base: "Preprocessing | None" = None,
+                  source: str = "preprocessing") -> "Preprocessing":
+        return cls.from_mapping(parse_object(text, source, ConfigError, MAX_PREPROCESSING_CHARS),
+                                base, source)
+
+    @classmethod
+    def for_model(cls, config, metadata: Mapping | None = None, family: str | None = None,
+                  **overrides) -> "Preprocessing":
+        """A model's preprocessing: the family defaults at its native size, then what its weight
+        file says (metadata "preprocessing"; vitops 0.1 files: "crop_pct"), then the overrides
+        that are not None (size, crop_pct, interpolation, mean, std). `family` replaces the
+        model's family and ignores the file's own record (the CLI's --family)."""
+        base = cls.for_family(family or config.family, config.image_size)
+        metadata = metadata or {}
+        if family is None and "preprocessing" in metadata:
+            base = cls.from_json(metadata["preprocessing"], base, "metadata preprocessing")
+        elif family is None and "crop_pct" in metadata:  # written by vitops 0.1 (the digits models)
+            try:
+                base = base.replace(crop_pct=float(metadata["crop_pct"]))
+            except ValueError:
+                raise ConfigError(f"metadata crop_pct {clip(metadata['crop_pct'])} is not a number") from None
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return base.replace(**changes) if changes else base
 
 
-def read_image(path) -> np.ndarray:
-    """Decode an image file into (H, W, 3) uint8 RGB (grayscale and RGBA converted)."""
-    cv2 = _cv2()
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageError(f"no such image file: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ImageError(f"cannot decode {path} as an image")
-    return to_rgb(image, bgr=True, name=path)
+def _numbers(value, count):
+    return (isinstance(value, (list, tuple)) and len(value) == count
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in value))
 
 
-def to_rgb(image: np.ndarray, bgr: bool = False, name: str = "image") -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3) RGB, dtype kept.
+def preprocessing_problems(d: Mapping) -> list[str]:
+    """Every problem of a preprocessing record, as readable lines."""
+    problems = []
+    size, (low, high) = d.get("size"), LIMITS["image_side"]
+    sides = [size] if isinstance(size, numbers.Integral) else size
+    if not (isinstance(sides, (list, tuple)) and len(sides) in (1, 2)
+            and (len(sides) == 2 or sides is not size)
+            and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and low <= s <= high
+                    for s in sides)):
+        problems.append(f"size must be an integer or [height, width] in [{low}, {high}], got {clip(size)}")
+    crop = d.get("crop_pct")
+    if not (isinstance(crop, numbers.Real) and not isinstance(crop, bool) and math.isfinite(crop)
+            and CROP_PCT_RANGE[0] <= crop <= CROP_PCT_RANGE[1]):
+        problems.append(f"crop_pct must be a number in [{CROP_PCT_RANGE[0]}, {CROP_PCT_RANGE[1]}], "
+                        f"got {clip(crop)}")
+    if d.get("interpolation") not in INTERPOLATIONS:
+        problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                        f"{clip(d.get('interpolation'))}")
+    mean, std = d.get("mean"), d.get("std")
+    if not (_numbers(mean, 3) and all(0 <= v <= 1 for v in mean)):
+        problems.append(f"mean must be 3 numbers in [0, 1], got {clip(mean)}")
+    if not (_numbers(std, 3) and all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in std)):
+        problems.append(f"std must be 3 numbers in [{STD_RANGE[0]}, {STD_RANGE[1]}], got {clip(std)}")
+    return problems
 
-    16-bit images are scaled to 8 bits. bgr=True for arrays straight from OpenCV."""
-    cv2 = _cv2()
-    image = np.asarray(image)
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or 0 in image.shape:
-        raise ImageError(f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, "
-                         f"got shape {image.shape}")
-    channels = image.shape[-1]
-    if channels == 1:
-        return np.repeat(image, 3, axis=-1)
-    if channels == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
 
-
-def resize_and_crop(image: np.ndarray, size, crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
-    """Resize the short side to size / crop_pct, then centre-crop to size ((h, w) or int)."""
-    cv2 = _cv2()
-    th, tw = (size, size) if isinstance(size, int) else size
-    h, w = image.shape[:2]
+def crop_geometry(h: int, w: int, size, crop_pct: float):
+    """Where the eval transform takes its crop: the image resized to (nh, nw) (short side
+    size / crop_pct, at least the crop), and the crop's top-left corner (top, left) there."""
+    th, tw = size
     short = int(round(min(th, tw) / crop_pct))
     scale = short / min(h, w)
     nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    top, left = (nh - th) // 2, (nw - tw) // 2
+    return nh, nw, (nh - th) // 2, (nw - tw) // 2, scale
+
+
+def _warp_crop(image, nh, nw, top, left, th, tw, flag):
+    """The (th, tw) crop at (top, left) of the image resized to (nh, nw), computed directly:
+    the source window under the crop (plus the kernel's reach) is warped with the resize's
+    own coordinate map x_src = (x + 0.5) * w / nw - 0.5, edges replicated as resize does."""
+    cv2 = _cv2()
+    h, w = image.shape[:2]
+    sy, sx = h / nh, w / nw
+    y_first, x_first = (top + 0.5) * sy - 0.5, (left + 0.5) * sx - 0.5
+    y_last, x_last = (top + th - 0.5) * sy - 0.5, (left + tw - 0.5) * sx - 0.5
+    # Bicubic reads 2 source pixels on each side of a sample; 2 and 3 cover floor() too.
+    y0, y1 = max(0, math.floor(y_first) - 2), min(h, math.floor(y_last) + 3)
+    x0, x1 = max(0, math.floor(x_first) - 2), min(w, math.floor(x_last) + 3)
+    window = np.ascontiguousarray(image[y0:y1, x0:x1])  # (<= th + 5, <= tw + 5, 3) when enlarging
+    m = np.array([[sx, 0.0, x_first - x0], [0.0, sy, y_first - y0]])
+    return cv2.warpAffine(window, m, (tw, th), flags=flag | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def resize_and_crop(image: np.ndarray, size, crop_pct: float = DEFAULT_CROP_PCT,
+                    interpolation: str = "bicubic") -> np.ndarray:
+    """Resize the short side to size / crop_pct, then centre-crop to size ((h, w) or int).
+    The pixel type is kept. Shrinking: area filter on the whole image, then the crop (memory
+    of the source's size). Enlarging: only the crop is computed (memory of the crop's size,
+    whatever the aspect ratio: a 1 x 20000 image costs 224 x 224 pixels, not 5 million)."""
+    cv2 = _cv2()
+    th, tw = (size, size) if isinstance(size, numbers.Integral) else size
+    h, w = image.shape[:2]
+    nh, nw, top, left, scale = crop_geometry(h, w, (th, tw), crop_pct)
+    flags = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
+    if interpolation not in flags:
+        raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {clip(interpolation)}")
+    if scale >= 1:
+        return _warp_crop(image, nh, nw, top, left, th, tw, flags[interpolation])
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
     return resized[top:top + th, left:left + tw]
 
 
-def normalize(image: np.ndarray, family: str = "vit") -> np.ndarray:
-    """uint8 (or [0, 255] float) RGB -> float32 normalised the way `family` was trained."""
-    if family not in NORMALIZATION:
-        raise ValueError(f"unknown family {family!r}; one of {sorted(NORMALIZATION)}")
-    mean, std = NORMALIZATION[family]
-    x = np.asarray(image, np.float32) / 255.0
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+def to_unit(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Pixels as float32 in [0, 1], by the pixel type: uint8 / 255, uint16 / 65535; float
+    images are taken as already in [0, 1] (values outside by more than rounding are an error,
+    e.g. a float array in [0, 255]: divide it by 255 first)."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / np.float32(65535)
+    if image.dtype.kind == "f":
+        x = image.astype(np.float32, copy=False)
+        if x.size:
+            lo, hi = float(x.min()), float(x.max())
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ImageError(f"{name}: has NaN or infinite pixel values")
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise ImageError(f"{name}: float pixels must lie in [0, 1] (found {lo:.4g} to {hi:.4g}); "
+                                 "a [0, 255] float image must be divided by 255")
+        return np.clip(x, 0, 1)
+    raise ImageError(f"{name}: pixel type {image.dtype} is not supported")
 
 
-def denormalize(x: np.ndarray, family: str = "vit") -> np.ndarray:
-    """Inverse of `normalize`, clipped to [0, 1] float RGB, for display."""
-    mean, std = NORMALIZATION[family]
-    return np.clip(np.asarray(x, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32), 0, 1)
+def _as_preprocessing(spec) -> Preprocessing:
+    """A Preprocessing, or a family name (its defaults at 224 px, as before)."""
+    if isinstance(spec, Preprocessing):
+        return spec
+    if isinstance(spec, str):
+        return Preprocessing.for_family(spec)
+    raise ConfigError(f"expected a Preprocessing or a family name, got {clip(spec)}")
 
 
-def preprocess(images, size=224, family: str = "vit", crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
-    """File paths and/or RGB arrays -> (B, size, size, 3) float32, ready for the model.
+def normalize(image: np.ndarray, family="vit") -> np.ndarray:
+    """RGB pixels -> float32 normalised with a family's (or a Preprocessing's) mean and std;
+    the value range comes from the pixel type (`to_unit`)."""
+    p = _as_preprocessing(family)
+    x = to_unit(image)
+    return (x - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
 
-    family is the model's (``model.config.family``); size its input size.
+
+def denormalize(x: np.ndarray, family="vit") -> np.ndarray:
+    """Inverse of `normalize` (family name or Preprocessing), clipped to [0, 1] float RGB,
+    for display."""
+    p = _as_preprocessing(family)
+    return np.clip(np.asarray(x, np.float32) * np.asarray(p.std, np.float32)
+                   + np.asarray(p.mean, np.float32), 0, 1)
+
+
+def prepare(rgb: np.ndarray, preprocessing: Preprocessing, name: str = "image") -> np.ndarray:
+    """One decoded RGB image (from `read_image`, or any (H, W[, C]) array) -> (h, w, 3)
+    float32, model-ready. Decode once, prepare for several models."""
+    p = _as_preprocessing(preprocessing)
+    image = to_rgb(rgb, name=name)
+    if image.dtype.kind == "f":
+        to_unit(image, name)  # range and finiteness checked before resampling
+    cv2 = _cv2()
+    try:
+        cropped = resize_and_crop(image, p.size, p.crop_pct, p.interpolation)
+    except cv2.error as e:
+        raise ImageError(f"{name}: cannot resize: {str(e).strip()[:200]}") from None
+    x = to_unit(cropped, name)
+    return (x - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+
+
+def preprocess(images, size=None, family: str | None = None, crop_pct: float | None = None,
+               preprocessing: Preprocessing | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """File paths and/or RGB arrays -> (B, h, w, 3) float32, ready for the model.
+
+    Either a `preprocessing` (e.g. ``Preprocessing.for_model(model.config, model.metadata)``),
+    or the family's defaults (``family=model.config.family``, default "vit"); size (int or
+    (h, w), default 224) and crop_pct, when given, replace the chosen values.
+    Files: see `read_image` (max_pixels is its pixel budget).
     """
+    if preprocessing is None:
+        preprocessing = Preprocessing.for_family(family or "vit", size if size is not None else 224)
+    elif family is not None:
+        raise ConfigError("give preprocessing= or family=, not both")
+    changes = {k: v for k, v in (("size", size), ("crop_pct", crop_pct)) if v is not None}
+    p = preprocessing.replace(**changes) if changes else preprocessing
     if isinstance(images, (str, os.PathLike, np.ndarray)):
         images = [images]
     out = []
     for item in images:
-        rgb = read_image(item) if isinstance(item, (str, os.PathLike)) else to_rgb(item)
-        out.append(normalize(resize_and_crop(rgb, size, crop_pct), family))
+        if isinstance(item, (str, os.PathLike)):
+            out.append(prepare(read_image(item, max_pixels), p, name=os.fspath(item)))
+        else:
+            out.append(prepare(item, p))
+    if not out:
+        raise ImageError("no images to preprocess")
     return np.stack(out)
+
+
+__all__ = ["Preprocessing", "preprocess", "prepare", "read_image", "to_rgb", "resize_and_crop",
+           "normalize", "denormalize", "to_unit", "crop_geometry", "IMAGENET_MEAN", "IMAGENET_STD",
+           "NORMALIZATION", "DEFAULT_CROP_PCT", "INTERPOLATIONS", "PIXEL_TYPES"]

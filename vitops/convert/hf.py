@@ -9,15 +9,26 @@ is not part of what vitops returns, the final-normed CLS token, and is dropped.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ViTConfig
+from .._json import parse_object
+from ..config import MAX_NAME_CHARS, ViTConfig, config_problems
+from ..errors import ConfigError, capped, clip, os_reason
 from ..preprocess import IMAGENET_MEAN
-from ._io import ConversionError
+from ._io import ConversionError, check_readable
+from .labels import hf_labels
+
+# config.json keys -> ViTConfig fields, and transformers' defaults where a key may be absent.
+HF_FIELDS = {"hidden_size": "dim", "num_hidden_layers": "depth", "num_attention_heads": "num_heads",
+             "intermediate_size": "mlp_dim", "image_size": "image_size", "patch_size": "patch_size",
+             "layer_norm_eps": "layer_norm_eps"}
+HF_DEFAULTS = {"image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-12}
+# A config.json is a few KB; with 21k class names in id2label about 1 MB.
+MAX_JSON_BYTES = 16 << 20
 
 _LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 _BLOCK = {
@@ -61,43 +72,88 @@ def find_files(src: str) -> tuple[str, str, str | None]:
                                   "(sharded checkpoints are not supported)")
         folder = src
     else:
+        check_readable(src)
         weights, folder = src, os.path.dirname(os.path.abspath(src))
     config = os.path.join(folder, "config.json")
-    if not os.path.isfile(config):
+    if not os.path.lexists(config):
         raise ConversionError(f"a Hugging Face checkpoint needs its config.json beside {weights}")
     pre = os.path.join(folder, "preprocessor_config.json")
-    return weights, config, pre if os.path.isfile(pre) else None
+    return weights, config, pre if os.path.lexists(pre) else None
 
 
-def hf_config(config_path: str, preprocessor_path: str | None, sd) -> ViTConfig:
-    with open(config_path) as f:
-        c = json.load(f)
+def read_json(path: str) -> dict:
+    """A Hugging Face JSON file as an object; any problem is a ConversionError naming it."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {os_reason(e)}") from None
+    return parse_object(text, path, ConversionError, MAX_JSON_BYTES)
+
+
+@dataclass(frozen=True)
+class HFInfo:
+    """What a Hugging Face folder's JSON files say, checked before any tensor is read."""
+
+    fields: dict  # ViTConfig fields from config.json (vitops names)
+    imagenet: bool  # normalised with ImageNet's mean: DeiT or DINO, not Google ViT
+    labels: list | None  # id2label, unless the placeholder
+    preprocessor: dict | None  # preprocessor_config.json
+    config_path: str
+    preprocessor_path: str | None
+
+
+def read_hf_info(config_path: str, preprocessor_path: str | None) -> HFInfo:
+    """Read and check config.json (and preprocessor_config.json): types, ranges, supported
+    options; every problem names the file."""
+    c = read_json(config_path)
     if c.get("model_type") not in ("vit", "deit", "dino"):
-        raise ConversionError(f"{config_path}: model_type {c.get('model_type')!r} is not a ViT or DeiT")
+        raise ConversionError(f"{config_path}: model_type {clip(c.get('model_type'))} is not a ViT or DeiT")
     if c.get("hidden_act", "gelu") != "gelu":
-        raise ConversionError(f"{config_path}: hidden_act {c['hidden_act']!r}; vitops implements the "
-                              "exact (erf) GELU that HF calls 'gelu'")
-    if not c.get("qkv_bias", True):
-        raise ConversionError(f"{config_path}: qkv_bias=false is not supported")
-    distilled = "dist_token" in sd
-    num_classes = np.shape(sd["head.weight"])[0] if "head.weight" in sd else 0
-    family = "vit"
-    if preprocessor_path:
-        with open(preprocessor_path) as f:
-            mean = json.load(f).get("image_mean")
-        imagenet = mean is not None and np.allclose(mean, IMAGENET_MEAN, atol=1e-3)
+        raise ConversionError(f"{config_path}: hidden_act {clip(c.get('hidden_act'))}; vitops implements "
+                              "the exact (erf) GELU that HF calls 'gelu'")
+    if c.get("qkv_bias", True) is not True:
+        raise ConversionError(f"{config_path}: qkv_bias={clip(c.get('qkv_bias'))} is not supported "
+                              "(vitops' attention has q, k and v biases)")
+    if c.get("num_channels", 3) != 3:
+        raise ConversionError(f"{config_path}: num_channels {clip(c.get('num_channels'))}; vitops reads RGB")
+    absent = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+              if k not in c]
+    if absent:
+        raise ConversionError(f"{config_path}: no {', '.join(absent)}")
+    fields = {field: c.get(key, HF_DEFAULTS.get(key)) for key, field in HF_FIELDS.items()}
+    problems = config_problems(fields, names={v: k for k, v in HF_FIELDS.items()})
+    if problems:
+        raise ConversionError(f"{config_path}: " + capped(problems, sep="; "))
+    labels = hf_labels(c, config_path)
+    pre = read_json(preprocessor_path) if preprocessor_path else None
+    if pre is not None:
+        mean = pre.get("image_mean")
+        if isinstance(mean, (int, float)) and not isinstance(mean, bool):
+            mean = [mean] * 3  # image processors take one number for all channels
+        ok = isinstance(mean, list) and len(mean) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean)
+        if mean is not None and not ok:
+            raise ConversionError(f"{preprocessor_path}: image_mean {clip(mean)} is not 3 numbers")
+        imagenet = ok and bool(np.allclose(mean, IMAGENET_MEAN, atol=1e-3))
     else:
         imagenet = c.get("model_type") == "deit"
-    if imagenet:
-        family = "deit" if distilled or num_classes else "dino"
-    size = c.get("image_size", 224)
-    return ViTConfig(
-        image_size=size, patch_size=c.get("patch_size", 16), dim=c["hidden_size"],
-        depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
-        mlp_dim=c["intermediate_size"], num_classes=num_classes, distilled=distilled,
-        layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)), family=family,
-        name=os.path.basename(os.path.dirname(os.path.abspath(config_path))),
-    )
+    return HFInfo(fields, imagenet, labels, pre, config_path, preprocessor_path)
+
+
+def hf_config(info: HFInfo, sd) -> ViTConfig:
+    """The ViTConfig of a Hugging Face checkpoint: its config.json's sizes, the tensors'
+    head and distillation token, the family from its normalisation."""
+    distilled = "dist_token" in sd
+    head = np.shape(sd["head.weight"]) if "head.weight" in sd else (0,)
+    num_classes = head[0] if len(head) == 2 else 0
+    family = ("deit" if distilled or num_classes else "dino") if info.imagenet else "vit"
+    name = os.path.basename(os.path.dirname(os.path.abspath(info.config_path)))
+    try:
+        return ViTConfig(**info.fields, num_classes=num_classes, distilled=distilled, family=family,
+                         name=name[:MAX_NAME_CHARS])
+    except ConfigError as e:
+        raise ConversionError(f"{info.config_path}: {e}") from None
 
 
 def hf_to_timm(sd) -> dict:
@@ -126,8 +182,12 @@ def hf_to_timm(sd) -> dict:
     for (i, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise ConversionError(f"layer {i}: attention {kind} has only {sorted(parts)} of q, k, v")
+        shapes = {np.shape(parts[n]) for n in "qkv"}
+        if len(shapes) != 1 or len(next(iter(shapes))) not in (1, 2):
+            raise ConversionError(f"layer {i}: attention {kind} q, k, v have shapes {sorted(shapes)}, "
+                                  "not one matrix (or vector) shape")
         out[f"blocks.{i}.attn.qkv.{kind}"] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
     if unknown:
         raise ConversionError(f"{len(unknown)} Hugging Face tensor(s) have no place in a ViT/DeiT: "
-                              + ", ".join(unknown[:20]))
+                              + capped(unknown, 20))
     return out

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..config import HEAD_DIM, VARIANTS, ViTConfig, get_config
+from ..errors import capped
 from ._io import ConversionError
 
 # timm key -> (vitops key, how to lay the array out for the forward pass)
@@ -36,6 +37,30 @@ _TOP_MAP = {
     "head_dist.weight": ("head_dist.kernel", _T), "head_dist.bias": ("head_dist.bias", None),
 }
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# Ranks the layouts above rely on (pos_embed: (1, T, D) as timm stores it, or (T, D)).
+_NDIM = {"patch_embed.proj.weight": (4,), "pos_embed": (2, 3), "cls_token": (1, 2, 3),
+         "dist_token": (1, 2, 3), "head.weight": (2,), "head_dist.weight": (2,)}
+
+
+def _rank_problems(sd: Mapping) -> list[str]:
+    """Tensors whose rank does not fit their role (before any reshape relies on it)."""
+    problems = []
+    for key, value in sd.items():
+        m = _BLOCK_KEY.match(key)
+        sub = m.group(2) if m else key
+        if key in _NDIM:
+            ranks = _NDIM[key]
+        elif sub in _BLOCK_MAP or key in _TOP_MAP:
+            ranks = (2,) if sub.endswith("weight") and "norm" not in sub else (1,)
+        else:
+            continue
+        shape = np.shape(value)
+        if len(shape) not in ranks or 0 in shape:
+            problems.append(f"{key} {tuple(shape)}")
+    pos = np.shape(sd["pos_embed"]) if "pos_embed" in sd else ()
+    if len(pos) == 3 and pos[0] != 1:
+        problems.append(f"pos_embed {tuple(pos)} (expected (1, tokens, dim))")
+    return problems
 
 
 def is_timm_state_dict(sd: Mapping) -> bool:
@@ -46,6 +71,12 @@ def _require(sd, key, what):
     if key not in sd:
         raise ConversionError(f"not a timm ViT state dict: no {key!r} ({what})")
     return np.shape(sd[key])
+
+
+def _check_ranks(sd: Mapping) -> None:
+    problems = _rank_problems(sd)
+    if problems:
+        raise ConversionError(f"tensors of the wrong rank or empty for a ViT: {capped(problems)}")
 
 
 def checked_arch(arch: str, facts: Mapping[str, object]) -> ViTConfig:
@@ -64,6 +95,7 @@ def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None,
     """Architecture from the tensors' shapes; `arch` (a timm or vitops name) adds what shapes
     cannot tell (head count, family) and is checked against them. `prefer` names the family to
     assume where shapes are ambiguous (a DeiT or DINO release file says which it is)."""
+    _check_ranks(sd)
     d = _require(sd, "cls_token", "the class token")[-1]
     patch = _require(sd, "patch_embed.proj.weight", "the patch embedding")[-1]
     tokens = _require(sd, "pos_embed", "the position embedding")[-2]
@@ -106,6 +138,7 @@ def timm_to_vitops(sd: Mapping[str, np.ndarray], arch: str | None = None,
     used, so an unsupported variant (layer scale, registers, fc_norm...) is an error.
     config, when given (e.g. from a Hugging Face config.json), replaces shape inference."""
     config = config or infer_config(sd, arch, prefer)
+    _check_ranks(sd)
     params, unknown = {}, []
     for key, value in sd.items():
         m = _BLOCK_KEY.match(key)
@@ -122,5 +155,5 @@ def timm_to_vitops(sd: Mapping[str, np.ndarray], arch: str | None = None,
     if unknown:
         raise ConversionError(
             f"{len(unknown)} tensor(s) of this checkpoint have no place in a plain ViT/DeiT/DINO "
-            f"(unsupported variant?): {', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}")
+            f"(unsupported variant?): {capped(sorted(unknown), 20)}")
     return params, config

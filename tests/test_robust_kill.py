@@ -1,0 +1,263 @@
+"""Killed processes leave nothing behind: `vitops convert` and registry downloads are killed
+(SIGKILL, SIGTERM) at several points; the previous output stays intact, SIGTERM cleans up at
+once (vitops._cleanup.exit_on_sigterm), and what SIGKILL leaves carries the owner's PID and
+is swept by the next operation in that folder."""
+
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+import vitops
+from vitops import _cleanup, hub
+from reference import TINY, make_timm, save_state_dict
+
+LEFTOVER = re.compile(r"^\.vitops-tmp-[0-9a-f]{8}-(\d+)-")
+
+# A process that imports vitops (and the backend) once, then forks one child per command: each
+# child runs a vitops operation as the CLI would, with the SIGTERM handler the CLI installs.
+# One import for many kills keeps the test fast on every backend.
+ZYGOTE = r"""
+import json, os, sys
+import vitops, vitops.cli, vitops.hub, tqdm.auto
+from vitops._cleanup import exit_on_sigterm
+for line in sys.stdin:
+    cmd = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)  # the operation's own output must not mix with this protocol
+        sys.stdout = open(os.devnull, "w")
+        os.environ.update(cmd["env"])
+        exit_on_sigterm()
+        try:
+            if cmd["op"] == "convert":
+                code = vitops.cli.main(["convert", *cmd["args"]])
+            else:
+                vitops.hub.fetch(cmd["args"][0])
+                code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            code = 99
+        os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"status": status}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    env = dict(os.environ, VITOPS_NO_PROGRESS="1")
+    proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+
+    def run(op, args, env, kill_when, sig, delay):
+        """Start one operation, wait for kill_when(pid) (polled), sleep `delay`, send `sig`.
+        Returns (pid, wait status, whether the signal was sent before the child ended)."""
+        proc.stdin.write(json.dumps({"op": op, "args": args, "env": env}) + "\n")
+        proc.stdin.flush()
+        pid = json.loads(proc.stdout.readline())["pid"]
+        deadline, sent = time.monotonic() + 120, False
+        while time.monotonic() < deadline and _alive(pid):
+            if kill_when(pid):
+                time.sleep(delay)
+                sent = _signal(pid, sig)
+                break
+            time.sleep(0.002)
+        status = json.loads(proc.stdout.readline())["status"]
+        return pid, status, sent
+
+    yield run
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def _alive(pid):
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _signal(pid, sig):
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _temporaries(folder, pid=None):
+    """vitops' temporaries in folder (of process `pid` only, when given)."""
+    return sorted(p for p in os.listdir(folder) if p.startswith(_cleanup.TEMP_PREFIX)
+                  and (pid is None or LEFTOVER.match(p).group(1) == str(pid)))
+
+
+def _digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+# ---- the sweep itself ----
+
+def test_sweep_removes_only_dead_owners_leftovers(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = _cleanup.temp_name("x").split("-")[2]
+    names = {
+        "dead": f".vitops-tmp-{host}-{dead.pid}-0000-m.safetensors",
+        "alive": _cleanup.temp_name("m.safetensors"),  # this process: still working on it
+        "reused": f".vitops-tmp-{host}-{os.getpid()}-1111-old.safetensors",  # PID reused since
+        "foreign_new": f".vitops-tmp-00000000-{dead.pid}-2222-m.safetensors",  # another host
+        "foreign_old": f".vitops-tmp-00000000-{dead.pid}-3333-m.safetensors",
+        "user": ".tmp-user-file", "similar": "vitops-tmp-x",
+    }
+    for key, name in names.items():
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / f".vitops-tmp-{host}-{dead.pid}-4444-download").mkdir()
+    (tmp_path / f".vitops-tmp-{host}-{dead.pid}-4444-download" / "part").write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / names["reused"], (hour_ago, hour_ago))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(tmp_path / names["foreign_old"], (two_days_ago, two_days_ago))
+    removed = _cleanup.sweep(tmp_path)
+    assert sorted(removed) == sorted([names["dead"], names["reused"], names["foreign_old"],
+                                      f".vitops-tmp-{host}-{dead.pid}-4444-download"])
+    assert sorted(os.listdir(tmp_path)) == sorted([names["alive"], names["foreign_new"], names["user"],
+                                                   names["similar"]])
+
+
+# ---- vitops convert ----
+
+@pytest.fixture(scope="module")
+def vit_s(tmp_path_factory):
+    """A timm ViT-S/16 checkpoint (88 MB): conversion takes long enough to be interrupted."""
+    folder = tmp_path_factory.mktemp("vit_s")
+    save_state_dict(make_timm("vit_small_patch16_224", num_classes=1000), folder / "vit_s.safetensors")
+    small = make_timm("vit_small_patch16_224", **TINY, num_classes=3)
+    save_state_dict(small, folder / "small.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_convert_keeps_the_previous_output(zygote, vit_s, tmp_path, sig):
+    out = tmp_path / "out"
+    dst = out / "model.safetensors"
+    vitops.convert(vit_s / "small.safetensors", dst)  # the previous output
+    previous = _digest(dst)
+    def started(pid):
+        return bool(_temporaries(out, pid))
+
+    def writing(pid):  # bytes are being written in its temporary folder (by safetensors' own temp)
+        return any(f.stat().st_size > 0 for d in _temporaries(out, pid) for f in (out / d).iterdir())
+
+    interrupted, while_writing, killed_pids = 0, 0, set()
+    for when, delay in ((started, 0.0), (started, 0.3), (writing, 0.0), (writing, 0.02)):
+        pid, status, sent = zygote("convert", [str(vit_s / "vit_s.safetensors"), str(dst)], {}, when, sig, delay)
+        killed = sent and os.WIFSIGNALED(status) if sig == signal.SIGKILL else \
+            sent and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
+        left = _temporaries(out)
+        if killed:
+            interrupted += 1
+            while_writing += when is writing
+            assert _digest(dst) == previous  # never a partial file
+            if sig == signal.SIGTERM:
+                assert left == []  # the handler raised SystemExit: removed at once
+            else:  # its own leftover; earlier ones were swept when it started
+                killed_pids.add(str(pid))
+                assert _temporaries(out, pid) and {LEFTOVER.match(n).group(1) for n in left} <= killed_pids
+        else:  # it finished before the signal: a complete new file
+            assert vitops.load_params(dst)[1].name == "vit_small_patch16_224"
+            previous = _digest(dst)
+    assert interrupted >= 2 and while_writing >= 1, f"interrupted {interrupted} times, {while_writing} while writing"
+    # the next invocation sweeps what SIGKILL left
+    vitops.convert(vit_s / "small.safetensors", dst)
+    assert os.listdir(out) == ["model.safetensors"]
+
+
+# ---- registry downloads ----
+
+FILES = {}
+
+
+class SlowHandler(BaseHTTPRequestHandler):
+    """Serves FILES slowly (64 KB every 20 ms), so a download can be caught half-way."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        data = FILES.get(self.path.strip("/"))
+        if data is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for i in range(0, len(data), 1 << 16):
+                self.wfile.write(data[i:i + (1 << 16)])
+                self.wfile.flush()
+                time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client was killed
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server, tmp_path, monkeypatch, sig):
+    buf = io.BytesIO()
+    torch.save({"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf)
+    FILES["deit.pth"] = buf.getvalue()
+    registry = tmp_path / "registry.json"
+    entry = {"format": "deit", "source": {"url": f"{slow_server}/deit.pth"}}
+    registry.write_text(json.dumps({"models": [dict(entry, name="tiny"), dict(entry, name="other")]}))
+    home = tmp_path / "home"
+    env = {"VITOPS_HOME": str(home), "VITOPS_REGISTRY": str(registry)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("VITOPS_NO_PROGRESS", "1")
+    hub.fetch("other")  # the cache's previous content
+    before = {p: _digest(home / p) for p in ("checksums.json", "models/other.safetensors", "models/other.json")}
+
+    def partial_download(pid):
+        return any(f.stat().st_size > 0 for d in _temporaries(home, pid) for f in (home / d).rglob("*") if f.is_file())
+
+    interrupted = 0
+    for delay in (0.0, 0.1):
+        pid, status, sent = zygote("fetch", ["tiny"], env, partial_download, sig, delay)
+        assert sent, "the download ended before it could be interrupted"
+        interrupted += 1
+        left = _temporaries(home)
+        if sig == signal.SIGTERM:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
+            assert left == []
+        else:
+            assert _temporaries(home, pid) and all(LEFTOVER.match(n) for n in left)
+        assert not (home / "models" / "tiny.safetensors").exists()
+        assert {p: _digest(home / p) for p in before} == before
+    hub.fetch("tiny")  # the next fetch sweeps the leftovers and completes
+    files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+    assert files == ["checksums.json", "models/other.json", "models/other.safetensors",
+                     "models/tiny.json", "models/tiny.safetensors"]
+    assert _temporaries(home) == [] and _temporaries(home / "models") == []
