@@ -19,7 +19,7 @@ def snapshot(folder):
 
 
 def leftovers(parent):
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".out."))
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".vitops-tmp-"))
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def test_outputs_and_skipped_images(report):
         "mean_attention_distance", "samples", "attention_heatmaps", "rollout_mean", "cls_trajectory", "cka",
         "cka_cross", "position_similarity", "projection_filters")}
     assert json.loads((out / "metrics.json").read_text())["models"].keys() == set(MODELS)
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.")]  # no temporary left
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".vitops-tmp-")]  # no temporary left
 
 
 def _materialised(model, images):
@@ -188,7 +188,7 @@ def test_unreadable_model_fails_before_any_work(tmp_path, samples):
     out = tmp_path / "out"
     with pytest.raises(vitops.WeightFileError, match="truncated or corrupt"):
         analyze(tmp_path / "bad.safetensors", samples, out, progress=False)
-    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    assert not out.exists() and not list(tmp_path.glob(".vitops-tmp-*"))
 
 
 def test_failed_run_leaves_the_previous_report(tmp_path, samples):
@@ -198,7 +198,7 @@ def test_failed_run_leaves_the_previous_report(tmp_path, samples):
     with pytest.raises(vitops.AnalysisError, match="none of the"):
         analyze("digits_vit", [str(tmp_path / "missing.png")], out, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert not list(tmp_path.glob(".out.*"))
+    assert not list(tmp_path.glob(".vitops-tmp-*"))
 
 
 def test_same_file_name_twice_is_kept_apart(tmp_path, samples):

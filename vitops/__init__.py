@@ -19,18 +19,19 @@ from ._select import choose_backend as _choose_backend  # noqa: E402
 AUTO_BACKEND, BACKEND_PROBLEM = _choose_backend()
 
 from .config import VARIANTS, ViTConfig, get_config  # noqa: E402
+from .preprocess import Preprocessing  # noqa: E402
 from .errors import (AnalysisError, BackendError, ConfigError, ConversionError, HubError,  # noqa: E402
-                     ImageError, VitopsError, WeightFileError)
+                     ImageError, OutputError, VitopsError, WeightFileError)
 
 _NEEDS_BACKEND = ("convert", "load", "VisionTransformer", "forward", "param_shapes", "WeightFile",
-                  "load_params", "save")
+                  "load_params", "save", "read_labels")
 
 if BACKEND_PROBLEM is None:
     from .convert import convert
     from .loading import load
     from .model import VisionTransformer
     from .vit import forward, param_shapes
-    from .weights import WeightFile, load_params, save
+    from .weights import WeightFile, load_params, read_labels, save
 else:  # no Keras backend installed: the package imports, and using it says what to install
     def __getattr__(name):
         if name in _NEEDS_BACKEND:
@@ -41,7 +42,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
-    "VARIANTS", "ViTConfig", "get_config", *_NEEDS_BACKEND,
+    "VARIANTS", "ViTConfig", "get_config", "Preprocessing", *_NEEDS_BACKEND,
     "VitopsError", "ConfigError", "WeightFileError", "ConversionError", "HubError", "ImageError",
-    "AnalysisError", "BackendError",
+    "AnalysisError", "OutputError", "BackendError",
 ]

@@ -173,19 +173,23 @@ def whole_batch(x):
 
 
 def weighted_total(a, w):
-    """sum over the last two axes of a * w: (..., T, T), (T, T) -> (...).
+    """sum over the last two axes of a * w: (B, ..., T, T), (T, T) -> (B, ...).
 
-    XLA (jax, tensorflow) fuses the product into the reduction, and its result for one row
-    does not depend on how many rows there are, so a batch split over devices gives the same
-    numbers as one device (as a matrix-vector product it would not: XLA:CPU's gemv changes its
-    summation order with the row count). Eager PyTorch would write the product to a fresh
-    (..., T, T) buffer first, so there it is a matrix-vector product, which reads `a` once.
+    A matrix-vector product reads `a` once without a (B, ..., T, T) temporary. Under XLA (jax,
+    tensorflow) it is one product per image, (M, T*T) @ (T*T,) with w broadcast over the batch
+    (a (B, T*T) copy, 1/H of one block's maps): XLA:CPU's single large gemv changes its
+    summation order with the number of rows, so a batch split over devices would no longer
+    give the one-device numbers; per image it does. (a * w summed is not fused there: it
+    writes the whole product first.) Eager PyTorch runs one gemv.
     """
     lead, t = a.shape[:-2], a.shape[-1]
     if name() == "torch":
         return keras.ops.reshape(keras.ops.matmul(keras.ops.reshape(a, (-1, t * t)),
                                                   keras.ops.reshape(w, (t * t,))), lead)
-    return keras.ops.sum(keras.ops.sum(a * w, axis=-1), axis=-1)
+    b = keras.ops.shape(a)[0]
+    flat = keras.ops.reshape(a, (b, -1, t * t))  # (B, M, T*T)
+    wb = keras.ops.broadcast_to(keras.ops.reshape(w, (1, t * t, 1)), (b, t * t, 1))
+    return keras.ops.reshape(keras.ops.matmul(flat, wb), lead)
 
 
 def synchronize(x):

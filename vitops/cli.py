@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .config import FAMILIES
-from .errors import AnalysisError, VitopsError
+from .errors import AnalysisError, VitopsError, os_reason
 
 DEFAULT_MODEL = "digits_vit"
 DEFAULT_OUT = "vitops-report"
@@ -183,7 +183,9 @@ def main(argv=None) -> int:
     if debug:
         argv.remove("--debug")
     import vitops
+    from ._cleanup import exit_on_sigterm
 
+    exit_on_sigterm()  # SIGTERM runs the same clean-up as an error: no temporary stays
     if vitops.BACKEND_PROBLEM:
         print(f"vitops: error: {vitops.BACKEND_PROBLEM}", file=sys.stderr)
         return 2
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
         if debug:
             raise
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"{command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"{command}: error: {os_reason(e)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)

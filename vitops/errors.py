@@ -40,6 +40,10 @@ class AnalysisError(VitopsError, ValueError):
     """Analysis input or state that cannot be used: incompatible states to merge, bad settings."""
 
 
+class OutputError(VitopsError, OSError):
+    """An output (a report folder) that cannot be written."""
+
+
 class BackendError(VitopsError, RuntimeError):
     """No usable Keras backend, or an option the active backend does not support."""
 
@@ -90,4 +94,4 @@ def os_reason(error: OSError) -> str:
 
 
 __all__ = ["VitopsError", "ConfigError", "WeightFileError", "ConversionError", "HubError",
-           "ImageError", "AnalysisError", "BackendError", "capped", "clip", "clip_text", "os_reason"]
+           "ImageError", "AnalysisError", "OutputError", "BackendError", "capped", "clip", "clip_text", "os_reason"]

@@ -29,8 +29,11 @@ from . import _backend, analysis, stream
 from .analysis.accumulate import Accumulator, Fixed, Moments, load_states, save_states, settings_difference
 from .analysis.rollout import HEAD_FUSIONS
 from .errors import AnalysisError
+from .imagefile import read_image
 from .perimage import TOP_K, PerImage, PerImageWriter
+from .preprocess import Preprocessing, denormalize, prepare
 from .reductions import Reductions
+from .weights import read_labels
 
 DEFAULT_SHOW = 8
 
@@ -248,16 +251,34 @@ def load_studies(paths) -> Study:
 
 # ---- running ----
 
-def _labels(model):
-    meta = getattr(model, "metadata", {}) or {}
-    text = meta.get("labels")
-    if not text:
-        return None
-    try:
-        labels = json.loads(text)
-    except ValueError:
-        return None
-    return labels if isinstance(labels, list) else None
+def _read(item):
+    """A file decoded (header checked first, see `imagefile.read_image`); an array as it is."""
+    return read_image(item) if isinstance(item, (str, os.PathLike)) else item
+
+
+class Preparer:
+    """One model's preprocessing, from its weight file's record, the family defaults and the
+    caller's overrides (`Preprocessing.for_model`)."""
+
+    def __init__(self, preprocessing: Preprocessing):
+        self.preprocessing = preprocessing
+
+    @classmethod
+    def for_model(cls, model, overrides=None) -> "Preparer":
+        overrides = dict(overrides or {})
+        family = overrides.pop("family", None)
+        meta = getattr(model, "metadata", {}) or {}
+        return cls(Preprocessing.for_model(model.config, meta, family=family, **overrides))
+
+    def prepare(self, rgb):
+        return prepare(rgb, self.preprocessing)
+
+    def display(self, x):
+        """A model input (H, W, 3) back to uint8 RGB, for the figures."""
+        return (np.nan_to_num(denormalize(x, self.preprocessing)) * 255 + 0.5).astype(np.uint8)
+
+    def describe(self) -> dict:
+        return json.loads(self.preprocessing.to_json())
 
 
 def _unique_labels(specs, models) -> list[str]:
@@ -298,7 +319,6 @@ def run_study(models, images, *, settings: StudySettings | None = None, per_imag
     one per model) of the preprocessing recorded in the weight file.
     """
     from .loading import resolve_model
-    from .preprocessing_shim import preparer_for, read_rgb
 
     settings = settings or StudySettings()
     start = time.perf_counter()
@@ -312,7 +332,7 @@ def run_study(models, images, *, settings: StudySettings | None = None, per_imag
             _backend.distribute_model(m, distribution)
     labels = _unique_labels(specs, loaded)
     overrides = preprocessing if isinstance(preprocessing, (list, tuple)) else [preprocessing] * len(loaded)
-    preparers = [preparer_for(m, o) for m, o in zip(loaded, overrides)]
+    preparers = [Preparer.for_model(m, o) for m, o in zip(loaded, overrides)]
 
     items = stream.expand_images(images)
     if not items:
@@ -325,7 +345,7 @@ def run_study(models, images, *, settings: StudySettings | None = None, per_imag
     studies = []
     for label, model, prep in zip(labels, loaded, preparers):
         info = {"name": model.config.name, "family": model.config.family,
-                "fingerprint": model_fingerprint(model), "labels": _labels(model),
+                "fingerprint": model_fingerprint(model), "labels": read_labels(getattr(model, "metadata", {}) or {}),
                 "source_sha256": (getattr(model, "metadata", {}) or {}).get("source_sha256"),
                 "preprocessing": prep.describe()}
         studies.append(ModelStudy(label, info, model.config))
@@ -341,7 +361,7 @@ def run_study(models, images, *, settings: StudySettings | None = None, per_imag
     bar = keras.utils.Progbar(total, unit_name="image", verbose=1 if progress else 0,
                               stateful_metrics=["images/s"])
     done, t0 = 0, time.perf_counter()
-    decode = stream.decoder(items, [p.prepare for p in preparers], read_rgb)
+    decode = stream.decoder(items, [p.prepare for p in preparers], _read)
     try:
         for batch in stream.prefetch(batches, decode, workers=workers):
             for pos, reason in batch.failed:

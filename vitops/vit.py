@@ -10,6 +10,7 @@ from __future__ import annotations
 from keras import ops
 
 from .config import ViTConfig
+from .errors import ImageError
 from .layers import attention, dense, layer_norm, mlp
 from .posemb import resample_pos_embed
 
@@ -60,8 +61,10 @@ def check_images(images, config: ViTConfig) -> tuple[int, int]:
     if h is None or w is None:
         raise ValueError(f"image height and width must be known, got shape {shape}")
     p = config.patch_size
+    if h < p or w < p:
+        raise ImageError(f"image size {h}x{w} is smaller than one patch ({p}x{p})")
     if h % p or w % p:
-        raise ValueError(
+        raise ImageError(
             f"image size {h}x{w} is not a multiple of the patch size {p}; "
             f"resize or crop to e.g. {max(p, h // p * p)}x{max(p, w // p * p)}"
         )

@@ -27,7 +27,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import vitops  # noqa: E402
-from vitops.preprocess import normalize  # noqa: E402
+from vitops.preprocess import Preprocessing, normalize  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE, SEED = 32, 0
@@ -155,8 +155,10 @@ def main():
     x_train, x_test = model_input(x_train_u8), model_input(x_test_u8)
     epochs = int(os.environ.get("DIGITS_EPOCHS", "60"))
 
-    provenance = {"source_format": "vitops-trained", "labels": ",".join(LABELS), "crop_pct": "1.0",
+    provenance = {"source_format": "vitops-trained",
                   "training": f"weights/train_digits.py, sklearn load_digits, seed {SEED}, {epochs} epochs"}
+    # The digits are 32x32 already: no crop; Google ViT's normalisation to [-1, 1].
+    preprocessing = Preprocessing(size=32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
     vit = train_vit(x_train, y_train, epochs)
     vit_acc = accuracy(vit, x_test, y_test)
     teacher = train_teacher(x_train, y_train, epochs=30)
@@ -165,7 +167,8 @@ def main():
     deit_acc = accuracy(deit, x_test, y_test)
     for model, acc in ((vit, vit_acc), (deit, deit_acc)):
         vitops.save(os.path.join(HERE, f"{model.config.name}.safetensors"), model.get_params(), model.config,
-                    {**provenance, "heldout_accuracy": f"{acc:.4f}"})
+                    {**provenance, "heldout_accuracy": f"{acc:.4f}"}, labels=list(LABELS),
+                    preprocessing=preprocessing)
     os.makedirs(os.path.join(HERE, "samples"), exist_ok=True)
     for i in range(8):  # held-out digits, one of each of the first eight classes
         j = int(np.flatnonzero(y_test == i)[0])

@@ -17,7 +17,7 @@ WHICH = ("teacher", "student")
 
 
 def is_wrapped(obj: Mapping) -> bool:
-    return isinstance(obj, Mapping) and any(k in obj for k in ("model", "teacher", "student"))
+    return isinstance(obj, Mapping) and any(k in obj for k in ("model", *WHICH))
 
 
 def unwrap(obj: Mapping, which: str = "teacher") -> tuple[dict, str]:
