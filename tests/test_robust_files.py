@@ -86,7 +86,8 @@ def unprivileged(checkpoint):
             os.chmod(f"{d}/{name}", 0o644)
         drop = ("os.setgroups([]); os.setgid(65534); os.setuid(65534)\n" if os.geteuid() == 0 else "")
         # everything imported before the privileges go: the interpreter's own files are root's
-        prelude = ("import os, sys, json\nimport vitops, vitops.hub, vitops.cli, vitops.preprocess, "
+        prelude = ("import os, sys, json\nimport vitops, vitops.hub, vitops.cli, vitops.preprocess, vitops.report, "
+                   "concurrent.futures.thread, "
                    "tqdm.auto, platformdirs, PIL.Image, PIL.PngImagePlugin, cv2\n" + drop)
         proc = subprocess.run([sys.executable, "-c", prelude + SCENARIOS, d], capture_output=True,
                               text=True, timeout=300)

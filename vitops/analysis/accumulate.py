@@ -193,7 +193,8 @@ def save_states(path, accumulators: dict[str, Accumulator], metadata: dict | Non
     """Write named accumulators (and JSON metadata) to one safetensors file, atomically."""
     from safetensors.numpy import save_file
 
-    from ..weights import atomic_write
+    from .._cleanup import atomic_output
+    from ..errors import OutputError
 
     tensors, kinds = {}, {}
     for name, acc in accumulators.items():
@@ -204,7 +205,8 @@ def save_states(path, accumulators: dict[str, Accumulator], metadata: dict | Non
             tensors[f"{name}/{key}"] = np.array(value, order="C")  # ascontiguousarray makes 0-d 1-d
     meta = {"format": STATE_FORMAT, "format_version": STATE_VERSION,
             "accumulators": json.dumps(kinds), "metadata": json.dumps(metadata or {})}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    with atomic_output(path, OutputError) as tmp:
+        save_file(tensors, tmp, metadata=meta)
 
 
 def load_states(path) -> tuple[dict[str, Accumulator], dict]:
