@@ -261,3 +261,29 @@ def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server
     assert files == ["checksums.json", "models/other.json", "models/other.safetensors",
                      "models/tiny.json", "models/tiny.safetensors"]
     assert _temporaries(home) == [] and _temporaries(home / "models") == []
+
+
+LOST_SIGNAL = r"""
+import gc, os, signal, sys, time
+from vitops._cleanup import exit_on_sigterm
+exit_on_sigterm()
+def callback(phase, info):  # jax registers a gc callback like this one: a handler's exception
+    if phase == "start":    # raised inside it is only printed as "Exception ignored"
+        gc.callbacks.remove(callback)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+gc.callbacks.append(callback)
+try:
+    gc.collect()
+    time.sleep(10)
+finally:
+    print("finally ran", flush=True)
+"""
+
+
+def test_sigterm_inside_a_gc_callback_still_ends_the_program():
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", LOST_SIGNAL], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "finally ran" in done.stdout  # raised where `finally` blocks run, not a hard exit
+    assert time.monotonic() - start < 8, "the signal was lost until the program ended by itself"

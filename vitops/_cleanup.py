@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -204,8 +205,29 @@ def temp_directory(parent, what: str, error: type[VitopsError]) -> Iterator[Path
         _remove(str(path))
 
 
+class _SignalExit(SystemExit):
+    """The SystemExit a signal raised (told apart from the program's own)."""
+
+
 def _raise_exit(signum, frame):
-    raise SystemExit(128 + signum)
+    raise _SignalExit(128 + signum)
+
+
+_previous_unraisablehook = None
+
+
+def _redeliver_lost_exit(unraisable):
+    # A signal handler's exception is lost when the signal lands while Python runs a gc callback,
+    # a __del__ or a weakref callback (jax registers a gc callback): Python only prints it as
+    # "Exception ignored". Send the signal again, from a thread and a moment later so the handler
+    # does not run inside this hook (or the same callback); it repeats until the exit is raised
+    # where it can end the program.
+    if isinstance(unraisable.exc_value, _SignalExit):
+        again = threading.Timer(0.02, os.kill, (os.getpid(), unraisable.exc_value.code - 128))
+        again.daemon = True
+        again.start()
+    elif _previous_unraisablehook is not None:
+        _previous_unraisablehook(unraisable)
 
 
 def exit_on_sigterm() -> bool:
@@ -220,4 +242,7 @@ def exit_on_sigterm() -> bool:
     if current not in (signal.SIG_DFL, None):
         return False
     signal.signal(signal.SIGTERM, _raise_exit)
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _redeliver_lost_exit:
+        _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _redeliver_lost_exit
     return True
