@@ -21,10 +21,15 @@ def dense(x, kernel, bias):
     return ops.matmul(x, kernel) + bias
 
 
+def mlp_hidden(x, fc1_kernel, fc1_bias):
+    """The MLP's hidden layer, (B, N, D) -> (B, N, M): fc1 and the exact erf GELU of timm /
+    DeiT / DINO (the units feature visualisation maximises, Ghiasi et al. 2022)."""
+    return ops.gelu(dense(x, fc1_kernel, fc1_bias), approximate=False)
+
+
 def mlp(x, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias):
     """(B, N, D) -> (B, N, M) -> (B, N, D), with the exact erf GELU of timm / DeiT / DINO."""
-    h = ops.gelu(dense(x, fc1_kernel, fc1_bias), approximate=False)
-    return dense(h, fc2_kernel, fc2_bias)
+    return dense(mlp_hidden(x, fc1_kernel, fc1_bias), fc2_kernel, fc2_bias)
 
 
 def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
@@ -47,6 +52,8 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     head_dim = d // num_heads
     nq = n if num_queries is None else num_queries
     scale = head_dim**-0.5
+    # A delta covers every query row, so its path computes every row's probabilities.
+    return_probs = return_probs or probs_delta is not None
     if nq == n or return_probs:
         qkv = dense(x, qkv_kernel, qkv_bias)  # (B, N, 3D), columns [q | k | v], each head-major
         qkv = ops.reshape(qkv, (-1, n, 3, num_heads, head_dim))
@@ -55,7 +62,6 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
         q = ops.reshape(dense(x[:, :nq], qkv_kernel[:, :d], qkv_bias[:d]), (-1, nq, num_heads, head_dim))
         kv = ops.reshape(dense(x, qkv_kernel[:, d:], qkv_bias[d:]), (-1, n, 2, num_heads, head_dim))
         k, v = kv[:, :, 0], kv[:, :, 1]
-    return_probs = return_probs or probs_delta is not None
     if not return_probs:
         out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, Dh)
         return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
