@@ -12,13 +12,14 @@ import contextlib
 import functools
 
 import keras
+import numpy as np
 
 
 def name() -> str:
     return keras.config.backend()
 
 
-def compiled(fn=None, *, static_argnames=(), inference: bool = False):
+def compiled(fn=None, *, static_argnames=(), inference: bool = False, autograph: bool = True):
     """Compile a pure keras.ops function the backend's way: jax.jit, or tf.function with XLA.
 
     PyTorch runs eagerly (its eager kernels are already fused enough for these graphs, and
@@ -26,9 +27,13 @@ def compiled(fn=None, *, static_argnames=(), inference: bool = False):
     `torch.inference_mode()`, so nothing is recorded for autograd and no activation is kept
     alive for a backward pass that never comes. Arguments named in static_argnames must be
     hashable Python values, passed by keyword; a new value compiles a new version.
+    autograph=False traces fn as plain Python on TensorFlow: for functions without
+    tensor-dependent control flow that call user code, so that an exception raised while
+    tracing (a vitops error, say) reaches the caller as it is, not wrapped by AutoGraph.
     """
     if fn is None:
-        return functools.partial(compiled, static_argnames=static_argnames, inference=inference)
+        return functools.partial(compiled, static_argnames=static_argnames, inference=inference,
+                                 autograph=autograph)
     cache = {}
 
     @functools.wraps(fn)
@@ -48,7 +53,7 @@ def compiled(fn=None, *, static_argnames=(), inference: bool = False):
             f = cache.get(static)
             if f is None:
                 f = cache[static] = tf.function(functools.partial(fn, **dict(static)),
-                                                jit_compile=True)
+                                                jit_compile=True, autograph=autograph)
             return f(*args, **kwargs)
         if inference and backend == "torch":
             import torch
@@ -144,7 +149,12 @@ def _split(out, has_aux):
 def _torch_value_and_grad(fn, indices, single, has_aux, args, kwargs):
     import torch
 
-    args = list(args)
+    def usable(t):
+        # numpy inputs become tensors, as jax.jit and tf.function convert them; tensors made
+        # under torch.inference_mode cannot take part in autograd, so they are copied.
+        if isinstance(t, np.ndarray):
+            return keras.ops.convert_to_tensor(t)
+        return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
 
     def leaf(t):
         # A fresh leaf: the caller's tensor (a model parameter, say) gets no .grad written to it.
@@ -152,6 +162,7 @@ def _torch_value_and_grad(fn, indices, single, has_aux, args, kwargs):
 
     # Inside inference_mode nothing would be recorded; gradients need the graph.
     with torch.inference_mode(False), torch.enable_grad():
+        args = [keras.tree.map_structure(usable, a) for a in args]
         for i in indices:
             args[i] = keras.tree.map_structure(leaf, args[i])
         value, aux = _split(fn(*args, **kwargs), has_aux)

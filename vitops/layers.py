@@ -7,18 +7,53 @@ D width, H heads, Dh = D / H head width, M MLP width.
 from __future__ import annotations
 
 from keras import ops
+from keras.backend import standardize_dtype
 
 from ._backend import softmax_of_temporary
 
 
+# float64 is for numerical checks (finite differences). Keras' type promotion maps float64 to
+# float32 on jax and torch (keras.backend.result_type), and ops.mean, ops.layer_normalization
+# and (on torch) ops.matmul compute in that promoted type, so float64 inputs take dtype-keeping
+# ops instead. The check is one dict lookup per call (at trace time when compiled).
+_IS_FLOAT64: dict = {}
+
+
+def is_float64(dtype) -> bool:
+    known = _IS_FLOAT64.get(dtype)
+    if known is None:
+        known = _IS_FLOAT64[dtype] = standardize_dtype(dtype) == "float64"
+    return known
+
+
+def matmul(a, b):
+    """ops.matmul, in float64 for float64 inputs (einsum keeps the dtype on every backend)."""
+    if is_float64(a.dtype):
+        return ops.einsum("...ij,jk->...ik" if len(b.shape) == 2 else "...ij,...jk->...ik", a, b)
+    return ops.matmul(a, b)
+
+
+def mean(x, axis, keepdims: bool = False):
+    """The mean over axis (an int or a tuple), in x's own dtype (float64 stays float64)."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    return ops.sum(x, axis=axis, keepdims=keepdims) / ops.cast(count, x.dtype)
+
+
 def layer_norm(x, scale, bias, eps: float):
     """LayerNorm over the last axis. eps is explicit: Keras' default differs from ViT's 1e-6."""
+    if is_float64(x.dtype):  # Keras' op would compute in float32
+        mu = mean(x, -1, keepdims=True)
+        var = mean(ops.square(x - mu), -1, keepdims=True)
+        return (x - mu) * ops.rsqrt(var + eps) * scale + bias
     return ops.layer_normalization(x, gamma=scale, beta=bias, axis=-1, epsilon=eps)
 
 
 def dense(x, kernel, bias):
     """x (..., I) @ kernel (I, O) + bias (O,)."""
-    return ops.matmul(x, kernel) + bias
+    return matmul(x, kernel) + bias
 
 
 def mlp_hidden(x, fc1_kernel, fc1_bias):
@@ -68,7 +103,7 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, N, Dh)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, Dh, N)
     v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, N, Dh)
-    probs = softmax_of_temporary(ops.matmul(q, k), axis=-1)  # (B, H, N, N)
+    probs = softmax_of_temporary(matmul(q, k), axis=-1)  # (B, H, N, N)
     weights = probs if probs_delta is None else probs + ops.cast(probs_delta, probs.dtype)
-    out = ops.transpose(ops.matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
+    out = ops.transpose(matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs

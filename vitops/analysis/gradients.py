@@ -28,12 +28,14 @@ from keras import ops
 
 from .. import _backend
 from ..errors import AnalysisError
+from ..layers import matmul, mean  # float64 stays float64 (numerical checks)
 from ..vit import check_images, forward
 from ._model import as_images, cast_params, model_parts
 
 
-def _scores(out, classes, predicted: bool, target):
-    """Each image's target score (B,) and the class it was taken from (B,) int32."""
+def _scores(out, classes, target):
+    """Each image's target score (B,) and the class it was taken from (B,) int32; a negative
+    class means the image's predicted class (one compiled function serves both)."""
     if target is not None:
         s = target(out)
         if len(s.shape) != 1:
@@ -41,8 +43,8 @@ def _scores(out, classes, predicted: bool, target):
                                 f"got shape {tuple(s.shape)}")
         return s, classes
     logits = out["logits"]  # (B, C); DeiT distilled: the mean of both heads
-    if predicted:
-        classes = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    classes = ops.where(classes < 0, predicted, classes)
     # The one-hot is built from integers: no gradient flows through the choice of class.
     return ops.sum(ops.one_hot(classes, logits.shape[-1], dtype=logits.dtype) * logits, axis=-1), classes
 
@@ -51,7 +53,7 @@ def _accumulation_dtype(compute_dtype: str) -> str:
     return "float64" if compute_dtype == "float64" else "float32"
 
 
-def _relevance(params, images, classes, *, config, predicted, target, compute_dtype):
+def _relevance(params, images, classes, *, config, target, compute_dtype):
     """Chefer et al.'s rule in one compiled pass: -> (CLS row over patches (B, N), classes (B,))."""
     params = cast_params(params, compute_dtype)
     gh, gw = check_images(images, config)
@@ -62,7 +64,7 @@ def _relevance(params, images, classes, *, config, predicted, target, compute_dt
 
     def objective(deltas, params, images, classes):
         out = forward(params, config, images, return_attention=True, attention_delta=deltas)
-        scores, chosen = _scores(out, classes, predicted, target)
+        scores, chosen = _scores(out, classes, target)
         # Images are independent, so the gradient of the sum is each image's own gradient.
         return ops.sum(scores), (out["attention"], chosen)
 
@@ -73,23 +75,25 @@ def _relevance(params, images, classes, *, config, predicted, target, compute_dt
     # taken from the last block down as vector-matrix products: O(L T^2), not O(L T^3).
     row = ops.one_hot(ops.zeros((b,), "int32"), t, dtype=acc)  # (B, T)
     for a, g in zip(reversed(attentions), reversed(grads)):
-        f = ops.mean(ops.relu(ops.cast(g, acc) * ops.cast(a, acc)), axis=1)  # (B, T, T)
-        row = row + ops.matmul(row[:, None, :], f)[:, 0]
+        f = mean(ops.relu(ops.cast(g, acc) * ops.cast(a, acc)), 1)  # (B, T, T)
+        row = row + matmul(row[:, None, :], f)[:, 0]
     return row[:, p:], chosen
 
 
+# autograph=False: the caller's target runs while tracing, and its errors (or ours about it)
+# should reach the caller unwrapped
 _compiled_relevance = _backend.compiled(
-    _relevance, static_argnames=("config", "predicted", "target", "compute_dtype"))
+    _relevance, static_argnames=("config", "target", "compute_dtype"), autograph=False)
 
 
-def _input_gradient(params, images, classes, *, config, predicted, target, compute_dtype):
+def _input_gradient(params, images, classes, *, config, target, compute_dtype):
     """Gradient x input, channel sum, mean per patch: -> ((B, rows, cols), classes (B,))."""
     params = cast_params(params, compute_dtype)
     gh, gw = check_images(images, config)
     pz = config.patch_size
 
     def objective(images, params, classes):
-        scores, chosen = _scores(forward(params, config, images), classes, predicted, target)
+        scores, chosen = _scores(forward(params, config, images), classes, target)
         return ops.sum(scores), chosen
 
     grad_fn = _backend.value_and_grad(objective, 0, has_aux=True, compile=False)
@@ -97,46 +101,46 @@ def _input_gradient(params, images, classes, *, config, predicted, target, compu
     acc = _accumulation_dtype(compute_dtype)
     gx = ops.sum(ops.cast(g, acc) * ops.cast(images, acc), axis=-1)  # (B, H, W)
     gx = ops.reshape(gx, (-1, gh, pz, gw, pz))
-    return ops.mean(gx, axis=(2, 4)), chosen  # (B, rows, cols)
+    return mean(gx, (2, 4)), chosen  # (B, rows, cols)
 
 
 _compiled_input_gradient = _backend.compiled(
-    _input_gradient, static_argnames=("config", "predicted", "target", "compute_dtype"))
+    _input_gradient, static_argnames=("config", "target", "compute_dtype"), autograph=False)
 
 
-def _targets(config, batch: int, class_index, target):
-    """(classes (B,) int32, predicted?) after checking what the caller asked for."""
+def _classes(config, batch: int, class_index, target) -> np.ndarray:
+    """(B,) int32 classes to explain, -1 for each image's predicted class, after checking what
+    the caller asked for."""
     if target is not None:
         if not callable(target):
             raise AnalysisError(f"target must be a callable out -> (B,) scores, got {type(target).__name__}")
         if class_index is not None:
             raise AnalysisError("pass class_index or target, not both")
-        return np.zeros((batch,), np.int32), False
+        return np.full((batch,), -1, np.int32)
     if not config.num_classes:
         raise AnalysisError(
             f"{config.name or 'this model'} has no classification head (a DINO backbone?), so there "
             "is no class score to explain: pass target, a function of vitops.forward's output "
             "returning one score per image, e.g. target=lambda out: out['features'][:, 0]")
     if class_index is None:
-        return np.zeros((batch,), np.int32), True
+        return np.full((batch,), -1, np.int32)
     c = np.asarray(class_index)
     if c.dtype.kind not in "iu" or c.ndim > 1:
         raise AnalysisError(f"class_index must be an int or one int per image, got {class_index!r}")
     c = np.broadcast_to(c, (batch,)) if c.ndim == 0 else c
     if c.shape != (batch,):
         raise AnalysisError(f"class_index has {c.shape[0]} entries for {batch} images")
-    if c.min() < 0 or c.max() >= config.num_classes:
+    if c.size and (c.min() < 0 or c.max() >= config.num_classes):
         raise AnalysisError(f"class_index must be in [0, {config.num_classes}), got {c.tolist()}")
-    return c.astype(np.int32), False
+    return c.astype(np.int32)
 
 
 def _run(fn, parts, images, class_index, target):
     """fn's (result, classes) on the model's (params, config, dtype) and images, checked."""
     params, config, dtype = parts
     x = as_images(images, config, dtype)
-    classes, predicted = _targets(config, x.shape[0], class_index, target)
-    return fn(params, x, classes, config=config, predicted=predicted, target=target,
-              compute_dtype=dtype)
+    classes = _classes(config, x.shape[0], class_index, target)
+    return fn(params, x, classes, config=config, target=target, compute_dtype=dtype)
 
 
 def _grid(images, config) -> tuple[int, int]:
@@ -178,18 +182,18 @@ def input_gradients(model, images, class_index=None, *, target=None, smoothgrad:
         return _run(_compiled_input_gradient, parts, images, class_index, target)[0]
     params, config, dtype = parts
     x = np.asarray(ops.convert_to_numpy(as_images(images, config, dtype)), np.float32)
-    classes, predicted = _targets(config, x.shape[0], class_index, target)
-    if predicted:  # one class per image for every noisy copy: the clean image's prediction
-        _, classes = _compiled_input_gradient(params, x, classes, config=config, predicted=True,
-                                              target=None, compute_dtype=dtype)
+    classes = _classes(config, x.shape[0], class_index, target)
+    if target is None and (classes < 0).any():
+        # one class per image for every noisy copy: the clean image's prediction
+        _, classes = _compiled_input_gradient(params, x, classes, config=config, target=None,
+                                              compute_dtype=dtype)
     rng = np.random.default_rng(seed)
     sigma = noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))  # (B,)
     total = None
     for _ in range(smoothgrad):
         noisy = x + sigma[:, None, None, None] * rng.standard_normal(x.shape).astype(np.float32)
         m, _ = _compiled_input_gradient(params, ops.convert_to_tensor(noisy, dtype), classes,
-                                        config=config, predicted=False, target=target,
-                                        compute_dtype=dtype)
+                                        config=config, target=target, compute_dtype=dtype)
         total = m if total is None else total + m
     return total / smoothgrad
 
@@ -205,9 +209,8 @@ def relevance_for_report(model, images, batch_size: int = 8):
     maps, classes = [], []
     for start in range(0, len(images), batch_size):
         x = as_images(images[start:start + batch_size], config, dtype)
-        c, _ = _targets(config, x.shape[0], None, None)
-        row, chosen = _compiled_relevance(params, x, c, config=config, predicted=True, target=None,
-                                          compute_dtype=dtype)
+        c = _classes(config, x.shape[0], None, None)
+        row, chosen = _compiled_relevance(params, x, c, config=config, target=None, compute_dtype=dtype)
         maps.append(np.asarray(ops.convert_to_numpy(row), np.float32).reshape(-1, *_grid(x, config)))
         classes.append(np.asarray(ops.convert_to_numpy(chosen)).astype(np.int64))
     if not maps:
