@@ -13,9 +13,10 @@ from ._backend import softmax_of_temporary
 
 
 # float64 is for numerical checks (finite differences). Keras' type promotion maps float64 to
-# float32 on jax and torch (keras.backend.result_type), and ops.mean, ops.layer_normalization
-# and (on torch) ops.matmul compute in that promoted type, so float64 inputs take dtype-keeping
-# ops instead. The check is one dict lookup per call (at trace time when compiled).
+# float32 on jax and torch (keras.backend.result_type), and ops.mean, ops.layer_normalization,
+# ops.dot_product_attention and (on torch) ops.matmul compute in that promoted type, so float64
+# inputs take dtype-keeping ops instead. The check is one dict lookup per call (at trace time
+# when compiled).
 _IS_FLOAT64: dict = {}
 
 
@@ -89,7 +90,9 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     scale = head_dim**-0.5
     # A delta covers every query row, so its path computes every row's probabilities.
     return_probs = return_probs or probs_delta is not None
-    if nq == n or return_probs:
+    # Fused kernels compute float64 in float32 on some backends (see `is_float64`).
+    explicit = return_probs or is_float64(x.dtype)
+    if nq == n or explicit:
         qkv = dense(x, qkv_kernel, qkv_bias)  # (B, N, 3D), columns [q | k | v], each head-major
         qkv = ops.reshape(qkv, (-1, n, 3, num_heads, head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, Dh) each
@@ -97,7 +100,7 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
         q = ops.reshape(dense(x[:, :nq], qkv_kernel[:, :d], qkv_bias[:d]), (-1, nq, num_heads, head_dim))
         kv = ops.reshape(dense(x, qkv_kernel[:, d:], qkv_bias[d:]), (-1, n, 2, num_heads, head_dim))
         k, v = kv[:, :, 0], kv[:, :, 1]
-    if not return_probs:
+    if not explicit:
         out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, Dh)
         return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, N, Dh)
@@ -106,4 +109,4 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     probs = softmax_of_temporary(matmul(q, k), axis=-1)  # (B, H, N, N)
     weights = probs if probs_delta is None else probs + ops.cast(probs_delta, probs.dtype)
     out = ops.transpose(matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
-    return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs
+    return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs if return_probs else None

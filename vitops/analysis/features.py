@@ -25,6 +25,7 @@ from keras import ops
 
 from .. import _backend
 from ..errors import AnalysisError
+from ..layers import matmul, mean  # float64 stays float64 (numerical checks)
 from ..preprocess import NORMALIZATION
 from ..vit import block as vit_block
 from ..vit import check_images, embed
@@ -103,8 +104,8 @@ def total_variation(x):
     """(U, H, W, C) -> (U,): mean squared difference of vertically and of horizontally adjacent
     pixels (the beta = 2 total variation of Mahendran & Vedaldi 2015), so a smooth image costs
     little and pixel noise much; independent of the image size."""
-    dv = ops.mean(ops.square(x[:, 1:] - x[:, :-1]), axis=(1, 2, 3))
-    dh = ops.mean(ops.square(x[:, :, 1:] - x[:, :, :-1]), axis=(1, 2, 3))
+    dv = mean(ops.square(x[:, 1:] - x[:, :-1]), (1, 2, 3))
+    dh = mean(ops.square(x[:, :, 1:] - x[:, :, :-1]), (1, 2, 3))
     return dv + dh
 
 
@@ -123,8 +124,8 @@ def _objective(image, params, index, scale, shift, selector, tv_weight, *, confi
     hidden = mlp_hidden_states(cast_params(params, compute_dtype), config,
                                ops.cast(x, compute_dtype), (block,))[block]  # (U * K, T, M)
     patches = ops.cast(hidden[:, config.num_prefix_tokens:], image.dtype)  # (U * K, N, M)
-    act = ops.mean(ops.matmul(patches, selector[:, :, None])[:, :, 0], axis=1)  # (U * K,)
-    per_unit = ops.mean(ops.reshape(act, (u, ensemble)), axis=1)  # (U,)
+    act = mean(matmul(patches, selector[:, :, None])[:, :, 0], 1)  # (U * K,)
+    per_unit = mean(ops.reshape(act, (u, ensemble)), 1)  # (U,)
     return ops.sum(per_unit - tv_weight * total_variation(image)), act
 
 
@@ -347,10 +348,16 @@ class TopK(Accumulator):
         return out
 
     def set_state(self, arrays) -> None:
-        self.count = int(arrays["count"])
+        count = np.asarray(arrays.get("count"))
+        # safetensors gives a saved 0-d array back with shape (1,)
+        if count.size != 1 or count.dtype.kind not in "iu" or int(count.reshape(-1)[0]) < 0:
+            raise AnalysisError(f"top-k state: count must be one integer >= 0, got {arrays.get('count')!r}")
+        self.count = int(count.reshape(-1)[0])
         if not self.count:
             self._scores = self._ids = self._maps = None
             return
+        if "scores" not in arrays or "ids" not in arrays:
+            raise AnalysisError(f"top-k state of {self.count} images lacks its scores or ids")
         s, i = np.asarray(arrays["scores"], np.float64), np.asarray(arrays["ids"], np.int64)
         p = len(self.pairs)
         if s.ndim != 2 or s.shape[0] != p or i.shape != s.shape or s.shape[1] > self.k:
