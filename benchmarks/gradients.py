@@ -120,17 +120,15 @@ def main():
             run()
             times[k].append(time.perf_counter() - start)
 
-    results = {k: {"seconds_per_batch": float(np.median(ts)), "images_per_s": args.batch / float(np.median(ts)),
+    med = {k: float(np.median(ts)) for k, ts in times.items()}
+    results = {k: {"seconds_per_batch": med[k], "images_per_s": args.batch / med[k],
                    "seconds_all_rounds": [float(t) for t in ts]} for k, ts in times.items()}
-    ratios = {"vitops_rollout_over_forward": results["vitops_gradient_rollout"]["seconds_per_batch"]
-              / results["vitops_forward"]["seconds_per_batch"]}
+    ratios = {"vitops_rollout_over_forward": med["vitops_gradient_rollout"] / med["vitops_forward"]}
     if ref is not None:
-        ratios["timm_rollout_over_forward"] = (results["timm_hooks_autograd_rollout"]["seconds_per_batch"]
-                                               / results["timm_forward"]["seconds_per_batch"])
-        ratios["vitops_rollout_over_timm_rollout"] = (results["vitops_gradient_rollout"]["seconds_per_batch"]
-                                                      / results["timm_hooks_autograd_rollout"]["seconds_per_batch"])
-        ratios["vitops_forward_over_timm_forward"] = (results["vitops_forward"]["seconds_per_batch"]
-                                                      / results["timm_forward"]["seconds_per_batch"])
+        ratios["timm_rollout_over_forward"] = med["timm_hooks_autograd_rollout"] / med["timm_forward"]
+        ratios["vitops_rollout_over_timm_rollout"] = (med["vitops_gradient_rollout"]
+                                                      / med["timm_hooks_autograd_rollout"])
+        ratios["vitops_forward_over_timm_forward"] = med["vitops_forward"] / med["timm_forward"]
     print(json.dumps({
         "benchmark": "gradients", "backend": backend, "variant": args.variant, "batch": args.batch,
         "image_size": list(config.image_size), "rounds": args.rounds,

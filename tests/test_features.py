@@ -130,7 +130,8 @@ def test_ascent_gradient_equals_finite_differences():
             assert float(np.sum(grad * v)) == pytest.approx((plus - minus) / (2 * eps), rel=1e-6)
     # total variation by hand
     x = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
-    want = (np.square(np.diff(x, axis=1)).mean(axis=(1, 2, 3)) + np.square(np.diff(x, axis=2)).mean(axis=(1, 2, 3)))
+    want = (np.square(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
+            + np.square(np.diff(x, axis=2)).mean(axis=(1, 2, 3)))
     np.testing.assert_allclose(np_(total_variation(x)), want, rtol=1e-5)
 
 

@@ -263,6 +263,10 @@ def test_gradient_rollout_in_float64_equals_the_rule_from_finite_differences():
         rows = []
         for j, cls in enumerate([0, 2]):
             xs = keras.ops.convert_to_tensor(np.repeat(images[j:j + 1], n, axis=0), "float64")
+
+            def logit(deltas):  # (n,): one perturbation per row of the batch
+                return np_(vitops.forward(params, config, xs, attention_delta=deltas)["logits"][:, cls])
+
             r = np.eye(t)
             for i in range(config.depth):
                 plus = [np.zeros((n, h, t, t)) for _ in range(config.depth)]
@@ -270,8 +274,7 @@ def test_gradient_rollout_in_float64_equals_the_rule_from_finite_differences():
                 plus[i], minus[i] = eps * basis, -eps * basis
                 plus = [keras.ops.convert_to_tensor(d, "float64") for d in plus]
                 minus = [keras.ops.convert_to_tensor(d, "float64") for d in minus]
-                f = lambda d: np_(vitops.forward(params, config, xs, attention_delta=d)["logits"][:, cls])  # noqa: E731
-                da = ((f(plus) - f(minus)) / (2 * eps)).reshape(h, t, t)
+                da = ((logit(plus) - logit(minus)) / (2 * eps)).reshape(h, t, t)
                 r = r + np.maximum(da * atts[i][j], 0).mean(0) @ r
             rows.append(r[0, 2:])
     want = np.stack(rows).reshape(2, 2, 2)

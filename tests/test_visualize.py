@@ -45,7 +45,8 @@ def test_writes_one_png_per_unit_and_a_self_contained_page(tmp_path, capsys):
     assert "block 1, unit 3: activation" in page
     assert "block 1, units 30 (" in capsys.readouterr().out
     # running again replaces the folder it wrote
-    args = parse(["visualize", "--block", "1", "--unit", "7", "--unit", "8", "--out", str(out), "--steps", "2"])
+    args = parse(["visualize", "--block", "1", "--unit", "7", "--unit", "8", "--out", str(out),
+                  "--steps", "2"])
     assert args.func(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "unit_7.png", "unit_8.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["features"]

@@ -294,7 +294,8 @@ class TopK(Accumulator):
         i = np.asarray(ids)
         p = len(self.pairs)
         if s.ndim != 2 or s.shape[1] != p:
-            raise AnalysisError(f"scores must be (images, {p}) for {p} (block, unit) pairs, got shape {s.shape}")
+            raise AnalysisError(f"scores must be (images, {p}) for {p} (block, unit) pairs, "
+                                f"got shape {s.shape}")
         if i.shape != (s.shape[0],) or (i.size and i.dtype.kind not in "iu"):
             raise AnalysisError(f"ids must be {s.shape[0]} integers, one per image, got {ids!r}")
         if not np.all(np.isfinite(s)):
@@ -361,7 +362,8 @@ class TopK(Accumulator):
         s, i = np.asarray(arrays["scores"], np.float64), np.asarray(arrays["ids"], np.int64)
         p = len(self.pairs)
         if s.ndim != 2 or s.shape[0] != p or i.shape != s.shape or s.shape[1] > self.k:
-            raise AnalysisError(f"top-k state of shape {s.shape} / {i.shape} does not fit {p} pairs, k={self.k}")
+            raise AnalysisError(f"top-k state of shape {s.shape} / {i.shape} does not fit {p} pairs, "
+                                f"k={self.k}")
         m = arrays.get("maps")
         if self.keep_maps and (m is None or np.ndim(m) != 4 or np.shape(m)[:2] != s.shape):
             raise AnalysisError("top-k state without maps of the kept images, but maps=True")
@@ -370,5 +372,6 @@ class TopK(Accumulator):
 
     def _merge_state(self, other) -> None:
         if self.keep_maps and other._maps.shape[2:] != self._maps.shape[2:]:
-            raise AnalysisError(f"cannot merge maps of {other._maps.shape[2:]} patches into {self._maps.shape[2:]}")
+            raise AnalysisError(f"cannot merge maps of {other._maps.shape[2:]} patches into "
+                                f"{self._maps.shape[2:]}")
         self._fold(other._scores, other._ids, other._maps, other.count)
