@@ -31,7 +31,7 @@ def digits():
 
 
 def test_unit_maps_equal_timm_gelu_outputs(tmp_path):
-    ref = make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=5)
+    ref = make_timm("deit_tiny_distilled_patch16_224", **{**TINY, "depth": 2}, num_classes=5)
     save_state_dict(ref, tmp_path / "ck.safetensors")
     vitops.convert(tmp_path / "ck.safetensors", tmp_path / "m.safetensors")
     model = vitops.load(tmp_path / "m.safetensors")
@@ -43,7 +43,7 @@ def test_unit_maps_equal_timm_gelu_outputs(tmp_path):
         ref(torch.from_numpy(images).permute(0, 3, 1, 2))
     for h in hooks:
         h.remove()
-    pairs = [(0, 5), (2, 300), (1, 0), (2, 5)]
+    pairs = [(0, 5), (1, 300), (0, 0), (1, 5)]
     scores, maps = unit_activations(model, images, pairs)
     scores, maps = np_(scores), np_(maps)
     assert scores.shape == (2, 4) and maps.shape == (2, 4, 3, 4)
@@ -51,13 +51,13 @@ def test_unit_maps_equal_timm_gelu_outputs(tmp_path):
         want = hidden[b][:, 2:, u]  # the patch tokens (after CLS and distillation)
         assert rel_err(maps[:, j].reshape(2, 12), want) <= 1e-4, (b, u)
         assert rel_err(scores[:, j], want.mean(axis=1)) <= 1e-4, (b, u)
-    one = np_(feature_activation_map(model, images, 2, 300))
+    one = np_(feature_activation_map(model, images, 1, 300))
     assert one.shape == (2, 3, 4)
     np.testing.assert_allclose(one, maps[:, 1], rtol=1e-6, atol=1e-6)
-    several = np_(feature_activation_map(model, images, 2, [300, 5]))
+    several = np_(feature_activation_map(model, images, 1, [300, 5]))
     np.testing.assert_allclose(several, maps[:, [1, 3]], rtol=1e-6, atol=1e-6)
-    with pytest.raises(vitops.AnalysisError, match=r"block must be an int in \[0, 3\)"):
-        unit_activations(model, images, [(3, 0)])
+    with pytest.raises(vitops.AnalysisError, match=r"block must be an int in \[0, 2\)"):
+        unit_activations(model, images, [(2, 0)])
     with pytest.raises(vitops.AnalysisError, match=r"unit must be an int in \[0, 384\)"):
         feature_activation_map(model, images, 0, 384)
 
@@ -70,8 +70,8 @@ def test_visualize_feature_excites_the_unit_and_is_reproducible(digits):
     np.testing.assert_allclose(a0, np.diag(np_(unit_activations(digits, start, [(1, u) for u in units])[0])),
                                rtol=1e-5, atol=1e-6)
     seen = []
-    x, a = visualize_feature(digits, 1, units, steps=60, seed=3, callback=lambda s, v: seen.append((s, v)))
-    assert [s for s, _ in seen] == list(range(1, 61)) and seen[-1][1].shape == (3,)
+    x, a = visualize_feature(digits, 1, units, steps=40, seed=3, callback=lambda s, v: seen.append((s, v)))
+    assert [s for s, _ in seen] == list(range(1, 41)) and seen[-1][1].shape == (3,)
     assert (a > 0).all() and (a >= 5 * np.abs(a0)).all(), (a0, a)
     # the reported activation is the unit's on the returned image
     np.testing.assert_allclose(a, np.diag(np_(unit_activations(digits, x, [(1, u) for u in units])[0])),
@@ -81,11 +81,13 @@ def test_visualize_feature_excites_the_unit_and_is_reproducible(digits):
     assert swapped[0, 0] < a[0] and swapped[1, 1] < a[1]
     # pixels stay displayable: the normalised images of [0, 1]
     assert x.min() >= -1 - 1e-6 and x.max() <= 1 + 1e-6
-    again, a_again = visualize_feature(digits, 1, units, steps=60, seed=3)
-    np.testing.assert_array_equal(again, x)
-    np.testing.assert_array_equal(a_again, a)
-    other, _ = visualize_feature(digits, 1, units, steps=60, seed=4)
-    assert np.abs(other - x).max() > 0.1
+    # the same seed gives the same images; another seed others
+    short, a_short = visualize_feature(digits, 1, units, steps=8, seed=3)
+    again, a_again = visualize_feature(digits, 1, units, steps=8, seed=3)
+    np.testing.assert_array_equal(again, short)
+    np.testing.assert_array_equal(a_again, a_short)
+    other, _ = visualize_feature(digits, 1, units, steps=8, seed=4)
+    assert np.abs(other - short).max() > 0.1
 
 
 def test_visualize_feature_rejects_bad_settings(digits):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import vitops
+from conftest import BACKEND
 from reference import TINY, make_timm, rel_err, save_state_dict
 from vitops import _backend
 from vitops.analysis.gradients import gradient_rollout, input_gradients, relevance_for_report
@@ -181,33 +182,38 @@ def test_value_and_grad_equals_finite_differences_per_block():
         out = vitops.forward(params, config, images, return_attention=True, attention_delta=deltas)
         return keras.ops.sum(out["logits"][:, 1]), out["attention"]
 
+    # Speed only: eager JAX dispatches (and compiles) op by op, slow for these many small
+    # calls, while XLA compiles float64 TensorFlow graphs slowly; both ways are checked
+    # (gradient_rollout's compiled path by the next test).
+    fast = BACKEND == "jax"
+
+    @(_backend.compiled if fast else (lambda f: f))
+    def logits(params, deltas, images):
+        return vitops.forward(params, config, images, attention_delta=deltas)["logits"][:, 1]
+
     def logit(deltas, images):  # (B,) per image, no gradient
-        return np_(vitops.forward(p, config, images, attention_delta=deltas)["logits"][:, 1])
+        return np_(logits(p, deltas, images))
 
     with _backend.float64():
         # float64 tensors made explicitly: Keras turns numpy float64 into float32 on jax and torch
         p = {k: keras.ops.convert_to_tensor(v, "float64") for k, v in params.items()}
         x = keras.ops.convert_to_tensor(images, "float64")
         zeros = [keras.ops.zeros((b, h, t, t), "float64") for _ in range(config.depth)]
-        # uncompiled here (the compiled path is checked by the next test): XLA's float64
-        # compilation of the backward pass costs more than this whole check
-        grad = _backend.value_and_grad(objective, (0, 1), has_aux=True, compile=False)
+        grad = _backend.value_and_grad(objective, (0, 1), has_aux=True, compile=fast)
         (value, attention), (d_deltas, d_images) = grad(zeros, x, p)
         assert keras.backend.standardize_dtype(d_images.dtype) == "float64"
         assert float(value) == pytest.approx(float(logit(zeros, x).sum()), rel=1e-12)
         assert len(attention) == config.depth and attention[0].shape == (b, h, t, t)
-        # every entry of every block's dA: all perturbations at once, as a batch
+        # every entry of every block's dA: all perturbations of both images at once, as a batch
         n = h * t * t
+        basis = np.tile(np.eye(n).reshape(n, h, t, t), (b, 1, 1, 1))  # (B * n, H, T, T)
+        xs = keras.ops.convert_to_tensor(np.repeat(images, n, axis=0), "float64")
         for i in range(config.depth):
-            basis = np.eye(n).reshape(n, h, t, t)
-            want = np.zeros((b, h, t, t))
-            for j in range(b):
-                xs = keras.ops.convert_to_tensor(np.repeat(images[j:j + 1], n, axis=0), "float64")
-                plus = [keras.ops.zeros((n, h, t, t), "float64") for _ in range(config.depth)]
-                minus = list(plus)
-                plus[i] = keras.ops.convert_to_tensor(eps * basis, "float64")
-                minus[i] = keras.ops.convert_to_tensor(-eps * basis, "float64")
-                want[j] = ((logit(plus, xs) - logit(minus, xs)) / (2 * eps)).reshape(h, t, t)
+            plus = [keras.ops.zeros((b * n, h, t, t), "float64") for _ in range(config.depth)]
+            minus = list(plus)
+            plus[i] = keras.ops.convert_to_tensor(eps * basis, "float64")
+            minus[i] = keras.ops.convert_to_tensor(-eps * basis, "float64")
+            want = ((logit(plus, xs) - logit(minus, xs)) / (2 * eps)).reshape(b, h, t, t)
             got = np_(d_deltas[i])
             assert np.abs(want).max() > 1e-3, "block without gradient: the test cannot tell"
             assert np.abs(got - want).max() <= 1e-7 * max(1.0, np.abs(want).max()), i
