@@ -39,7 +39,7 @@ def report(tmp_path_factory, samples):
     images = samples[:6] + [str(bad), str(out.parent / "missing.jpg")]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # e.g. PyTorch's requires_grad warning: none may appear
-        summary = analyze(MODELS, images, out, batch_size=4, threshold=0.6, show=3, progress=False)
+        summary = analyze(MODELS, images, out, batch_size=4, threshold=0.6, show=3, progress=False, explain=True)
     return out, summary, samples[:6]
 
 
@@ -102,6 +102,23 @@ def test_metrics_are_the_materialised_kernels_numbers(report, name):
     pos = model.get_params()["pos_embed"][prefix:].astype(np.float64)
     pos /= np.linalg.norm(pos, axis=-1, keepdims=True)
     np.testing.assert_allclose(metrics["position_similarity"], pos @ pos.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_explain_draws_each_sample_images_gradient_rollout(report, name):
+    out, _, samples = report
+    metrics = json.loads((out / "metrics.json").read_text())["models"][name]
+    model = vitops.load(name)
+    x = preprocess(samples, size=32, family=model.config.family, crop_pct=1.0)
+    for sample in metrics["samples"].values():
+        i = sample["position"]
+        want = np_(analysis.gradient_rollout(model, x[i:i + 1]))[0]
+        relevance = sample["relevance"]
+        np.testing.assert_allclose(relevance["map"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+        assert relevance["class"] == sample["predictions"][0]["class"]
+        assert relevance["label"] == sample["predictions"][0]["label"]
+        # class-specific: not the rollout, which is the same whatever the class
+        assert np.abs(np.array(relevance["map"]) - np.array(sample["attention_rollout"])).max() > 1e-3
 
 
 def test_cross_model_cka_is_minibatch_cka_of_both_models(report):

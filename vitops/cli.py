@@ -84,7 +84,7 @@ def _analyze(args) -> int:
                       threshold=args.threshold, head_fusion=args.head_fusion,
                       discard_ratio=args.discard_ratio, show=args.show, preprocessing=overrides or None,
                       shard=parse_shard(args.shard) if args.shard else None, devices=args.devices,
-                      save_state=args.save_state, workers=args.workers)
+                      save_state=args.save_state, workers=args.workers, explain=args.explain)
     if out is not None:
         _print_summary(summary, out)
     if args.save_state:
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preprocessing family the model file names")
     p.add_argument("--crop-pct", type=float, default=None,
                    help="override the centre-crop fraction the model file records")
+    p.add_argument("--explain", action="store_true",
+                   help="also draw each sample image's relevance for its top class (Chefer et al. 2021, "
+                   "gradient-weighted attention), beside the rollout")
     p.add_argument("--shard", help="I/N: analyse the I-th of N slices of the image list (0-based)")
     p.add_argument("--save-state", help="also write every accumulator to this file, for `vitops report`")
     p.add_argument("--devices", default=None, help="data-parallel devices on JAX: 'all' or a count")
@@ -172,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("states", nargs="+", help="state files written by `vitops analyze --save-state`")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p.set_defaults(func=_report)
+    from .visualize import add_parser as add_visualize
+
+    add_visualize(sub)
     p = sub.add_parser("models", help="list the registry models and the named architectures")
     p.set_defaults(func=_models)
     return parser

@@ -53,24 +53,36 @@ def mean_attention_distance(mean: np.ndarray, std: np.ndarray | None = None, tit
     return fig
 
 
-def sample_overlays(images, rollouts, heats, row_titles, labels) -> Figure:
+def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None) -> Figure:
     """Sample images, one row each; per model two columns: its attention rollout and its
-    last-block CLS attention (mean over heads), each over the image as that model saw it.
-    images[m] (S, H, W, 3) in [0, 1]; rollouts[m], heats[m] (S, rows, cols); row_titles[s][m]."""
+    last-block CLS attention (mean over heads), each over the image as that model saw it, and a
+    third with the class-specific relevance of its top class when relevances are given.
+    images[m] (S, H, W, 3) in [0, 1]; rollouts[m], heats[m], relevances[m] (S, rows, cols)
+    (a model's relevances all NaN: it has no head, shown empty); row_titles[s][m]."""
     models, count = len(labels), len(images[0])
-    fig = Figure(figsize=(3.9 * models, 2.0 * count + 0.5), layout="constrained")
-    axes = fig.subplots(count, 2 * models, squeeze=False)
+    panels = [[(rollouts[m], "rollout"), (heats[m], "CLS attention")] for m in range(models)]
+    if relevances is not None:
+        for m in range(models):
+            panels[m].append((relevances[m], "relevance (top class)"))
+    per = len(panels[0])
+    fig = Figure(figsize=(1.95 * per * models, 2.0 * count + 0.5), layout="constrained")
+    axes = fig.subplots(count, per * models, squeeze=False)
     for m in range(models):
         for s in range(count):
             image = images[m][s]
-            for c, (maps, what) in enumerate(((rollouts[m], "rollout"), (heats[m], "CLS attention"))):
-                ax = axes[s, 2 * m + c]
-                shown = maps[s] / max(float(np.nanmax(maps[s])), 1e-12)
-                ax.imshow(image)
-                ax.imshow(_upsample(shown, image.shape[:2]), cmap="inferno", alpha=0.6)
-                ax.set_title(f"{labels[m]}: {what}\n{row_titles[s][m]}", fontsize=7)
+            for c, (maps, what) in enumerate(panels[m]):
+                ax = axes[s, per * m + c]
                 ax.axis("off")
-    fig.suptitle("Sample images: attention rollout (Abnar & Zuidema 2020) and last-block CLS attention")
+                ax.imshow(image)
+                ax.set_title(f"{labels[m]}: {what}\n{row_titles[s][m]}", fontsize=7)
+                if not np.isfinite(maps[s]).any():  # a model without a head has no class to explain
+                    continue
+                shown = np.clip(maps[s], 0, None) / max(float(np.nanmax(maps[s])), 1e-12)
+                ax.imshow(_upsample(shown, image.shape[:2]), cmap="inferno", alpha=0.6)
+    what = "attention rollout (Abnar & Zuidema 2020) and last-block CLS attention"
+    if relevances is not None:
+        what += "; relevance for the top class (Chefer et al. 2021)"
+    fig.suptitle(f"Sample images: {what}")
     return fig
 
 

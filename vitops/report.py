@@ -35,7 +35,9 @@ CAPTIONS = {
                                "Low: local heads; high: global (ViT, Fig. 7; Raghu et al. 2021).",
     "samples": "Sample images as each model saw them: attention rollout, how much each patch flows into the CLS "
                "token through all blocks (Abnar & Zuidema 2020), and the last block's CLS attention averaged "
-               "over heads.",
+               "over heads. With --explain, a third column: each patch's relevance for the image's top class, "
+               "gradient-weighted attention through all blocks (Chefer, Gur & Wolf 2021); unlike the rollout it "
+               "depends on the class.",
     "attention_heatmaps": "Last block: attention of the CLS token to every patch, one panel per head, for the first "
                           "sample image (DINO, Fig. 1).",
     "rollout_mean": "Attention rollout averaged over all images: where the models look on average.",
@@ -54,7 +56,7 @@ CAPTIONS = {
 def analyze(models, images, out_dir, *, batch_size: int = 8, threshold: float | None = None,
             head_fusion: str = "mean", discard_ratio: float = 0.0, show: int = DEFAULT_SHOW,
             preprocessing=None, shard=None, devices=None, save_state=None, progress: bool = True,
-            workers: int = 2) -> dict:
+            workers: int = 2, explain: bool = False) -> dict:
     """Analyse one or more models over the images and write the report into out_dir.
 
     models: a model, file, shipped or registry name, or a list of them (one column each).
@@ -62,10 +64,12 @@ def analyze(models, images, out_dir, *, batch_size: int = 8, threshold: float | 
     preprocessing: overrides of the preprocessing each weight file records (one dict for all
     models, or one per model). shard (I, N): analyse the I-th of N slices of the image list.
     save_state: also write the study's state (all accumulators) to this file, for
-    `vitops report` to merge. Returns the summary that metrics.json holds.
+    `vitops report` to merge. explain: draw each sample image's relevance for its top class
+    beside the rollout (`vitops.analysis.gradient_rollout`; models with a head). Returns the
+    summary that metrics.json holds.
     """
     settings = StudySettings(batch_size=batch_size, head_fusion=head_fusion, discard_ratio=float(discard_ratio),
-                             threshold=threshold, show=show)
+                             threshold=threshold, show=show, explain=explain)
     run = dict(settings=settings, keep_per_image=save_state is not None, shard=shard, devices=devices,
                preprocessing=preprocessing, progress=progress, workers=workers)
     if out_dir is None:  # a shard's state alone: no figures
@@ -157,6 +161,10 @@ def _model_summary(ms, settings: StudySettings) -> dict:
                  "cls_attention": s.arrays["heat"][j], "cls_trajectory": s.arrays["cls_cos"][j]}
         if c.num_classes:
             entry["predictions"] = _predictions(ms.info, s.arrays["top"][j], s.arrays["prob"][j])
+        if settings.explain and c.num_classes:
+            top1 = int(s.arrays["top"][j][0])  # the class explained: the model's prediction
+            entry["relevance"] = {"map": s.arrays["relevance"][j], "class": top1, "label": _label(ms.info, top1),
+                                  "method": "gradient-weighted attention rollout (Chefer et al. 2021)"}
         if settings.threshold is not None:
             heat = s.arrays["heat"][j]
             masks = np.asarray(mass_masks(heat.reshape(heat.shape[0], -1), settings.threshold))
@@ -235,7 +243,8 @@ def _figures(study, summary) -> dict:
             titles.append(row)
         figs["samples"] = plot.sample_overlays(
             [_shown(ms) for ms in models], [ms.samples.arrays["rollout"] for ms in models],
-            [ms.samples.arrays["heat"].mean(axis=1) for ms in models], titles, labels)
+            [ms.samples.arrays["heat"].mean(axis=1) for ms in models], titles, labels,
+            [ms.samples.arrays["relevance"] for ms in models] if study.settings.explain else None)
         fig, subs = plot.side_by_side(len(models), 2.3 * min(models[0].config.num_heads, 6), 2.6 *
                                       math.ceil(max(m.config.num_heads for m in models) / 6) + 0.4)
         for ms, sub in zip(models, subs):

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _backend, analysis, stream
 from .analysis.accumulate import Accumulator, Fixed, Moments, load_states, save_states, settings_difference
+from .analysis.gradients import relevance_for_report
 from .analysis.rollout import HEAD_FUSIONS
 from .errors import AnalysisError
 from .imagefile import read_image
@@ -47,6 +48,7 @@ class StudySettings:
     discard_ratio: float = 0.0
     threshold: float | None = None  # DINO mass masks of the last block's CLS attention
     show: int = DEFAULT_SHOW  # sample images drawn in the report
+    explain: bool = False  # class-specific relevance (Chefer et al. 2021) of the sample images
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -59,6 +61,8 @@ class StudySettings:
             raise AnalysisError(f"threshold must be in (0, 1], got {self.threshold}")
         if not isinstance(self.show, int) or self.show < 0:
             raise AnalysisError(f"--show must be a non-negative integer, got {self.show!r}")
+        if not isinstance(self.explain, bool):
+            raise AnalysisError(f"explain must be True or False, got {self.explain!r}")
 
     def reductions(self) -> Reductions:
         return Reductions(distance=True, rollout="cls", head_fusion=self.head_fusion,
@@ -68,11 +72,12 @@ class StudySettings:
 
 class Samples(Accumulator):
     """What the report draws for a few chosen images of one model: the image as the model saw it
-    (uint8, denormalised), its rollout, last-block CLS attention per head, CLS trajectory and
-    top classes. Keyed by position in the image list; merging takes the union."""
+    (uint8, denormalised), its rollout, last-block CLS attention per head, CLS trajectory, top
+    classes and, when explained, the relevance of each patch for the top class (NaN otherwise).
+    Keyed by position in the image list; merging takes the union."""
 
     kind = "samples"
-    FIELDS = ("display", "rollout", "heat", "cls_cos", "top", "prob")
+    FIELDS = ("display", "rollout", "heat", "cls_cos", "top", "prob", "relevance")
 
     def __init__(self):
         self.positions = np.zeros((0,), np.int64)
@@ -416,12 +421,18 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
             top, prob = _top(p / p.sum(-1, keepdims=True))
         if writers:
             writers[m].write(batch.positions, batch_names, distance, rollout, top, prob)
-        for j, pos in enumerate(batch.positions):
-            if pos in samples:
-                ms.samples.add(pos, names[pos], display=prep.display(x=batch.inputs[m][j]),
-                               rollout=rollout[j], heat=heat[j], cls_cos=cos[j],
-                               top=top[j] if top is not None else np.full(TOP_K, -1, np.int32),
-                               prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32))
+        shown = [j for j, pos in enumerate(batch.positions) if pos in samples]
+        relevance = np.full((len(shown), rows, cols), np.nan, np.float32)
+        if shown and study.settings.explain and ms.config.num_classes:
+            # a backward pass per sample image only: the class-specific maps are for the report
+            relevance = relevance_for_report(model, np.asarray(x)[shown])[0]
+        for j, r in zip(shown, relevance):
+            pos = batch.positions[j]
+            ms.samples.add(pos, names[pos], display=prep.display(x=batch.inputs[m][j]),
+                           rollout=rollout[j], heat=heat[j], cls_cos=cos[j],
+                           top=top[j] if top is not None else np.full(TOP_K, -1, np.int32),
+                           prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32),
+                           relevance=r)
         grams.append(red["grams"])
     if b >= stream.MIN_CKA_BATCH:
         for ms, g in zip(study.models, grams):

@@ -11,7 +11,7 @@ from keras import ops
 
 from .config import ViTConfig
 from .errors import ImageError
-from .layers import attention, dense, layer_norm, mlp
+from .layers import attention, dense, layer_norm, mlp, mlp_hidden
 from .posemb import resample_pos_embed
 
 
@@ -90,11 +90,13 @@ def embed(params, config: ViTConfig, images):
 
 
 def block(params, config: ViTConfig, i: int, x, return_attention: bool = False,
-          num_queries: int | None = None, probs_delta=None, scratch: dict | None = None):
+          num_queries: int | None = None, probs_delta=None, scratch: dict | None = None,
+          return_mlp_hidden: bool = False):
     """One pre-norm transformer block: (B, T, D) -> (B, Q, D), probs (B, H, T, T) or None.
 
     Q = T, or num_queries: then only the first Q tokens' outputs are computed. probs_delta,
-    scratch: see `layers.attention`.
+    scratch: see `layers.attention`. return_mlp_hidden=True appends a third result, the MLP's
+    hidden layer after the GELU, (B, Q, M): the units that feature visualisation maximises.
     """
     b = f"blocks.{i}."
     h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], config.layer_norm_eps)
@@ -106,6 +108,9 @@ def block(params, config: ViTConfig, i: int, x, return_attention: bool = False,
         x = x[:, :num_queries]
     x = x + h
     h = layer_norm(x, params[b + "norm2.scale"], params[b + "norm2.bias"], config.layer_norm_eps)
+    if return_mlp_hidden:
+        hidden = mlp_hidden(h, params[b + "mlp.fc1.kernel"], params[b + "mlp.fc1.bias"])  # (B, Q, M)
+        return x + dense(hidden, params[b + "mlp.fc2.kernel"], params[b + "mlp.fc2.bias"]), probs, hidden
     x = x + mlp(h, params[b + "mlp.fc1.kernel"], params[b + "mlp.fc1.bias"],
                 params[b + "mlp.fc2.kernel"], params[b + "mlp.fc2.bias"])
     return x, probs

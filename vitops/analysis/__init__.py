@@ -1,7 +1,9 @@
 """Analysis kernels, vectorised in keras.ops: the same numbers on jax, torch and tensorflow.
 
 Inputs are arrays of any backend (or numpy); outputs are backend tensors unless noted
-(`keras.ops.convert_to_numpy` turns them into numpy). The streaming accumulators keep their
+(`keras.ops.convert_to_numpy` turns them into numpy). The gradient analyses (`gradient_rollout`,
+`input_gradients`, `visualize_feature`) take a model and differentiate through it on every
+backend. The streaming accumulators keep their
 sums in float64 numpy.
 """
 
@@ -9,6 +11,8 @@ from .accumulate import Accumulator, Moments, load_states, save_states
 from .cka import MinibatchCKA, linear_cka, rbf_cka
 from .distance import AttentionDistance, distance_matrix, mean_attention_distance
 from .embeddings import cls_trajectory, position_similarity, projection_filters
+from .features import TopK, feature_activation_map, unit_activations, visualize_feature
+from .gradients import gradient_rollout, input_gradients
 from .heatmap import attention_heatmaps
 from .rollout import attention_rollout, cls_rollout
 
@@ -17,5 +21,7 @@ __all__ = [
     "attention_rollout", "cls_rollout", "attention_heatmaps",
     "linear_cka", "rbf_cka", "MinibatchCKA",
     "position_similarity", "projection_filters", "cls_trajectory",
+    "gradient_rollout", "input_gradients",
+    "visualize_feature", "feature_activation_map", "unit_activations", "TopK",
     "Accumulator", "Moments", "save_states", "load_states",
 ]

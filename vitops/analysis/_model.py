@@ -1,0 +1,69 @@
+"""What the gradient and feature analyses take from a model: its arrays, config and dtype."""
+
+from __future__ import annotations
+
+import operator
+
+import keras
+
+from ..errors import AnalysisError
+
+
+def model_parts(model):
+    """(params {key: backend array}, config, compute dtype) of a loaded model, or of a name or
+    path `vitops.load` accepts (a shipped model, a registry name, a vitops file)."""
+    from ..loading import resolve_model
+    from ..model import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        if not isinstance(model, (str, bytes)) and not hasattr(model, "__fspath__"):
+            raise AnalysisError(f"model must be a vitops model, a model name or a path, "
+                                f"got {type(model).__name__}")
+        model = resolve_model(model)
+    return model._params(), model.config, model.compute_dtype
+
+
+def cast_params(params: dict, dtype: str) -> dict:
+    """Float weights read in the compute dtype, as Keras' autocast does for call()."""
+    return {k: v if keras.backend.standardize_dtype(v.dtype) == dtype else keras.ops.cast(v, dtype)
+            for k, v in params.items()}
+
+
+def as_images(images, config, dtype: str):
+    """(B, H, W, 3) preprocessed images as a backend tensor of the compute dtype; shape checked."""
+    from ..vit import check_images
+
+    x = keras.ops.convert_to_tensor(images, dtype)
+    check_images(x, config)
+    return x
+
+
+def _index(value):
+    """value as a Python int, or None when it is not an integer (bools are not)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return None
+    return operator.index(value)
+
+
+def check_block(block, config) -> int:
+    """A block index in [0, depth), as an int (numpy integers accepted)."""
+    i = _index(block)
+    if i is None or not 0 <= i < config.depth:
+        raise AnalysisError(f"block must be an int in [0, {config.depth}) for this "
+                            f"{config.depth}-block model, got {block!r}")
+    return i
+
+
+def check_units(unit, config) -> tuple[int, ...]:
+    """An int or a list of ints, each an MLP hidden unit in [0, mlp_dim): a tuple."""
+    units = [unit] if _index(unit) is not None else list(unit)
+    if not units:
+        raise AnalysisError("no unit given: pass an int or a list of ints")
+    out = []
+    for u in units:
+        i = _index(u)
+        if i is None or not 0 <= i < config.mlp_dim:
+            raise AnalysisError(f"unit must be an int in [0, {config.mlp_dim}) (the MLP hidden "
+                                f"width of this model), got {u!r}")
+        out.append(i)
+    return tuple(out)
