@@ -313,3 +313,90 @@ def test_report_renders_every_image_in_a_browser(report, tmp_path):
     loaded, total = render_in_browser(out / "report.html", tmp_path)
     assert total == len(summary["figures"]) == 9
     assert loaded == total
+
+
+# ---- two real-size models, each preprocessed its own way ----
+
+@pytest.fixture(scope="module")
+def two_resolutions(tmp_path_factory):
+    """A timm ViT-S/16 at 224 px and a DINO ViT-S/16 at 320 px (random weights, converted) in
+    one run over four photographs; every array fed to each model is recorded."""
+    import cv2
+    import matplotlib.cbook
+    from reference import make_timm, save_state_dict
+
+    tmp = tmp_path_factory.mktemp("two")
+    photo = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))  # 600 x 512
+    paths = []
+    for k, img in enumerate([photo, photo[:, ::-1], photo[40:520, 10:], photo[::-1][:450]]):
+        paths.append(tmp / f"photo_{k}.png")
+        cv2.imwrite(str(paths[-1]), img)
+    models = []
+    for k, arch in enumerate(["vit_small_patch16_224", "vit_small_patch16_224.dino"]):
+        save_state_dict(make_timm(arch, seed=k, num_classes=0 if "dino" in arch else 1000), tmp / f"ck{k}.safetensors")
+        vitops.convert(tmp / f"ck{k}.safetensors", tmp / f"{arch.replace('.', '_')}.safetensors", arch=arch)
+        model = vitops.load(tmp / f"{arch.replace('.', '_')}.safetensors")
+        fed, infer = [], model.infer
+
+        def recording(x, infer=infer, fed=fed, **kw):
+            fed.append(np.asarray(x))
+            return infer(x, **kw)
+
+        model.infer = recording
+        models.append((model, fed))
+    out = tmp / "out"
+    summary = analyze([m for m, _ in models], [str(p) for p in paths], out, batch_size=4, show=2,
+                      preprocessing=[None, {"size": (320, 320)}], progress=False)
+    return out, summary, paths, [np.concatenate(fed) for _, fed in models]
+
+
+def _timm_eval(path, size, crop_pct, mean, std):
+    """timm's eval transform on a file, written out here: short side floor(size / crop_pct)
+    (area filter when shrinking), long side truncated, centre crop rounded, normalised."""
+    import math
+
+    import cv2
+
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    short = math.floor(size / crop_pct)
+    nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    assert short < min(h, w)  # shrinking: the area filter on the whole image
+    resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+    top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
+    x = resized[top:top + size, left:left + size].astype(np.float64) / 255
+    return (x - np.array(mean)) / np.array(std)
+
+
+def test_each_model_is_fed_its_own_preprocessing(two_resolutions):
+    out, summary, paths, (vit_in, dino_in) = two_resolutions
+    assert vit_in.shape == (4, 224, 224, 3) and dino_in.shape == (4, 320, 320, 3)
+    import timm
+
+    # Each as timm's pretrained config says (conversion records it): Google ViT to [-1, 1],
+    # DINO with the ImageNet mean and std; the DINO at 320 px, with the same crop_pct.
+    vit_cfg, dino_cfg = (timm.models.get_pretrained_cfg(a) for a in ("vit_small_patch16_224",
+                                                                      "vit_small_patch16_224.dino"))
+    assert vit_cfg.mean != dino_cfg.mean
+    for k, path in enumerate(paths):
+        want = _timm_eval(path, 224, vit_cfg.crop_pct, vit_cfg.mean, vit_cfg.std)
+        np.testing.assert_allclose(vit_in[k], want, atol=2e-5)
+        want = _timm_eval(path, 320, dino_cfg.crop_pct, dino_cfg.mean, dino_cfg.std)
+        np.testing.assert_allclose(dino_in[k], want, atol=2e-5)
+    vit, dino = summary["models"].values()
+    assert vit["preprocessing"]["crop_pct"] == vit_cfg.crop_pct and vit["preprocessing"]["size"] == [224, 224]
+    assert dino["preprocessing"]["crop_pct"] == dino_cfg.crop_pct and dino["preprocessing"]["size"] == [320, 320]
+    assert np.array(dino["attention_rollout_mean"]).shape == (20, 20)  # 320 / 16 patches a side
+    assert np.array(vit["attention_rollout_mean"]).shape == (14, 14)
+    (cross,) = json.loads((out / "metrics.json").read_text())["cross_model_cka"]
+    assert np.array(cross["matrix"]).shape == (13, 13)
+    # ImageNet-1k head: class names in the predictions
+    first = next(iter(vit["samples"].values()))["predictions"][0]
+    assert first["label"] != str(first["class"]) and first["label"].strip()
+
+
+def test_two_resolutions_report_renders_in_a_browser(two_resolutions, tmp_path):
+    out, summary, _, _ = two_resolutions
+    loaded, total = render_in_browser(out / "report.html", tmp_path)
+    assert total == len(summary["figures"]) == 9
+    assert loaded == total

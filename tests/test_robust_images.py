@@ -2,6 +2,7 @@
 enlarging the whole image, the value range comes from the pixel type, and every failure is an
 ImageError naming the file."""
 
+import math
 import os
 import struct
 import subprocess
@@ -88,15 +89,17 @@ def test_extreme_aspect_ratio_costs_the_crop_not_the_enlarged_image(tmp_path):
 
 
 def old_resize_and_crop(image, size, crop_pct):
-    """The previous implementation: resize the whole image, then crop (the reference)."""
+    """Resize the whole image, then crop (the reference), with timm's eval geometry: short side
+    floor(size / crop_pct), long side truncated (torchvision's Resize), crop corner rounded
+    (torchvision's CenterCrop)."""
     th, tw = (size, size) if isinstance(size, int) else size
     h, w = image.shape[:2]
-    short = int(round(min(th, tw) / crop_pct))
-    scale = short / min(h, w)
-    nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    short = math.floor(min(th, tw) / crop_pct)
+    nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    nh, nw = max(th, nh), max(tw, nw)
+    interp = cv2.INTER_AREA if short < min(h, w) else cv2.INTER_CUBIC
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    top, left = (nh - th) // 2, (nw - tw) // 2
+    top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
     return resized[top:top + th, left:left + tw]
 
 

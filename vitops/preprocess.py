@@ -178,12 +178,22 @@ def preprocessing_problems(d: Mapping) -> list[str]:
 
 def crop_geometry(h: int, w: int, size, crop_pct: float):
     """Where the eval transform takes its crop: the image resized to (nh, nw) (short side
-    size / crop_pct, at least the crop), and the crop's top-left corner (top, left) there."""
+    size / crop_pct, at least the crop), and the crop's top-left corner (top, left) there.
+
+    The integer arithmetic of timm's eval transform, so that the pixels are the ones published
+    accuracies were measured on: the short side floor(size / crop_pct) (timm's
+    transforms_imagenet_eval; 224 / 0.9 gives 248), the long side truncated as torchvision's
+    Resize does (int(short * long / short_side)), and the crop's corner rounded as its
+    CenterCrop does (int(round((nh - th) / 2)))."""
     th, tw = size
-    short = int(round(min(th, tw) / crop_pct))
+    short = math.floor(min(th, tw) / crop_pct)
+    if h <= w:
+        nh, nw = short, int(short * w / h)
+    else:
+        nh, nw = int(short * h / w), short
+    nh, nw = max(th, nh), max(tw, nw)
     scale = short / min(h, w)
-    nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
-    return nh, nw, (nh - th) // 2, (nw - tw) // 2, scale
+    return nh, nw, int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0)), scale
 
 
 def _warp_crop(image, nh, nw, top, left, th, tw, flag):

@@ -107,7 +107,7 @@ def report_from_states(states, out_dir) -> dict:
     with OutputFolder(out_dir) as tmp:
         for ms in study.models:
             writer = PerImageWriter(tmp / "per_image", ms.label, study.n_images, ms.config.depth,
-                                    ms.config.num_heads, ms.config.grid_size, ms.info.get("labels"),
+                                    ms.config.num_heads, ms.grid, ms.info.get("labels"),
                                     bool(ms.config.num_classes))
             writer.write_all(ms.per_image)
             writer.close()
@@ -323,6 +323,13 @@ def _prob(p) -> str:
     return "n/a" if p is None else f"{p:.3f}"
 
 
+def _sizes(m) -> str:
+    """The size the images were analysed at, and the model's native one when it differs."""
+    native = "x".join(map(str, m["image_size"]))
+    analysed = "x".join(map(str, (m.get("preprocessing") or {}).get("size") or m["image_size"]))
+    return analysed if analysed == native else f"{analysed} (native {native})"
+
+
 def _html(summary: dict, pngs: dict[str, bytes]) -> str:
     e = html.escape
     models = summary["models"]
@@ -340,7 +347,7 @@ def _html(summary: dict, pngs: dict[str, bytes]) -> str:
                  f"generated {e(datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}. "
                  "Per-image results: the per_image folder beside this page.</p>")
     rows = "".join(
-        f"<tr><td>{e(label)}</td><td>{e(m['family'])}</td><td>{m['image_size'][0]}x{m['image_size'][1]}</td>"
+        f"<tr><td>{e(label)}</td><td>{e(m['family'])}</td><td>{_sizes(m)}</td>"
         f"<td>{m['patch_size']}</td><td>{m['depth']}</td><td>{m['heads']}</td><td>{m['dim']}</td>"
         f"<td>{m['num_classes'] or 'headless'}</td><td>{e(json.dumps(m['preprocessing']))}</td></tr>"
         for label, m in models.items())

@@ -131,7 +131,11 @@ class ModelStudy:
 
     def __init__(self, label: str, info: dict, config):
         self.label, self.info, self.config = label, info, config
-        grid, depth, heads = config.grid_size, config.depth, config.num_heads
+        # the patch grid of the images analysed: the preprocessing's size, which may differ from
+        # the model's native one (position embeddings are resampled)
+        size = (info.get("preprocessing") or {}).get("size") or config.image_size
+        self.grid = grid = (size[0] // config.patch_size, size[1] // config.patch_size)
+        depth, heads = config.depth, config.num_heads
         self.distance = analysis.AttentionDistance(config.patch_size, config.num_prefix_tokens, grid=grid)
         self.rollout = Moments((*grid,), what="rollout")
         self.heat = Moments((heads, *grid), what="last-block CLS attention")
@@ -359,7 +363,7 @@ def run_study(models, images, *, settings: StudySettings | None = None, per_imag
     writers = []
     if per_image_dir is not None:
         writers = [PerImageWriter(per_image_dir, ms.label, n, ms.config.depth, ms.config.num_heads,
-                                  ms.config.grid_size, ms.info["labels"], bool(ms.config.num_classes))
+                                  ms.grid, ms.info["labels"], bool(ms.config.num_classes))
                    for ms in studies]
     spec = settings.reductions()
     total = sum(len(b) for b in batches)
@@ -402,7 +406,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
         else:
             out = model.infer(x, reductions=spec)
         red = {k: keras.ops.convert_to_numpy(v) for k, v in out["reductions"].items()}
-        rows, cols = ms.config.grid_size
+        rows, cols = ms.grid
         distance = red["distance"]  # (b, L, H)
         rollout = red["rollout"].reshape(b, rows, cols)
         heat = red["cls_attention"].reshape(b, -1, rows, cols)

@@ -187,7 +187,8 @@ class MinibatchCKA(Accumulator):
     def result(self) -> np.ndarray:
         if not self.batches:
             raise ValueError("no batches were added: call update() first")
-        return self._xy / np.sqrt(np.outer(self._xx, self._yy))
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN inputs give NaN, said once by the report
+            return self._xy / np.sqrt(np.outer(self._xx, self._yy))
 
     def state(self) -> dict:
         if self.empty:
