@@ -8,7 +8,9 @@ not one per session.
 
     nox                        # tests-jax, tests-torch, tests-tensorflow, parity, browser, install-jax
     nox -s tests-torch -- -k posemb
-    nox -s bench-jax
+    nox -s bench-jax                         # every benchmark script with its defaults
+    nox -s bench-torch -- analyze memory     # one script, with its arguments
+    nox -s fuzz -- --cases 2000 --seed 11
 """
 
 import importlib.util
@@ -45,16 +47,24 @@ def _tests_session(backend):
     return tests
 
 
+# The benchmark scripts and the arguments each runs with by default (results: benchmarks/README.md).
+BENCHMARKS = {"forward": [], "load": [], "analysis": [], "analyze": ["cost"], "gradients": []}
+
+
 def _bench_session(backend):
     @nox.session(name=f"bench-{backend}", venv_backend="none")
     def bench(session):
-        """Benchmarks on one backend; each script prints JSON."""
+        """Benchmarks on one backend; each script prints JSON. `-- NAME ARGS...` runs one script
+        (NAME in BENCHMARKS) with those arguments instead of all with their defaults."""
         _require(session, _MODULES[backend], "vitops")
-        scripts = sorted(p for p in __import__("glob").glob("benchmarks/*.py"))
-        if not scripts:
-            session.error("no benchmark scripts in benchmarks/")
-        for script in scripts:
-            session.run(sys.executable, script, *session.posargs, env=_env(backend), external=True)
+        runs = BENCHMARKS.items()
+        if session.posargs:
+            name, *args = session.posargs
+            if name not in BENCHMARKS:
+                session.error(f"unknown benchmark {name!r}; one of {', '.join(BENCHMARKS)}")
+            runs = [(name, args)]
+        for name, args in runs:
+            session.run(sys.executable, f"benchmarks/{name}.py", *args, env=_env(backend), external=True)
 
     return bench
 
@@ -89,6 +99,15 @@ def browser(session):
                     env={"DEBIAN_FRONTEND": "noninteractive"})
     session.run(sys.executable, "-m", "pytest", "-q", "tests/test_report.py", "-k", "browser",
                 *session.posargs, env={**_env("jax"), "VITOPS_REQUIRE_BROWSER": "1"}, external=True)
+
+
+@nox.session(name="fuzz", venv_backend="none")
+def fuzz(session):
+    """Mutated weight files, configs and images (benchmarks/fuzz.py): only vitops' errors, bounded
+    time and memory. `-- --cases 2000 --seed S` for the long run; the default is a short one."""
+    _require(session, "jax", "vitops")
+    session.run(sys.executable, "benchmarks/fuzz.py", *(session.posargs or ["--cases", "200"]),
+                env=_env("jax"), external=True)
 
 
 @nox.session(name="install-jax", venv_backend="venv")
