@@ -273,17 +273,18 @@ def callback(phase, info):  # jax registers a gc callback like this one: a handl
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.1)
 gc.callbacks.append(callback)
+start = time.monotonic()
 try:
     gc.collect()
     time.sleep(10)
 finally:
-    print("finally ran", flush=True)
+    print("finally ran after", time.monotonic() - start, flush=True)
 """
 
 
 def test_sigterm_inside_a_gc_callback_still_ends_the_program():
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", LOST_SIGNAL], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", LOST_SIGNAL], capture_output=True, text=True, timeout=120)
     assert done.returncode == 143, done.stderr[-2000:]
-    assert "finally ran" in done.stdout  # raised where `finally` blocks run, not a hard exit
-    assert time.monotonic() - start < 8, "the signal was lost until the program ended by itself"
+    assert "finally ran after" in done.stdout  # raised where `finally` blocks run, not a hard exit
+    # timed inside the program (importing the backend may take longer than the sleep)
+    assert float(done.stdout.split()[-1]) < 5, "the signal was lost until the sleep ended"
