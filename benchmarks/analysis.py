@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from vitops import analysis  # noqa: E402
 from vitops._backend import compiled  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 
 # ---- the keras-io example's code ("Investigating Vision Transformer representations") ----
@@ -110,15 +110,8 @@ def read_all(blocks):
 
 def median_times_interleaved(fns, repeats):
     """Median seconds of each function, timed round by round (so drift hits them alike)."""
-    for fn in fns:
-        fn()  # warm-up
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - start)
-    return [float(np.median(ts)) for ts in times]
+    times = interleaved(dict(enumerate(fns)), repeats, warmups=1)
+    return [float(np.median(ts)) for ts in times.values()]
 
 
 def median_time(fn, repeats):

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 import vitops  # noqa: E402
 from vitops import _backend  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 
 def vit_flops(config, image_size) -> float:
@@ -179,15 +180,7 @@ def main():
 
         runners["timm"] = timm_run
 
-    for run in runners.values():  # warm-up: compilation, allocator, caches
-        run()
-        run()
-    times = {k: [] for k in runners}
-    for _ in range(args.rounds):
-        for k, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - start)
+    times = interleaved(runners, args.rounds)  # two warm-up calls each: compilation, caches
 
     flops = vit_flops(config, size) * args.batch
     peak = matmul_peak_gflops(args.dtype)

@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 try:  # import torch before TensorFlow when both are installed
@@ -41,6 +40,7 @@ from vitops.analysis.gradients import gradient_rollout  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward import make_checkpoint  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 
 def timm_chefer(ref, xt):
@@ -110,15 +110,7 @@ def main():
         runners["timm_forward"] = timm_forward
         runners["timm_hooks_autograd_rollout"] = lambda: timm_chefer(ref, xg)
 
-    for run in runners.values():  # warm-up: compilation, allocator, caches
-        run()
-        run()
-    times = {k: [] for k in runners}
-    for _ in range(args.rounds):
-        for k, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - start)
+    times = interleaved(runners, args.rounds)  # two warm-up calls each: compilation, caches
 
     med = {k: float(np.median(ts)) for k, ts in times.items()}
     results = {k: {"seconds_per_batch": med[k], "images_per_s": args.batch / med[k],
