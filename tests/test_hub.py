@@ -152,7 +152,12 @@ def test_no_server_is_a_clear_error(env, monkeypatch):
 
 
 def test_hub_source_offline_is_a_clear_error(env, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: set what it reads, or the test
+    # waits for network timeouts instead of taking the offline path
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     write_registry(env, monkeypatch, source={"hf_repo": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
                                              "filename": "model.safetensors"})
     with pytest.raises(hub.HubError, match="Hugging Face hub failed"):
