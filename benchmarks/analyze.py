@@ -1,7 +1,7 @@
 """End-to-end cost of `vitops analyze` on the active backend, beside the plain forward pass and
 beside the way people do these analyses today, in one process, interleaved. Prints JSON.
 
-  cost    Marginal cost per image of `vitops.report.analyze` with its default analyses (mean
+  cost    Marginal cost per image of `vitops.app.commands.analyze` with its default analyses (mean
           attention distance, rollout, CLS attention, CLS trajectory, layer CKA, top-5, sample
           figures, per-image files): (time for --large images - time for --small) / the
           difference, against the per-image time of `predict_on_batch` without attention.
@@ -46,9 +46,10 @@ import vitops  # noqa: E402
 from analysis import (example_calculate_cka_similarity, example_compute_mean_attention_dist,  # noqa: E402
                       example_rollout_cls_numpy)
 from forward import make_checkpoint  # noqa: E402
-from vitops import _backend  # noqa: E402
+from vitops.backend import compile as _compile  # noqa: E402
+from vitops.backend import distribute as _distribute  # noqa: E402
 from vitops.preprocess import preprocess  # noqa: E402
-from vitops.report import analyze  # noqa: E402
+from vitops.app.commands import analyze  # noqa: E402
 
 
 def photos(folder: str, n: int, seed: int = 0) -> list[str]:
@@ -116,7 +117,7 @@ def cost(args):
 
         def forward():  # per-image time of the plain pass, over as many images as `small`
             for _ in range(max(1, args.small // args.batch)):
-                _backend.synchronize(model.predict_on_batch(x))
+                _compile.synchronize(model.predict_on_batch(x))
 
         def run(n):
             return lambda: analyze(model, images[:n], out, batch_size=args.batch, progress=False)
@@ -155,7 +156,7 @@ def memory(args):
         results = {}
         for n in (args.small, args.large):
             out = os.path.join(tmp, f"report{n}")
-            code = ("import resource, sys, vitops.report as r; "
+            code = ("import resource, sys, vitops.app.commands as r; "
                     f"r.analyze({ck!r}, sys.argv[1:], {out!r}, batch_size={args.batch}, progress=False); "
                     "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
             proc = subprocess.run([sys.executable, "-c", code, *images[:n]], capture_output=True, text=True,

@@ -32,7 +32,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import vitops  # noqa: E402
-from vitops import _backend  # noqa: E402
+from vitops.backend import compile as _compile  # noqa: E402
+from vitops.backend import distribute as _distribute  # noqa: E402
 from timing import interleaved  # noqa: E402
 
 
@@ -48,14 +49,14 @@ def vit_flops(config, image_size) -> float:
 
 
 def sync(x):
-    return _backend.synchronize(x)
+    return _compile.synchronize(x)
 
 
 def matmul_peak_gflops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
     """The backend's large square matmul rate on this device: the practical peak."""
     a = keras.ops.ones((size, size), dtype=dtype)
     b = keras.ops.ones((size, size), dtype=dtype)
-    mm = _backend.compiled(lambda a, b: keras.ops.matmul(a, b))
+    mm = _compile.compiled(lambda a, b: keras.ops.matmul(a, b))
     sync(mm(a, b))
     best = float("inf")
     for _ in range(repeats):
@@ -158,14 +159,14 @@ def main():
     if args.devices > 1:
         # Data parallel through keras.distribution (JAX): the compiled inference on one device
         # with --batch images, and on N devices with N x --batch images sharded over them.
-        distribution = _backend.data_parallel(args.devices)
-        _backend.distribute_model(model, distribution)
+        distribution = _distribute.data_parallel(args.devices)
+        _distribute.distribute_model(model, distribution)
         xn = np.concatenate([x] * args.devices)
         runners["vitops_infer_1_device"] = lambda: sync(model.infer(x)["logits"])
 
         def run_parallel():
             with distribution.scope():
-                return sync(model.infer(_backend.distribute_batch(xn, distribution))["logits"])
+                return sync(model.infer(_distribute.distribute_batch(xn, distribution))["logits"])
 
         runners[f"vitops_infer_{args.devices}_devices"] = run_parallel
     if ref is not None:

@@ -54,14 +54,14 @@ DEEP = "[" * 50000 + "]" * 50000
 # ---- the base inputs ----
 
 def base_config():
-    from vitops.config import ViTConfig
+    from vitops.core.config import ViTConfig
 
     return ViTConfig(image_size=32, patch_size=16, dim=64, depth=2, num_heads=2, mlp_dim=96,
                      num_classes=5, family="deit", name="fuzz")
 
 
 def random_params(config, rng):
-    from vitops.vit import param_shapes
+    from vitops.core.vit import param_shapes
 
     params = {}
     for k, shape in param_shapes(config).items():
@@ -89,7 +89,7 @@ def make_bases(folder):
     hf = os.path.join(folder, "hf")
     os.makedirs(hf)
     write_hf(hf, params, config)
-    from vitops.hub import shipped_path
+    from vitops.hub.shipped import model_path as shipped_path
 
     digits = shipped_path("digits_vit")  # a real file, with vitops 0.1's comma-separated labels
     img = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
@@ -275,7 +275,7 @@ def run_weights(path, rng):
     x = (rng.standard_normal((1, h, w, 3)) * 2).astype(np.float32)
     out = model(x, return_attention=True, return_dict=True)
     arrays = [out[k] for k in ("logits", "features") if k in out] + list(out["attention"])
-    vitops.weights.read_labels(model.metadata)
+    vitops.io.weight_file.read_labels(model.metadata)
     vitops.preprocess.Preprocessing.for_model(model.config, model.metadata)
     return [keras.ops.convert_to_numpy(a) for a in arrays]
 

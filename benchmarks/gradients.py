@@ -35,7 +35,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import vitops  # noqa: E402
-from vitops import _backend  # noqa: E402
+from vitops.backend import compile as _compile  # noqa: E402
+from vitops.backend import distribute as _distribute  # noqa: E402
 from vitops.analysis.gradients import gradient_rollout  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -92,8 +93,8 @@ def main():
     x = np.random.default_rng(0).standard_normal((args.batch, *config.image_size, 3)).astype(np.float32)
 
     runners = {
-        "vitops_forward": lambda: _backend.synchronize(model.infer(x)),
-        "vitops_gradient_rollout": lambda: _backend.synchronize(gradient_rollout(model, x)),
+        "vitops_forward": lambda: _compile.synchronize(model.infer(x)),
+        "vitops_gradient_rollout": lambda: _compile.synchronize(gradient_rollout(model, x)),
     }
     if ref is not None:
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()

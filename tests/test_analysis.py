@@ -5,6 +5,8 @@ import keras
 import numpy as np
 import pytest
 
+from vitops.errors import AnalysisError
+
 from vitops.analysis import (
     AttentionDistance, MinibatchCKA, attention_heatmaps, attention_rollout, cls_rollout,
     cls_trajectory, distance_matrix, linear_cka, mean_attention_distance, position_similarity,
@@ -329,10 +331,12 @@ def test_bad_inputs_are_named(rng):
         mean_attention_distance(random_attention(rng, t=11), 16)
     with pytest.raises(ValueError, match="3x4 grid"):
         attention_heatmaps(att, grid=(3, 4))
-    with pytest.raises(ValueError, match="discard_ratio must be in"):
+    with pytest.raises(ValueError, match="discard_ratio must be a number in"):
         attention_rollout([att], discard_ratio=1.0)
-    with pytest.raises(ValueError, match="discard_ratio must be in"):
+    with pytest.raises(ValueError, match="discard_ratio must be a number in"):
         cls_rollout([att], discard_ratio=-0.1)
+    with pytest.raises(AnalysisError, match="discard_ratio must be a number in"):
+        cls_rollout([att], discard_ratio="0.1")
     with pytest.raises(ValueError, match="head_fusion"):
         attention_rollout([att], head_fusion="median")
     with pytest.raises(ValueError, match="different shapes"):

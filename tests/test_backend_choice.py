@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-import vitops
-from vitops import _select
-from vitops.cli import main
+from vitops.backend import select as _select
+from vitops.app.cli import main
 
 
 @pytest.fixture
 def clean(monkeypatch, tmp_path):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(_select, "_OUTCOME", None)  # decided once per process: decide again here
     return tmp_path
 
 
@@ -30,6 +30,7 @@ def test_installed_configured_backend_and_explicit_choice_are_left_alone(clean, 
     assert _select.choose_backend() == (None, None)  # keras.json absent: tensorflow, installed
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     monkeypatch.setattr(_select, "installed", lambda b: False)
+    monkeypatch.setattr(_select, "_OUTCOME", None)
     assert _select.choose_backend() == (None, None)  # the user's choice, even if missing
 
 
@@ -37,7 +38,6 @@ def test_no_backend_at_all_is_one_line(clean, monkeypatch, capsys):
     monkeypatch.setattr(_select, "installed", lambda b: False)
     chosen, problem = _select.choose_backend()
     assert chosen is None and "vitops[jax]" in problem
-    monkeypatch.setattr(vitops, "BACKEND_PROBLEM", problem)
     assert main(["models"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'vitops[jax]'" in err[0]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import vitops
-from vitops.cli import main
-from vitops.convert import ConversionError
-from vitops.convert.timm import infer_config
+from vitops.app.cli import main
+from vitops.converters import ConversionError
+from vitops.converters.timm import infer_config
 from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
 
 to_np = keras.ops.convert_to_numpy
@@ -69,7 +69,7 @@ def _shapes_of(name, num_classes):
 @pytest.mark.parametrize("name,num_classes,expected", [
     ("vit_base_patch16_384", 1000, "vit_base_patch16_384"),
     ("vit_large_patch32_224", 21843, "vit_large_patch32_224"),
-    ("vit_small_patch8_224", 1000, "vit_small_patch8_224"),
+    ("vit_small_patch8_224", 1000, ""),  # no release has this head: a custom ViT, not a named one
     ("vit_small_patch8_224", 0, "dino_vits8"),
     ("vit_large_patch16_224", 0, "vit_large_patch16_224"),
     ("deit_small_distilled_patch16_224", 1000, "deit_small_distilled_patch16_224"),
@@ -78,6 +78,9 @@ def _shapes_of(name, num_classes):
 def test_architecture_inferred_from_shapes(name, num_classes, expected):
     sd = _shapes_of(name, num_classes)
     config = infer_config(sd)
+    if not expected:  # a custom ViT: Google ViT's preprocessing, no name
+        assert (config.name, config.family, config.num_classes) == ("", "vit", num_classes)
+        return
     reference = vitops.get_config(expected)
     same = dict(name="", family="vit", num_classes=0)
     assert config.replace(**same) == reference.replace(**same)

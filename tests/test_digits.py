@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import vitops
-from vitops._weights.train_digits import model_input, split
+from tools.train_digits import model_input, split
 
 
 @pytest.fixture(scope="module")

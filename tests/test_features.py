@@ -15,7 +15,8 @@ import torch
 
 import vitops
 from reference import TINY, make_timm, rel_err, save_state_dict
-from vitops import _backend
+from vitops.backend import compile as _compile
+from vitops.backend import grad as _grad
 from vitops.analysis.accumulate import load_states, save_states
 from vitops.analysis.features import (TopK, _ascent_step, feature_activation_map, total_variation,
                                       unit_activations, visualize_feature)
@@ -116,7 +117,7 @@ def test_ascent_gradient_equals_finite_differences():
     selector = np.zeros((u * k, 20))
     selector[np.arange(u * k), [4, 4, 4, 11, 11, 11]] = 1
     f64 = lambda a: keras.ops.convert_to_tensor(a, "float64")  # noqa: E731
-    with _backend.float64():
+    with _grad.float64():
         p = {key: f64(v) for key, v in params.items()}
         args = (p, index, f64(scale), f64(shift), f64(selector), f64(0.3))
         kw = dict(config=config, block=1, ensemble=k, compute_dtype="float64")
@@ -228,7 +229,7 @@ def test_top_k_refuses_what_cannot_combine():
 
 
 def test_top_k_over_the_shipped_digits(digits):
-    from vitops.hub import shipped_samples
+    from vitops.hub.shipped import samples as shipped_samples
     from vitops.preprocess import preprocess
 
     images = preprocess([str(p) for p in shipped_samples()], size=(32, 32), family="vit", crop_pct=1.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vitops
-from vitops.convert import ConversionError
+from vitops.converters import ConversionError
 from reference import TINY, make_timm, randomize_, rel_err, timm_outputs
 
 to_np = keras.ops.convert_to_numpy

@@ -15,7 +15,8 @@ import torch
 import vitops
 from conftest import BACKEND
 from reference import TINY, make_timm, rel_err, save_state_dict
-from vitops import _backend
+from vitops.backend import compile as _compile
+from vitops.backend import grad as _grad
 from vitops.analysis.gradients import gradient_rollout, input_gradients, relevance_for_report
 
 np_ = keras.ops.convert_to_numpy
@@ -104,8 +105,8 @@ def test_headless_needs_a_target(tmp_path):
 
 
 def test_explain_skips_a_model_without_a_head(tmp_path):
-    from vitops.hub import shipped_samples
-    from vitops.report import analyze
+    from vitops.hub.shipped import samples as shipped_samples
+    from vitops.app.commands import analyze
 
     converted(tmp_path, "vit_small_patch16_224.dino", num_classes=0)  # writes m.safetensors
     summary = analyze([str(tmp_path / "m.safetensors"), "digits_vit"], [str(p) for p in shipped_samples()[:2]],
@@ -199,19 +200,19 @@ def test_value_and_grad_equals_finite_differences_per_block():
     # (gradient_rollout's compiled path by the next test).
     fast = BACKEND == "jax"
 
-    @(_backend.compiled if fast else (lambda f: f))
+    @(_compile.compiled if fast else (lambda f: f))
     def logits(params, deltas, images):
         return vitops.forward(params, config, images, attention_delta=deltas)["logits"][:, 1]
 
     def logit(deltas, images):  # (B,) per image, no gradient
         return np_(logits(p, deltas, images))
 
-    with _backend.float64():
+    with _grad.float64():
         # float64 tensors made explicitly: Keras turns numpy float64 into float32 on jax and torch
         p = {k: keras.ops.convert_to_tensor(v, "float64") for k, v in params.items()}
         x = keras.ops.convert_to_tensor(images, "float64")
         zeros = [keras.ops.zeros((b, h, t, t), "float64") for _ in range(config.depth)]
-        grad = _backend.value_and_grad(objective, (0, 1), has_aux=True, compile=fast)
+        grad = _grad.value_and_grad(objective, (0, 1), has_aux=True, compile=fast)
         (value, attention), (d_deltas, d_images) = grad(zeros, x, p)
         assert keras.backend.standardize_dtype(d_images.dtype) == "float64"
         assert float(value) == pytest.approx(float(logit(zeros, x).sum()), rel=1e-12)
@@ -248,14 +249,14 @@ def test_value_and_grad_contract():
     b = np.array([4.0, 5.0, 6.0], np.float32)
     c = np.ones(2, np.float32)
     for compile_ in (True, False):
-        g = _backend.value_and_grad(f, (0, 2), has_aux=True, compile=compile_)
+        g = _grad.value_and_grad(f, (0, 2), has_aux=True, compile=compile_)
         with torch.inference_mode():
             (value, aux), (da, dc) = g(a, b, c)
         assert float(value) == pytest.approx(32.0)
         np.testing.assert_allclose(np_(aux["twice"]), 2 * b)
         np.testing.assert_allclose(np_(da["w"]), b)
         np.testing.assert_array_equal(np_(dc), np.zeros(2))
-    value, db = _backend.value_and_grad(lambda a, b: keras.ops.sum(a * b * b), 1)(b, b)
+    value, db = _grad.value_and_grad(lambda a, b: keras.ops.sum(a * b * b), 1)(b, b)
     np.testing.assert_allclose(np_(db), 2 * b * b)
 
 
@@ -264,7 +265,7 @@ def test_gradient_rollout_in_float64_equals_the_rule_from_finite_differences():
     over dA from finite differences: the whole chain, independent of any autograd."""
     config, params = float64_model(seed=4)
     images = np.random.default_rng(5).standard_normal((2, 16, 16, 3))
-    with _backend.float64():
+    with _grad.float64():
         model = vitops.VisionTransformer(config, params, dtype="float64")
         assert model.compute_dtype == "float64"
         params = {k: keras.ops.convert_to_tensor(v, "float64")  # what the model holds
@@ -300,7 +301,7 @@ def test_gradient_rollout_in_float64_equals_the_rule_from_finite_differences():
 
 
 def test_relevance_for_report_on_shipped_digits():
-    from vitops.hub import shipped_samples
+    from vitops.hub.shipped import samples as shipped_samples
     from vitops.preprocess import preprocess
 
     model = vitops.load("digits_vit")

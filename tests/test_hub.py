@@ -14,8 +14,9 @@ import torch
 
 import vitops
 from vitops import hub
-from vitops.config import get_config
-from vitops.convert import FORMATS
+from vitops.errors import HubError
+from vitops.core.variants import get_config
+from vitops.converters import FORMATS
 from reference import TINY, make_timm, rel_err, timm_outputs
 
 FILES = {}
@@ -105,19 +106,19 @@ def test_checksum_recorded_at_first_download_and_checked_later(env, server, chec
     # the cached file is damaged: the next use notices, removes it, and says so
     cached = env / "home" / "models" / "tiny.safetensors"
     cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(hub.HubError, match="damaged"):
+    with pytest.raises(HubError, match="damaged"):
         vitops.load("tiny")
     assert not cached.exists()
     # the source changed upstream: the re-download no longer matches the recorded checksum
     FILES["deit_tiny.pth"] = data[:-4] + b"XXXX"
-    with pytest.raises(hub.HubError, match="first download had sha256"):
+    with pytest.raises(HubError, match="first download had sha256"):
         vitops.load("tiny")
     assert cache_files(env) == ["checksums.json"]
 
 
 def test_bad_checksum_keeps_nothing(env, server, checkpoint, monkeypatch):
     write_registry(env, monkeypatch, source={"url": f"{server}/files/deit_tiny.pth"}, sha256="0" * 64)
-    with pytest.raises(hub.HubError, match="checksum mismatch"):
+    with pytest.raises(HubError, match="checksum mismatch"):
         vitops.load("tiny")
     assert cache_files(env) == []
 
@@ -126,7 +127,7 @@ def test_sha256_prefix_of_release_names(env, server, checkpoint, monkeypatch):
     _, data = checkpoint
     good = hashlib.sha256(data).hexdigest()[:8]
     write_registry(env, monkeypatch, source={"url": f"{server}/files/deit_tiny.pth"}, sha256_prefix="deadbeef")
-    with pytest.raises(hub.HubError, match="prefix deadbeef"):
+    with pytest.raises(HubError, match="prefix deadbeef"):
         hub.fetch("tiny")
     write_registry(env, monkeypatch, source={"url": f"{server}/files/deit_tiny.pth"}, sha256_prefix=good)
     assert hub.fetch("tiny").exists()
@@ -134,7 +135,7 @@ def test_sha256_prefix_of_release_names(env, server, checkpoint, monkeypatch):
 
 def test_dropped_connection_keeps_nothing(env, server, checkpoint, monkeypatch):
     write_registry(env, monkeypatch, source={"url": f"{server}/drop/deit_tiny.pth"})
-    with pytest.raises(hub.HubError, match="interrupted|connection dropped"):
+    with pytest.raises(HubError, match="interrupted|connection dropped"):
         vitops.load("tiny")
     assert cache_files(env) == []
 
@@ -146,7 +147,7 @@ def test_no_server_is_a_clear_error(env, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     write_registry(env, monkeypatch, source={"url": f"http://127.0.0.1:{port}/x.pth"})
-    with pytest.raises(hub.HubError, match="no network"):
+    with pytest.raises(HubError, match="no network"):
         vitops.load("tiny")
     assert cache_files(env) == []
 
@@ -160,7 +161,7 @@ def test_hub_source_offline_is_a_clear_error(env, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     write_registry(env, monkeypatch, source={"hf_repo": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
                                              "filename": "model.safetensors"})
-    with pytest.raises(hub.HubError, match="Hugging Face hub failed"):
+    with pytest.raises(HubError, match="Hugging Face hub failed"):
         vitops.load("tiny")
     assert [f for f in cache_files(env) if f.startswith("models")] == []
 
@@ -168,7 +169,7 @@ def test_hub_source_offline_is_a_clear_error(env, monkeypatch):
 def test_unknown_name(env):
     with pytest.raises(vitops.WeightFileError, match="no such weight file"):
         vitops.load("no_such_model")
-    with pytest.raises(hub.HubError, match="unknown model"):
+    with pytest.raises(HubError, match="unknown model"):
         hub.fetch("no_such_model")
 
 

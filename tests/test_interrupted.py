@@ -11,7 +11,8 @@ import time
 import pytest
 
 from vitops import hub
-from vitops.report import analyze
+from vitops.hub import shipped
+from vitops.app.commands import analyze
 
 
 def snapshot(folder):
@@ -26,7 +27,7 @@ def leftovers(parent):
 def many(tmp_path_factory):
     folder = tmp_path_factory.mktemp("many")
     for i in range(160):
-        src = hub.shipped_samples()[i % 8]
+        src = shipped.samples()[i % 8]
         shutil.copy(src, folder / f"{i:03d}_{src.name}")
     return folder
 
@@ -34,7 +35,7 @@ def many(tmp_path_factory):
 @pytest.mark.parametrize("sig,extra", [(signal.SIGKILL, 0.0), (signal.SIGKILL, 1.5), (signal.SIGTERM, 0.5)])
 def test_killed_analyze_keeps_the_previous_report(tmp_path, many, sig, extra):
     out = tmp_path / "out"
-    analyze("digits_vit", [str(p) for p in hub.shipped_samples()], out, progress=False, show=2)
+    analyze("digits_vit", [str(p) for p in shipped.samples()], out, progress=False, show=2)
     before = snapshot(out)
     proc = subprocess.Popen([sys.executable, "-m", "vitops", "analyze", str(many), "--out", str(out),
                              "--batch-size", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -49,6 +50,6 @@ def test_killed_analyze_keeps_the_previous_report(tmp_path, many, sig, extra):
     assert snapshot(out) == before  # the previous report, byte for byte
     if sig == signal.SIGTERM:  # a signal the process sees: it removes its own temporary folder
         assert leftovers(tmp_path) == [], proc.stderr.read().decode()[-2000:]
-    analyze("digits_vit", [str(p) for p in hub.shipped_samples()][:4], out, progress=False, show=1)
+    analyze("digits_vit", [str(p) for p in shipped.samples()][:4], out, progress=False, show=1)
     assert leftovers(tmp_path) == []  # the next run swept what the killed one left
     assert len(snapshot(out)) and snapshot(out) != before

@@ -15,11 +15,12 @@ import torch
 
 import vitops
 from vitops import hub
-from vitops.cli import build_parser, main
-from vitops.convert import ConversionError
+from vitops.hub import shipped
+from vitops.app.cli import build_parser, main
+from vitops.converters import ConversionError
 from vitops.preprocess import (DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, denormalize,
                                normalize, prepare, preprocess, resize_and_crop)
-from vitops.weights import read_labels
+from vitops.io.weight_file import read_labels
 from reference import TINY, make_timm, randomize_, save_state_dict
 from test_hub import FILES, Handler
 
@@ -126,22 +127,23 @@ def test_labels_file_and_its_count(tmp_path, capsys):
 
 def test_read_labels_formats_and_errors(tmp_path):
     assert read_labels({"labels": json.dumps(["tench, Tinca tinca", "b"])}) == ["tench, Tinca tinca", "b"]
-    assert read_labels({"labels": "0,1,2"}) == ["0", "1", "2"]  # written by vitops 0.1 (the digits models)
     assert read_labels({}) is None
-    for bad in ("[1, 2]", "[" * 5000, '["a"', json.dumps(["x" * 5000])):
+    # A comma-separated string is not the format (no vitops file ever shipped one): refused, and
+    # so is a long one, which once skipped the length cap.
+    for bad in ("[1, 2]", "[" * 5000, '["a"', json.dumps(["x" * 5000]), "0,1,2", ",".join(["y" * 200_000] * 10)):
         with pytest.raises(vitops.WeightFileError, match="metadata labels"):
             read_labels({"labels": bad})
     assert vitops.load("digits_vit").config.num_classes == len(read_labels(vitops.load("digits_vit").metadata))
 
 
 def test_a_file_with_the_wrong_number_of_labels_is_refused(tmp_path):
-    params, config = vitops.load_params(hub.shipped_path("digits_vit"))
+    params, config = vitops.load_params(shipped.model_path("digits_vit"))
     with pytest.raises(vitops.WeightFileError, match="3 labels for 10 classes"):
         vitops.save(tmp_path / "m.safetensors", params, config, labels=["a", "b", "c"])
     from safetensors.numpy import load_file, save_file
 
-    meta = metadata(hub.shipped_path("digits_vit"))[1]
-    save_file(load_file(str(hub.shipped_path("digits_vit"))), str(tmp_path / "x.safetensors"),
+    meta = metadata(shipped.model_path("digits_vit"))[1]
+    save_file(load_file(str(shipped.model_path("digits_vit"))), str(tmp_path / "x.safetensors"),
               metadata=dict(meta, labels=json.dumps(["a"] * 3)))
     with pytest.raises(vitops.WeightFileError, match="x.safetensors: bad metadata: 3 labels for 10 classes"):
         vitops.load(tmp_path / "x.safetensors")
@@ -219,14 +221,14 @@ def test_decode_once_prepare_for_several_models(tmp_path):
 
 def test_digits_models_keep_their_recorded_crop():
     model = vitops.load("digits_vit")
-    assert Preprocessing.for_model(model.config, model.metadata).crop_pct == 1.0  # vitops 0.1 "crop_pct"
+    assert Preprocessing.for_model(model.config, model.metadata).crop_pct == 1.0  # recorded, not the family's 0.9
 
 
 def test_convert_choices_come_from_the_shared_constants(monkeypatch):
     import sys
 
-    convert_module = sys.modules["vitops.convert"]  # vitops.convert is also the function's name
+    convert_module = sys.modules["vitops.converters"]
     monkeypatch.setattr(convert_module, "FORMATS", convert_module.FORMATS + ("newformat",))
-    monkeypatch.setattr(sys.modules["vitops.convert.releases"], "WHICH", ("teacher", "student", "ema"))
+    monkeypatch.setattr(sys.modules["vitops.converters.releases"], "WHICH", ("teacher", "student", "ema"))
     args = build_parser().parse_args(["convert", "a", "b", "--format", "newformat", "--which", "ema"])
     assert (args.format, args.which) == ("newformat", "ema")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitops.posemb import dino_matrix, resample_pos_embed, timm_matrix
+from vitops.core.posemb import dino_matrix, resample_pos_embed, timm_matrix
 
 SIZES = [1, 2, 3, 7, 14, 16, 24, 37]
 

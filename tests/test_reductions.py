@@ -12,7 +12,7 @@ import pytest
 import vitops
 from reference import TINY, make_timm, save_state_dict
 from vitops import analysis
-from vitops.reductions import Reductions
+from vitops.analysis.reductions import Reductions
 
 np_ = keras.ops.convert_to_numpy
 BACKEND = keras.config.backend()

@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 
 import vitops
-from vitops import analysis, hub, plot
+from vitops.hub import shipped
+from vitops import analysis, hub
+from vitops.app import plots as plot
 from vitops.preprocess import preprocess
-from vitops.report import analyze, strict_json
+from vitops.app.commands import analyze
+from vitops.app.summary import strict_json
 
 np_ = keras.ops.convert_to_numpy
 MODELS = ["digits_vit", "digits_deit"]
@@ -28,7 +31,7 @@ MODELS = ["digits_vit", "digits_deit"]
 
 @pytest.fixture(scope="module")
 def samples():
-    return [str(p) for p in hub.shipped_samples()]
+    return [str(p) for p in shipped.samples()]
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +78,17 @@ def test_metrics_are_the_materialised_kernels_numbers(report, name):
     dist = 4 * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
     per_image = np.stack([(np_(a).astype(np.float64)[:, :, prefix:, prefix:] * dist).sum(-1).mean(-1)
                           for a in maps], axis=1)  # (images, blocks, heads)
-    np.testing.assert_allclose(metrics["mean_attention_distance"]["mean"], per_image.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(metrics["mean_attention_distance"]["std"], per_image.std(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(metrics["distance"]["mean"], per_image.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(metrics["distance"]["std"], per_image.std(0), rtol=1e-4, atol=1e-5)
     rollout = np_(analysis.cls_rollout(maps, num_prefix_tokens=prefix, grid=(8, 8)))
-    np.testing.assert_allclose(metrics["attention_rollout_mean"], rollout.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(metrics["rollout"]["mean"], rollout.mean(0), rtol=1e-5, atol=1e-7)
     heat = np_(analysis.attention_heatmaps(maps, grid=(8, 8), num_prefix_tokens=prefix))
-    np.testing.assert_allclose(metrics["cls_attention_mean"], heat.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(metrics["cls_attention"]["mean"], heat.mean(0), rtol=1e-5, atol=1e-7)
     # samples: 3 of 6 images spread evenly (positions 0, 4, 7 of the 8 given; 7 is not readable)
     assert [s["position"] for s in metrics["samples"].values()] == [0, 4]
     for sample in metrics["samples"].values():
         i = sample["position"]
-        np.testing.assert_allclose(sample["attention_rollout"], rollout[i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(sample["rollout"], rollout[i], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(sample["cls_attention"], heat[i], rtol=1e-5, atol=1e-7)
         mass = (np.array(sample["cls_attention"]) * np.array(sample["cls_attention_masks"])).sum((1, 2))
         assert np.all(mass >= 0.6 * np.array(sample["cls_attention"]).sum((1, 2)) - 1e-6)
@@ -118,7 +121,7 @@ def test_explain_draws_each_sample_images_gradient_rollout(report, name):
         assert relevance["class"] == sample["predictions"][0]["class"]
         assert relevance["label"] == sample["predictions"][0]["label"]
         # class-specific: not the rollout, which is the same whatever the class
-        assert np.abs(np.array(relevance["map"]) - np.array(sample["attention_rollout"])).max() > 1e-3
+        assert np.abs(np.array(relevance["map"]) - np.array(sample["rollout"])).max() > 1e-3
 
 
 def test_cross_model_cka_is_minibatch_cka_of_both_models(report):
@@ -236,12 +239,12 @@ def test_cli_default_run_is_offline_and_complete(tmp_path):
     assert "sample digits" in proc.stdout
     assert "images/s" in proc.stdout  # the progress bar's throughput (and its time left)
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["images"]["analysed"] == len(hub.shipped_samples())
+    assert metrics["images"]["analysed"] == len(shipped.samples())
     assert metrics["models"]["digits_vit"]["cka"] is not None
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
-    from vitops.cli import main
+    from vitops.app.cli import main
 
     monkeypatch.setenv("VITOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -386,8 +389,8 @@ def test_each_model_is_fed_its_own_preprocessing(two_resolutions):
     vit, dino = summary["models"].values()
     assert vit["preprocessing"]["crop_pct"] == vit_cfg.crop_pct and vit["preprocessing"]["size"] == [224, 224]
     assert dino["preprocessing"]["crop_pct"] == dino_cfg.crop_pct and dino["preprocessing"]["size"] == [320, 320]
-    assert np.array(dino["attention_rollout_mean"]).shape == (20, 20)  # 320 / 16 patches a side
-    assert np.array(vit["attention_rollout_mean"]).shape == (14, 14)
+    assert np.array(dino["rollout"]["mean"]).shape == (20, 20)  # 320 / 16 patches a side
+    assert np.array(vit["rollout"]["mean"]).shape == (14, 14)
     (cross,) = json.loads((out / "metrics.json").read_text())["cross_model_cka"]
     assert np.array(cross["matrix"]).shape == (13, 13)
     # ImageNet-1k head: class names in the predictions

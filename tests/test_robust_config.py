@@ -10,7 +10,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import vitops
-from vitops.config import LIMITS, MAX_PATCHES, VARIANTS, ViTConfig, get_config
+from vitops.core.config import LIMITS, MAX_PATCHES, ViTConfig
+from vitops.core.variants import VARIANTS, get_config
 from vitops.errors import ConfigError, capped, clip
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import vitops
-from vitops import weights
-from vitops.cli import main
-from vitops.convert import ConversionError
+from vitops.io import weight_file as weights
+from vitops.app.cli import main
+from vitops.converters import ConversionError
 from reference import TINY, make_timm, save_state_dict
 
 
@@ -53,7 +53,7 @@ os.environ["VITOPS_REGISTRY"] = f"{d}/registry.json"
 attempt("cache", lambda: vitops.hub.fetch("tiny"))
 err = io.StringIO()
 with contextlib.redirect_stderr(err):
-    code = vitops.cli.main(["convert", f"{d}/ck.safetensors", f"{d}/readonly/o.safetensors"])
+    code = vitops.app.cli.main(["convert", f"{d}/ck.safetensors", f"{d}/readonly/o.safetensors"])
 out["cli"] = [code, err.getvalue()]
 print(json.dumps(out))
 """
@@ -86,7 +86,7 @@ def unprivileged(checkpoint):
             os.chmod(f"{d}/{name}", 0o644)
         drop = ("os.setgroups([]); os.setgid(65534); os.setuid(65534)\n" if os.geteuid() == 0 else "")
         # everything imported before the privileges go: the interpreter's own files are root's
-        prelude = ("import os, sys, json\nimport vitops, vitops.hub, vitops.cli, vitops.preprocess, vitops.report, "
+        prelude = ("import os, sys, json\nimport vitops, vitops.hub, vitops.app.cli, vitops.preprocess, vitops.app.commands, "
                    "concurrent.futures.thread, "
                    "tqdm.auto, platformdirs, PIL.Image, PIL.PngImagePlugin, cv2\n" + drop)
         proc = subprocess.run([sys.executable, "-c", prelude + SCENARIOS, d], capture_output=True,

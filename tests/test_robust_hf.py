@@ -8,7 +8,7 @@ import time
 import pytest
 
 import vitops
-from vitops.convert import ConversionError
+from vitops.converters import ConversionError
 from reference import randomize_
 
 

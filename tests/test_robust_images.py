@@ -15,7 +15,7 @@ import pytest
 from sklearn.datasets import load_sample_images
 
 from vitops.errors import ImageError
-from vitops.imagefile import MAX_IMAGE_PIXELS, PIXELS_ENV, read_image
+from vitops.io.image_file import MAX_IMAGE_PIXELS, PIXELS_ENV, read_image
 from vitops.preprocess import Preprocessing, prepare, preprocess, resize_and_crop
 
 
@@ -46,7 +46,7 @@ def test_a_header_claiming_huge_size_is_refused_before_decoding(tmp_path):
                                                 (".hdr", np.float32, 3), (".png", np.uint8, 3),
                                                 (".jpg", np.uint8, 3), (".webp", np.uint8, 3)])
 def test_header_size_of_every_format_opencv_writes(tmp_path, ext, dtype, channels):
-    from vitops._imageheader import header_size
+    from vitops.io.image_header import header_size
 
     scale = 1 if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max
     image = (np.random.default_rng(0).random((13, 21, channels)) * scale).astype(dtype)

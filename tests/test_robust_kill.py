@@ -1,6 +1,6 @@
 """Killed processes leave nothing behind: `vitops convert` and registry downloads are killed
 (SIGKILL, SIGTERM) at several points; the previous output stays intact, SIGTERM cleans up at
-once (vitops._cleanup.exit_on_sigterm), and what SIGKILL leaves carries the owner's PID and
+once (vitops.io.signals.exit_on_sigterm), and what SIGKILL leaves carries the owner's PID and
 is swept by the next operation in that folder."""
 
 import hashlib
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import vitops
-from vitops import _cleanup, hub
+from vitops import hub
+from vitops.io import temporary as _cleanup
 from reference import TINY, make_timm, save_state_dict
 
 LEFTOVER = re.compile(r"^\.vitops-tmp-[0-9a-f]{8}-(\d+)-")
@@ -29,8 +30,8 @@ LEFTOVER = re.compile(r"^\.vitops-tmp-[0-9a-f]{8}-(\d+)-")
 # One import for many kills keeps the test fast on every backend.
 ZYGOTE = r"""
 import json, os, sys
-import vitops, vitops.cli, vitops.hub, tqdm.auto
-from vitops._cleanup import exit_on_sigterm
+import vitops, vitops.app.cli, vitops.hub, tqdm.auto
+from vitops.io.signals import exit_on_sigterm
 for line in sys.stdin:
     cmd = json.loads(line)
     pid = os.fork()
@@ -42,7 +43,7 @@ for line in sys.stdin:
         exit_on_sigterm()
         try:
             if cmd["op"] == "convert":
-                code = vitops.cli.main(["convert", *cmd["args"]])
+                code = vitops.app.cli.main(["convert", *cmd["args"]])
             else:
                 vitops.hub.fetch(cmd["args"][0])
                 code = 0
@@ -265,7 +266,7 @@ def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server
 
 LOST_SIGNAL = r"""
 import gc, os, signal, sys, time
-from vitops._cleanup import exit_on_sigterm
+from vitops.io.signals import exit_on_sigterm
 exit_on_sigterm()
 def callback(phase, info):  # jax registers a gc callback like this one: a handler's exception
     if phase == "start":    # raised inside it is only printed as "Exception ignored"

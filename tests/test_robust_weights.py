@@ -11,8 +11,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import vitops
-from vitops.config import ViTConfig
-from vitops.convert import ConversionError
+from vitops.core.config import ViTConfig
+from vitops.converters import ConversionError
 from reference import TINY, make_timm
 
 CONFIG = ViTConfig(image_size=32, patch_size=16, dim=64, depth=2, num_heads=2, mlp_dim=96, num_classes=3)

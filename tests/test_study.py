@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 
 import vitops
+from vitops.hub import shipped
 from vitops import analysis, hub
 from vitops.analysis.accumulate import Fixed, Moments, load_states, save_states
-from vitops.report import analyze
-from vitops.study import Study, StudySettings, load_studies, run_study
+from vitops.app.commands import analyze
+from vitops.app.run import run_study
+from vitops.app.settings import RunSettings as StudySettings
+from vitops.app.study import Study, load_studies
 
 BACKEND = keras.config.backend()
 MODELS = ["digits_vit", "digits_deit"]
@@ -33,7 +36,7 @@ def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     import cv2
 
-    for k, path in enumerate(hub.shipped_samples() * 2 + hub.shipped_samples()[:2]):
+    for k, path in enumerate(shipped.samples() * 2 + shipped.samples()[:2]):
         img = cv2.imread(str(path))
         cv2.imwrite(str(folder / f"img_{k:02d}.png"), img if k < 8 else img[:, ::-1])
     (folder / "img_05x.png").write_text("not an image")
@@ -187,6 +190,6 @@ def test_state_files_that_are_not_states(tmp_path):
     save_file({"x": np.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "vitops"})
     with pytest.raises(vitops.AnalysisError, match="not a vitops analysis state"):
         Study.load(tmp_path / "other.safetensors")
-    shutil.copy(hub.shipped_path("digits_vit"), tmp_path / "w.safetensors")
+    shutil.copy(shipped.model_path("digits_vit"), tmp_path / "w.safetensors")
     with pytest.raises(vitops.AnalysisError, match="not a vitops analysis state"):
         Study.load(tmp_path / "w.safetensors")

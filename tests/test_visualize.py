@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vitops
-from vitops import visualize
+from vitops.app import visualize
 from vitops.analysis.features import unit_activations
 
 

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import vitops
-from vitops import weights
+from vitops.io import weight_file as weights
 from reference import TINY, make_timm, save_state_dict
 
 

@@ -1,3 +1,7 @@
-from vitops.cli import main
+"""`python -m vitops ...`: the same as the `vitops` command."""
+
 import sys
+
+from .app.cli import main
+
 sys.exit(main())

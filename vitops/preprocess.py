@@ -1,6 +1,6 @@
 """Images in, model-ready NHWC float32 out: decode, to RGB, resize, centre-crop, normalise.
 
-    rgb = read_image("cat.jpg")                 # once (vitops.imagefile: header checked first)
+    rgb = read_image("cat.jpg")                 # once (vitops.io.image_file: header checked first)
     x = prepare(rgb, Preprocessing.for_model(model.config, model.metadata))   # (H, W, 3)
     batch = preprocess(["cat.jpg", "dog.png"], preprocessing=p)               # (B, H, W, 3)
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._json import parse_object
-from .config import FAMILIES, LIMITS
+from .io.bounded_json import parse_object
+from .core.config import FAMILIES, LIMITS
 from .errors import ConfigError, ImageError, clip
-from .imagefile import PIXEL_TYPES, _cv2, read_image, to_rgb
+from .io.image_file import PIXEL_TYPES, _cv2, read_image, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -128,18 +128,13 @@ class Preprocessing:
     def for_model(cls, config, metadata: Mapping | None = None, family: str | None = None,
                   **overrides) -> "Preprocessing":
         """A model's preprocessing: the family defaults at its native size, then what its weight
-        file says (metadata "preprocessing"; vitops 0.1 files: "crop_pct"), then the overrides
+        file says (metadata "preprocessing"), then the overrides
         that are not None (size, crop_pct, interpolation, mean, std). `family` replaces the
         model's family and ignores the file's own record (the CLI's --family)."""
         base = cls.for_family(family or config.family, config.image_size)
         metadata = metadata or {}
         if family is None and "preprocessing" in metadata:
             base = cls.from_json(metadata["preprocessing"], base, "metadata preprocessing")
-        elif family is None and "crop_pct" in metadata:  # written by vitops 0.1 (the digits models)
-            try:
-                base = base.replace(crop_pct=float(metadata["crop_pct"]))
-            except ValueError:
-                raise ConfigError(f"metadata crop_pct {clip(metadata['crop_pct'])} is not a number") from None
         changes = {k: v for k, v in overrides.items() if v is not None}
         return base.replace(**changes) if changes else base
 

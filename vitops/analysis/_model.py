@@ -12,8 +12,8 @@ from ..errors import AnalysisError
 def model_parts(model):
     """(params {key: backend array}, config, compute dtype) of a loaded model, or of a name or
     path `vitops.load` accepts (a shipped model, a registry name, a vitops file)."""
-    from ..loading import resolve_model
-    from ..model import VisionTransformer
+    from ..hub.load import resolve_model
+    from ..core.model import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
         if not isinstance(model, (str, bytes)) and not hasattr(model, "__fspath__"):
@@ -31,7 +31,7 @@ def cast_params(params: dict, dtype: str) -> dict:
 
 def as_images(images, config, dtype: str):
     """(B, H, W, 3) preprocessed images as a backend tensor of the compute dtype; shape checked."""
-    from ..vit import check_images
+    from ..core.vit import check_images
 
     x = keras.ops.convert_to_tensor(images, dtype)
     check_images(x, config)

@@ -193,7 +193,7 @@ def save_states(path, accumulators: dict[str, Accumulator], metadata: dict | Non
     """Write named accumulators (and JSON metadata) to one safetensors file, atomically."""
     from safetensors.numpy import save_file
 
-    from .._cleanup import atomic_output
+    from ..io.temporary import atomic_output
     from ..errors import OutputError
 
     tensors, kinds = {}, {}

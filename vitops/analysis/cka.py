@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from .._backend import compiled
+from ..backend.compile import compiled
 from ..errors import AnalysisError
 from ._checks import as_tensor
 from .accumulate import Accumulator

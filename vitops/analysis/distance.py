@@ -13,7 +13,8 @@ import functools
 import numpy as np
 from keras import ops
 
-from .._backend import compiled, weighted_total
+from ..backend.compile import compiled
+from ..backend.reduce import weighted_total
 from ..errors import AnalysisError
 from .accumulate import Moments
 from ._checks import as_grid, as_tensor, attention_list, check_rank, patch_grid
@@ -51,7 +52,7 @@ def padded_distance(grid, patch_size: float, num_prefix_tokens: int) -> np.ndarr
 
 def mean_distance_of(attention, dist, num_prefix_tokens: int, renormalize: bool, num_patches: int):
     """(B, H, T, T) probabilities and padded (T, T) distances -> (B, H): the kernel itself,
-    uncompiled, so the forward pass can apply it block by block (vitops.reductions)."""
+    uncompiled, so the forward pass can apply it block by block (vitops.analysis.reductions)."""
     b, h, t, _ = attention.shape
     dist = ops.cast(dist, attention.dtype)
     if not renormalize:

@@ -55,8 +55,19 @@ def cls_trajectory(hidden, token: int = 0):
         if len(h.shape) != 3:
             raise ValueError(f"hidden states must be (B, T, D), got {tuple(h.shape)}")
     tokens = ops.stack([ops.cast(h[:, token], "float32") for h in hs], axis=1)  # (B, L, D)
-    unit = tokens / ops.sqrt(ops.sum(tokens * tokens, axis=-1, keepdims=True))
-    return tokens, ops.sum(unit * unit[:, -1:], axis=-1)
+    return tokens, cosine_to_final(tokens)
 
 
-__all__ = ["position_similarity", "projection_filters", "cls_trajectory"]
+def cosine_to_final(tokens):
+    """(B, S, D) one token's states over S steps -> (B, S): each state's cosine similarity to
+    the last one. The last entry is exactly 1 (0 for a zero final state); a zero state has
+    cosine 0 with anything, not NaN. The one kernel behind `cls_trajectory` and the in-forward
+    reduction of the same name."""
+    norms = ops.sqrt(ops.sum(tokens * tokens, axis=-1))  # (B, S)
+    unit = tokens / ops.maximum(norms, 1e-30)[..., None]
+    cos = ops.sum(unit[:, :-1] * unit[:, -1:], axis=-1)  # (B, S - 1)
+    last = ops.cast(norms[:, -1:] > 0, cos.dtype)  # the final state with itself
+    return ops.concatenate([cos, last], axis=1)
+
+
+__all__ = ["position_similarity", "projection_filters", "cls_trajectory", "cosine_to_final"]

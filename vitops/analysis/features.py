@@ -23,12 +23,13 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from .. import _backend
+from ..backend.compile import compiled
+from ..backend.grad import value_and_grad
 from ..errors import AnalysisError
-from ..layers import matmul, mean  # float64 stays float64 (numerical checks)
+from ..core.ops import matmul, mean  # float64 stays float64 (numerical checks)
 from ..preprocess import NORMALIZATION
-from ..vit import block as vit_block
-from ..vit import check_images, embed
+from ..core.vit import block as vit_block
+from ..core.vit import check_images, embed
 from .accumulate import Accumulator
 from ._model import as_images, cast_params, check_block, check_units, model_parts
 
@@ -54,7 +55,7 @@ def _unit_maps(params, images, *, config, pairs, compute_dtype):
     return ops.stack([ops.cast(hidden[b][:, p:, u], "float32") for b, u in pairs], axis=1)
 
 
-_compiled_unit_maps = _backend.compiled(_unit_maps, static_argnames=("config", "pairs", "compute_dtype"),
+_compiled_unit_maps = compiled(_unit_maps, static_argnames=("config", "pairs", "compute_dtype"),
                                         inference=True)
 
 
@@ -129,7 +130,7 @@ def _objective(image, params, index, scale, shift, selector, tv_weight, *, confi
     return ops.sum(per_unit - tv_weight * total_variation(image)), act
 
 
-_ascent_step = _backend.value_and_grad(
+_ascent_step = value_and_grad(
     _objective, 0, has_aux=True,
     static_argnames=("config", "block", "ensemble", "compute_dtype"))
 

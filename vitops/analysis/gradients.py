@@ -26,10 +26,11 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from .. import _backend
+from ..backend.compile import compiled
+from ..backend.grad import value_and_grad
 from ..errors import AnalysisError
-from ..layers import matmul, mean  # float64 stays float64 (numerical checks)
-from ..vit import check_images, forward
+from ..core.ops import matmul, mean  # float64 stays float64 (numerical checks)
+from ..core.vit import check_images, forward
 from ._model import as_images, cast_params, model_parts
 
 
@@ -68,7 +69,7 @@ def _relevance(params, images, classes, *, config, target, compute_dtype):
         # Images are independent, so the gradient of the sum is each image's own gradient.
         return ops.sum(scores), (out["attention"], chosen)
 
-    grad_fn = _backend.value_and_grad(objective, 0, has_aux=True, compile=False)
+    grad_fn = value_and_grad(objective, 0, has_aux=True, compile=False)
     (_, (attentions, chosen)), grads = grad_fn(deltas, params, images, classes)
     acc = _accumulation_dtype(compute_dtype)
     # R_L = (I + F_L) ... (I + F_1), F_l = mean_h[(dA_l * A_l)^+]; its CLS row e_0^T R_L is
@@ -82,7 +83,7 @@ def _relevance(params, images, classes, *, config, target, compute_dtype):
 
 # autograph=False: the caller's target runs while tracing, and its errors (or ours about it)
 # should reach the caller unwrapped
-_compiled_relevance = _backend.compiled(
+_compiled_relevance = compiled(
     _relevance, static_argnames=("config", "target", "compute_dtype"), autograph=False)
 
 
@@ -96,7 +97,7 @@ def _input_gradient(params, images, classes, *, config, target, compute_dtype):
         scores, chosen = _scores(forward(params, config, images), classes, target)
         return ops.sum(scores), chosen
 
-    grad_fn = _backend.value_and_grad(objective, 0, has_aux=True, compile=False)
+    grad_fn = value_and_grad(objective, 0, has_aux=True, compile=False)
     (_, chosen), g = grad_fn(images, params, classes)
     acc = _accumulation_dtype(compute_dtype)
     gx = ops.sum(ops.cast(g, acc) * ops.cast(images, acc), axis=-1)  # (B, H, W)
@@ -104,7 +105,7 @@ def _input_gradient(params, images, classes, *, config, target, compute_dtype):
     return mean(gx, (2, 4)), chosen  # (B, rows, cols)
 
 
-_compiled_input_gradient = _backend.compiled(
+_compiled_input_gradient = compiled(
     _input_gradient, static_argnames=("config", "target", "compute_dtype"), autograph=False)
 
 

@@ -8,20 +8,27 @@ from the first block to the last: A_L ... A_2 A_1.
 
 from __future__ import annotations
 
+import numbers
+
 from keras import ops
 
-from .._backend import compiled
+from ..backend.compile import compiled
+from ..errors import AnalysisError, clip
 from ._checks import attention_list, patch_grid
 
 HEAD_FUSIONS = ("mean", "max", "min")
 _ROW_SUM_TOL = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; lower-precision maps take the exact path
 
 
-def _check(head_fusion, discard_ratio):
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
-    if not 0.0 <= discard_ratio < 1.0:
-        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+def rollout_options(head_fusion, discard_ratio) -> tuple[str, float]:
+    """The rollout's options checked, as (head_fusion, discard_ratio as a float): the one check
+    every caller shares (the kernels, the in-forward reductions, the run settings)."""
+    if not isinstance(head_fusion, str) or head_fusion not in HEAD_FUSIONS:
+        raise AnalysisError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {clip(head_fusion)}")
+    if (isinstance(discard_ratio, bool) or not isinstance(discard_ratio, numbers.Real)
+            or not 0.0 <= discard_ratio < 1.0):
+        raise AnalysisError(f"discard_ratio must be a number in [0, 1), got {clip(discard_ratio)}")
+    return head_fusion, float(discard_ratio)
 
 
 def _fused(attention, head_fusion: str, discard_ratio: float):
@@ -52,9 +59,8 @@ def _rollout(attentions, head_fusion, discard_ratio):
 
 def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0):
     """Joint attention from each output token to each input token: list of (B, H, T, T) -> (B, T, T)."""
-    _check(head_fusion, discard_ratio)
-    return _rollout(attention_list(attentions), head_fusion=head_fusion,
-                    discard_ratio=float(discard_ratio))
+    head_fusion, discard_ratio = rollout_options(head_fusion, discard_ratio)
+    return _rollout(attention_list(attentions), head_fusion=head_fusion, discard_ratio=discard_ratio)
 
 
 def _mean_rows_step(row, a):
@@ -104,7 +110,7 @@ def cls_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.
     and no discarding, each block's factor is exactly (mean_h A + I) / 2, and the map costs one
     read of each attention tensor. grid: inferred as square if omitted.
     """
-    _check(head_fusion, discard_ratio)
+    head_fusion, discard_ratio = rollout_options(head_fusion, discard_ratio)
     attentions = attention_list(attentions)
     gh, gw = patch_grid(attentions[0].shape[-1], num_prefix_tokens, grid)
     row = None
@@ -115,5 +121,5 @@ def cls_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.
         if float(err) > _ROW_SUM_TOL:
             row = None
     if row is None:
-        row = _cls_row(attentions, head_fusion=head_fusion, discard_ratio=float(discard_ratio))
+        row = _cls_row(attentions, head_fusion=head_fusion, discard_ratio=discard_ratio)
     return ops.reshape(row[:, num_prefix_tokens:], (-1, gh, gw))

@@ -1,0 +1,143 @@
+"""Analyses computed inside the forward pass, block by block: the maps of all blocks never exist
+together, and only small arrays leave the model.
+
+    spec = Reductions(distance=True, rollout="cls", cls_attention=True, cls_tokens=True, grams=True)
+    out = vitops.forward(params, config, images, reductions=spec)
+    out["reductions"]["distance"]   # (B, L, H) mean attention distance, pixels
+
+A spec is a frozen, hashable value: a compiled forward pass (jax.jit, tf.function) is built once
+per spec. Each reduction applies the same kernel as `vitops.analysis` does to materialised maps,
+so the two give the same numbers (tests/test_reductions.py). Shapes: B images, L blocks,
+H heads, T tokens (prefix + patches), N patches, D width, P prefix tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from keras import ops
+
+from ..backend.distribute import whole_batch
+from .cka import centred_gram
+from .distance import mean_distance_of, padded_distance
+from .rollout import _fused, rollout_options
+from ..errors import AnalysisError, clip
+from .embeddings import cosine_to_final
+
+ROLLOUTS = ("cls", "full")
+
+
+@dataclass(frozen=True)
+class Reductions:
+    """What to reduce per block. Outputs, under out["reductions"]:
+
+    distance       (B, L, H)   mean attention distance per block and head, in pixels
+                               (prefix tokens removed; rows renormalised when renormalize)
+    rollout="cls"  (B, N)      attention rollout, the CLS row over the patches
+    rollout="full" (B, T, T)   the whole joint attention A_L ... A_1
+    cls_attention  (B, H, N)   the last block's attention from the CLS token to each patch
+    cls_tokens     (B, L+1, D) the CLS token after the embedding and after every block
+    cls_trajectory (B, L+1)    the cosine of each of those CLS states to the last one
+                               (`vitops.analysis.embeddings.cosine_to_final`)
+    grams          (L+1, B, B) each layer's Gram matrix of its flattened tokens, centred over
+                               the batch (the per-layer terms of minibatch CKA)
+    """
+
+    distance: bool = False
+    renormalize: bool = False
+    rollout: str | None = None
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+    cls_attention: bool = False
+    cls_tokens: bool = False
+    cls_trajectory: bool = False
+    grams: bool = False
+
+    def __post_init__(self):
+        flags = [f.name for f in dataclasses.fields(self) if f.type in (bool, "bool")]
+        bad = [f"{k}={clip(getattr(self, k))}" for k in flags if not isinstance(getattr(self, k), bool)]
+        if bad:
+            raise AnalysisError(f"Reductions flags must be True or False: {', '.join(bad)}")
+        if self.rollout is not None and self.rollout not in ROLLOUTS:
+            raise AnalysisError(f"rollout must be None or one of {ROLLOUTS}, got {clip(self.rollout)}")
+        _, ratio = rollout_options(self.head_fusion, self.discard_ratio)
+        object.__setattr__(self, "discard_ratio", ratio)
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.distance or self.rollout is not None or self.cls_attention
+
+    @property
+    def needs_all_tokens(self) -> bool:
+        """The last block's output for every token (not only the prefix tokens) is read."""
+        return self.grams
+
+    def replace(self, **changes) -> "Reductions":
+        return dataclasses.replace(self, **changes)
+
+    # ---- the pass itself: start, one step per block, finish ----
+
+    def start(self, x, config, grid) -> dict:
+        """State before the first block, from the embeddings x (B, T, D)."""
+        state = {}
+        if self.cls_tokens or self.cls_trajectory:
+            state["cls_tokens"] = [x[:, 0]]
+        if self.grams:
+            state["grams"] = [centred_gram(whole_batch(x))]
+        if self.distance:
+            state["distance"] = []
+            state["_dist"] = ops.convert_to_tensor(
+                padded_distance(grid, config.patch_size, config.num_prefix_tokens), "float32")
+        state["_prefix"], state["_patches"] = config.num_prefix_tokens, grid[0] * grid[1]
+        return state
+
+    def step(self, state: dict, x, probs, last: bool) -> dict:
+        """Fold in one block: its output x (B, Q, D) and attention probabilities (B, H, T, T)."""
+        prefix = state["_prefix"]
+        if self.cls_tokens or self.cls_trajectory:
+            state["cls_tokens"].append(x[:, 0])
+        if self.grams:
+            state["grams"].append(centred_gram(whole_batch(x)))
+        if probs is None:
+            return state
+        a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
+        if self.distance:
+            state["distance"].append(mean_distance_of(a, state["_dist"], prefix, self.renormalize,
+                                                      state["_patches"]))  # (B, H)
+        if self.rollout is not None:
+            f = _fused(a, self.head_fusion, self.discard_ratio)  # (B, T, T)
+            joint = state.get("rollout")
+            if joint is None:
+                state["rollout"] = f
+            elif last and self.rollout == "cls":
+                # e_0^T A_L (A_{L-1} ... A_1): the last factor's CLS row alone
+                state["rollout"] = ops.matmul(f[:, :1], joint)[:, 0]  # (B, T)
+            else:
+                state["rollout"] = ops.matmul(f, joint)  # (B, T, T)
+        if last and self.cls_attention:
+            state["cls_attention"] = a[:, :, 0, prefix:] + 0.0  # (B, H, N); a copy, not a view of the map
+        return state
+
+    def finish(self, state: dict) -> dict:
+        out = {}
+        if self.distance:
+            out["distance"] = ops.stack(state["distance"], axis=1)  # (B, L, H)
+        if self.rollout == "cls":
+            row = state["rollout"]
+            if len(row.shape) == 3:  # a single block: its factor's CLS row
+                row = row[:, 0]
+            out["rollout"] = row[:, state["_prefix"]:]  # (B, N)
+        elif self.rollout == "full":
+            out["rollout"] = state["rollout"]  # (B, T, T)
+        if self.cls_attention:
+            out["cls_attention"] = state["cls_attention"]
+        if self.cls_tokens or self.cls_trajectory:
+            tokens = ops.stack([ops.cast(t, "float32") for t in state["cls_tokens"]], axis=1)  # (B, L+1, D)
+            if self.cls_tokens:
+                out["cls_tokens"] = tokens
+            if self.cls_trajectory:
+                out["cls_trajectory"] = cosine_to_final(tokens)
+        if self.grams:
+            out["grams"] = ops.stack(state["grams"])  # (L+1, B, B)
+        return out

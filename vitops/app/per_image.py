@@ -1,0 +1,156 @@
+"""Per-image results of `vitops analyze`, written as the run goes, one set of files per model:
+
+    per_image/<model>.csv            one row per analysed image: position in the image list,
+                                     file name, top-5 classes (name, probability) when the model
+                                     has a head, mean attention distance of each block (over heads)
+    per_image/<model>_distance.npy   (n, blocks, heads) float32 mean attention distance, pixels
+    per_image/<model>_rollout.npy    (n, rows, cols) float32 attention rollout (CLS row)
+    per_image/<model>_top.npy        (n, 5) int32 top-5 classes, and _prob.npy their probabilities
+
+n is the length of the image list; row i of each .npy belongs to image i (the csv's `position`),
+NaN (or -1 for classes) where that image was not analysed. `pandas.read_csv` and
+`numpy.load(..., mmap_mode="r")` read them without loading everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+from ..analysis.accumulate import Accumulator
+from ..errors import AnalysisError
+
+TOP_K = 5
+ARRAYS = ("distance", "rollout", "top", "prob")
+
+
+def names_to_bytes(names) -> np.ndarray:
+    return np.frombuffer("\n".join(names).encode("utf-8"), np.uint8).copy()
+
+
+def names_from_bytes(data: np.ndarray, count: int) -> list[str]:
+    if count == 0:
+        return []
+    return bytes(np.asarray(data, np.uint8)).decode("utf-8").split("\n")
+
+
+class PerImage(Accumulator):
+    """Per-image rows of one model, keyed by position in the image list: what a state file
+    carries so that shards merge into the per-image files one run writes."""
+
+    kind = "per_image"
+
+    def __init__(self, depth: int, heads: int, grid, has_head: bool):
+        self.depth, self.heads, self.grid, self.has_head = int(depth), int(heads), tuple(grid), bool(has_head)
+        self.positions = np.zeros((0,), np.int64)
+        self.names: list[str] = []
+        self.arrays = {"distance": np.zeros((0, self.depth, self.heads), np.float32),
+                       "rollout": np.zeros((0, *self.grid), np.float32),
+                       "top": np.zeros((0, TOP_K), np.int32), "prob": np.zeros((0, TOP_K), np.float32)}
+
+    def settings(self) -> dict:
+        return {"depth": self.depth, "heads": self.heads, "grid": list(self.grid), "has_head": self.has_head}
+
+    @property
+    def empty(self) -> bool:
+        return len(self.positions) == 0
+
+    def add(self, positions, names, **arrays) -> None:
+        self.positions = np.concatenate([self.positions, np.asarray(positions, np.int64)])
+        self.names.extend(names)
+        for k in ARRAYS:
+            self.arrays[k] = np.concatenate([self.arrays[k], np.asarray(arrays[k], self.arrays[k].dtype)])
+
+    def state(self) -> dict:
+        return {"positions": self.positions, "names": names_to_bytes(self.names), **self.arrays}
+
+    def set_state(self, arrays) -> None:
+        self.positions = np.asarray(arrays["positions"], np.int64)
+        self.names = names_from_bytes(arrays["names"], len(self.positions))
+        self.arrays = {k: np.asarray(arrays[k]) for k in ARRAYS}
+
+    def _merge_state(self, other) -> None:
+        overlap = np.intersect1d(self.positions, other.positions)
+        if overlap.size:
+            raise AnalysisError(f"the states overlap: {overlap.size} image(s) were analysed in both "
+                                f"(first at position {int(overlap[0])}); were the same shard's states given twice?")
+        self.add(other.positions, other.names, **other.arrays)
+        order = np.argsort(self.positions, kind="stable")
+        self.positions = self.positions[order]
+        self.names = [self.names[i] for i in order]
+        self.arrays = {k: v[order] for k, v in self.arrays.items()}
+
+
+class PerImageWriter:
+    """Streams one model's per-image rows into the files described in the module docstring."""
+
+    def __init__(self, folder, label: str, n: int, depth: int, heads: int, grid, labels=None,
+                 has_head: bool = True):
+        os.makedirs(folder, exist_ok=True)
+        self.folder, self.label, self.n, self.labels, self.has_head = folder, label, n, labels, has_head
+        self.depth, self.heads, self.grid = depth, heads, tuple(grid)
+        shapes = {"distance": ((depth, heads), np.float32), "rollout": (self.grid, np.float32),
+                  "top": ((TOP_K,), np.int32), "prob": ((TOP_K,), np.float32)}
+        self.maps = {}
+        for key, (shape, dtype) in shapes.items():
+            m = np.lib.format.open_memmap(self.path(key), mode="w+", dtype=dtype, shape=(n, *shape))
+            m[:] = -1 if dtype == np.int32 else np.nan
+            self.maps[key] = m
+        self._csv = open(os.path.join(folder, f"{label}.csv"), "w", newline="", encoding="utf-8")
+        self._rows = csv.writer(self._csv)
+        header = ["position", "image"]
+        if has_head:
+            for r in range(1, TOP_K + 1):
+                header += [f"top{r}_class", f"top{r}_label", f"top{r}_probability"]
+        header += [f"distance_block{b}" for b in range(depth)]
+        self._rows.writerow(header)
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.folder, f"{self.label}_{key}.npy")
+
+    def write(self, positions, names, distance, rollout, top=None, prob=None) -> None:
+        """One batch: positions (b,), names, distance (b, L, H), rollout (b, rows, cols),
+        top (b, 5) classes and prob (b, 5) probabilities when the model has a head."""
+        idx = np.asarray(positions, np.int64)
+        self.maps["distance"][idx] = distance
+        self.maps["rollout"][idx] = rollout
+        if top is not None:
+            self.maps["top"][idx] = top
+            self.maps["prob"][idx] = prob
+        per_block = np.asarray(distance, np.float64).mean(axis=-1)  # (b, L)
+        for j, (pos, name) in enumerate(zip(positions, names)):
+            row = [int(pos), name]
+            if self.has_head:
+                for c, p in zip(top[j], prob[j]):
+                    label = self.labels[c] if self.labels and 0 <= c < len(self.labels) else str(int(c))
+                    row += [int(c), label, f"{float(p):.9g}"]
+            row += [f"{v:.9g}" for v in per_block[j]]
+            self._rows.writerow(row)
+
+    def collect(self, positions, names) -> PerImage:
+        """The rows written for these positions, as a PerImage (for a state file)."""
+        acc = PerImage(self.depth, self.heads, self.grid, self.has_head)
+        idx = np.asarray(positions, np.int64)
+        acc.add(idx, names, **{k: np.asarray(m[idx]) for k, m in self.maps.items()})
+        return acc
+
+    def write_all(self, acc: PerImage) -> None:
+        """Every row of a PerImage (merged shards), in position order."""
+        b = 256
+        for s in range(0, len(acc.positions), b):
+            top = acc.arrays["top"][s:s + b] if self.has_head else None
+            prob = acc.arrays["prob"][s:s + b] if self.has_head else None
+            self.write(acc.positions[s:s + b], acc.names[s:s + b], acc.arrays["distance"][s:s + b],
+                       acc.arrays["rollout"][s:s + b], top, prob)
+
+    def flush(self) -> None:
+        for m in self.maps.values():
+            m.flush()
+        self._csv.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.maps.clear()
+        self._csv.close()

@@ -1,0 +1,45 @@
+"""Writing a study's report into a folder: the figures as PNG, metrics.json and report.html.
+
+    write_report(study, "out/")   # into a folder that appears whole at the end
+
+The folder is written through `vitops.io.output_folder.OutputFolder`: an interrupted run leaves
+the previous report as it was."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from ..io.output_folder import OutputFolder
+from .figures import CAPTIONS, figures
+from .page import page
+from .summary import strict_json, summary_of
+
+def write_report(study, out_dir) -> dict:
+    """Figures, metrics.json and report.html of a study, into out_dir (whole or not at all)."""
+    with OutputFolder(out_dir) as tmp:
+        return write_into(study, tmp)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def write_into(study, folder: Path) -> dict:
+    """Write the report into an existing folder (the caller's temporary one); returns the
+    summary as metrics.json holds it."""
+    summary = summary_of(study)
+    pngs = {key: _png(fig) for key, fig in figures(study, summary).items()}
+    for key, data in pngs.items():
+        (folder / f"{key}.png").write_bytes(data)
+    per_image = folder / "per_image"
+    summary["figures"] = [f"{k}.png" for k in CAPTIONS if k in pngs]
+    summary["per_image"] = sorted(p.name for p in per_image.iterdir()) if per_image.is_dir() else []
+    clean, bad = strict_json(summary)
+    clean["non_finite_values"] = bad  # NaN/inf (e.g. from NaN inputs), written as null
+    (folder / "metrics.json").write_text(json.dumps(clean, allow_nan=False))
+    (folder / "report.html").write_text(page(clean, pngs))
+    return clean

@@ -1,0 +1,89 @@
+"""The settings of an analysis run, and their defaults: the one place both live.
+
+The CLI's defaults, `vitops.app.commands.analyze`'s and a state file's all come from
+`RunSettings`; a state file records `recorded()` (everything that changes a number), and two
+states merge only when those agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+
+from ..analysis.reductions import Reductions
+from ..analysis.rollout import rollout_options
+from ..errors import AnalysisError, clip
+
+# Bounds on what a caller may ask for: a batch is held in memory as images (B, Y, X, 3) and the
+# per-image outputs; sample images are drawn into one figure.
+MAX_BATCH = 4096
+MAX_SHOW = 256
+MAX_WORKERS = 64
+
+
+def _count(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise AnalysisError(f"{name} must be an integer in [{low}, {high}], got {clip(value)}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What `vitops analyze` computes and how; every model of a run shares these.
+
+    batch_size: images per forward pass (minibatch CKA's batches: at least 4 for a CKA term);
+    head_fusion, discard_ratio: attention rollout's (Abnar & Zuidema 2020); threshold: DINO's
+    attention-mass masks of the last block's class-token attention, or None; show: sample images
+    drawn in the report, spread evenly over the list; explain: each sample image's relevance for
+    its top class (Chefer et al. 2021); workers: image-decoding threads (speed only).
+    """
+
+    batch_size: int = 8
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+    threshold: float | None = None
+    show: int = 8
+    explain: bool = False
+    workers: int = 2
+
+    def __post_init__(self):
+        object.__setattr__(self, "batch_size", _count(self.batch_size, "batch size", 1, MAX_BATCH))
+        object.__setattr__(self, "show", _count(self.show, "show (sample images)", 0, MAX_SHOW))
+        object.__setattr__(self, "workers", _count(self.workers, "workers", 0, MAX_WORKERS))
+        fusion, ratio = rollout_options(self.head_fusion, self.discard_ratio)
+        object.__setattr__(self, "discard_ratio", ratio)
+        t = self.threshold
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t <= 1.0:
+                raise AnalysisError(f"threshold must be a number in (0, 1], got {clip(t)}")
+            object.__setattr__(self, "threshold", float(t))
+        if not isinstance(self.explain, bool):
+            raise AnalysisError(f"explain must be True or False, got {clip(self.explain)}")
+
+    # Fields that only change how fast a run goes, not its numbers: not recorded, not compared.
+    _SPEED_ONLY = ("workers",)
+
+    def recorded(self) -> dict:
+        """The settings that decide the numbers: what a state file and metrics.json record."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self._SPEED_ONLY}
+
+    @classmethod
+    def from_recorded(cls, fields, source: str = "settings") -> "RunSettings":
+        """From `recorded()` as read back from a file: unknown fields are an error."""
+        if not isinstance(fields, dict):
+            raise AnalysisError(f"{source}: settings must be an object, got {type(fields).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - set(cls._SPEED_ONLY)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise AnalysisError(f"{source}: unknown settings {clip(unknown)}")
+        return cls(**fields)
+
+    def reductions(self) -> Reductions:
+        """What each model's compiled forward pass computes block by block."""
+        return Reductions(distance=True, rollout="cls", head_fusion=self.head_fusion,
+                          discard_ratio=self.discard_ratio, cls_attention=True, cls_trajectory=True,
+                          grams=True)
+
+
+DEFAULTS = RunSettings()

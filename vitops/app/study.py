@@ -1,0 +1,206 @@
+"""A Study: every model's accumulators over one analysis run, and the state `--save-state` writes.
+
+Every part of a Study merges exactly (float64 sums, rows keyed by image position), so shards
+analysed apart and merged by `vitops report` give the numbers one run over all images gives.
+The names here are the names in metrics.json and in the per-image files: distance, rollout,
+cls_attention, cls_trajectory, cka, samples, probes (of the weights), per_image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import keras
+import numpy as np
+
+from .. import analysis
+from ..analysis.accumulate import Accumulator, Fixed, Moments, load_states, save_states, settings_difference
+from ..backend import name as backend_name
+from ..errors import AnalysisError
+from .per_image import PerImage, names_from_bytes, names_to_bytes
+from .settings import RunSettings
+
+
+class Samples(Accumulator):
+    """What the report draws for a few chosen images of one model: the image as the model saw it
+    (uint8, denormalised), its rollout, last-block CLS attention per head, CLS trajectory, top
+    classes and, when explained, the relevance of each patch for the top class (NaN otherwise).
+    Keyed by position in the image list; merging takes the union."""
+
+    kind = "samples"
+    FIELDS = ("display", "rollout", "cls_attention", "cls_trajectory", "top", "prob", "relevance")
+
+    def __init__(self):
+        self.positions = np.zeros((0,), np.int64)
+        self.names: list[str] = []
+        self.arrays: dict[str, np.ndarray] = {}
+
+    @property
+    def empty(self) -> bool:
+        return len(self.positions) == 0
+
+    def add(self, position: int, name: str, **fields) -> None:
+        self.positions = np.append(self.positions, np.int64(position))
+        self.names.append(name)
+        for k in self.FIELDS:
+            v = np.asarray(fields[k])[None]
+            self.arrays[k] = v if k not in self.arrays else np.concatenate([self.arrays[k], v])
+
+    def state(self) -> dict:
+        return {"positions": self.positions, "names": names_to_bytes(self.names), **self.arrays}
+
+    def set_state(self, arrays) -> None:
+        self.positions = np.asarray(arrays["positions"], np.int64)
+        self.names = names_from_bytes(arrays["names"], len(self.positions))
+        self.arrays = {k: np.asarray(arrays[k]) for k in self.FIELDS if k in arrays}
+
+    def _merge_state(self, other) -> None:
+        if np.intersect1d(self.positions, other.positions).size:
+            raise AnalysisError("the states hold the same sample image twice: overlapping shards?")
+        positions = np.concatenate([self.positions, other.positions])
+        order = np.argsort(positions, kind="stable")
+        names = self.names + other.names
+        self.positions, self.names = positions[order], [names[i] for i in order]
+        self.arrays = {k: np.concatenate([self.arrays[k], other.arrays[k]])[order] for k in self.FIELDS}
+
+
+def model_fingerprint(model) -> str:
+    """sha256 over the architecture and every weight: what makes two states' models the same."""
+    h = hashlib.sha256(model.config.to_json().encode())
+    for key, value in sorted(model.get_params().items()):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(value, np.float32).tobytes())
+    return h.hexdigest()
+
+
+class ModelStudy:
+    """The accumulators of one model."""
+
+    def __init__(self, label: str, info: dict, config):
+        self.label, self.info, self.config = label, info, config
+        # the patch grid of the images analysed: the preprocessing's size, which may differ from
+        # the model's native one (position embeddings are resampled)
+        size = (info.get("preprocessing") or {}).get("size") or config.image_size
+        self.grid = grid = (size[0] // config.patch_size, size[1] // config.patch_size)
+        depth, heads = config.depth, config.num_heads
+        self.distance = analysis.AttentionDistance(config.patch_size, config.num_prefix_tokens, grid=grid)
+        self.rollout = Moments((*grid,), what="rollout")
+        self.cls_attention = Moments((heads, *grid), what="last-block CLS attention")
+        self.cls_trajectory = Moments((depth + 1,), what="CLS cosine to final")
+        self.cka = analysis.MinibatchCKA()
+        self.samples = Samples()
+        self.per_image = PerImage(depth, heads, grid, bool(config.num_classes))
+        self.probes = Fixed()  # of the weights: position similarity, patch filters
+
+    # The accumulators by name: the names a state file stores them under.
+    NAMES = ("distance", "rollout", "cls_attention", "cls_trajectory", "cka", "samples", "per_image", "probes")
+
+    def accumulators(self) -> dict[str, Accumulator]:
+        return {name: getattr(self, name) for name in self.NAMES}
+
+    def probe_weights(self, model, max_filters: int = 64) -> None:
+        """Position-embedding similarity (ViT, Fig. 7 centre) and the first patch filters."""
+        params = model.variables_by_key
+        sim = analysis.position_similarity(params["pos_embed"], self.config.num_prefix_tokens)
+        filters = analysis.projection_filters(params)[:max_filters]
+        self.probes = Fixed(position_similarity=keras.ops.convert_to_numpy(sim),
+                            projection_filters=keras.ops.convert_to_numpy(filters))
+
+
+class Study:
+    """Every model's accumulators, the cross-model CKA of each pair, and what was analysed."""
+
+    def __init__(self, models: list[ModelStudy], settings: RunSettings, n_images: int,
+                 shards: list | None = None):
+        self.models, self.settings, self.n_images = models, settings, n_images
+        self.cross = {(a.label, b.label): analysis.MinibatchCKA()
+                      for i, a in enumerate(models) for b in models[i + 1:]}
+        self.skipped: list[dict] = []  # {"position", "image", "reason"}
+        self.analysed = 0
+        self.cka_batches_skipped = 0  # batches with fewer than 4 readable images
+        self.shards = shards or []  # [[I, N], ...] this state covers
+        self.seconds = 0.0
+        self.backend = backend_name()
+
+    # ---- merge, save, load ----
+    def metadata(self) -> dict:
+        return {"settings": self.settings.recorded(), "n_images": self.n_images,
+                "models": [{"label": m.label, "info": m.info, "config": m.config.to_json()} for m in self.models],
+                "skipped": self.skipped, "analysed": self.analysed, "shards": self.shards,
+                "cka_batches_skipped": self.cka_batches_skipped, "seconds": self.seconds,
+                "backend": self.backend}
+
+    def save(self, path) -> None:
+        """Every accumulator and the study's metadata in one safetensors file (atomic)."""
+        accs = {}
+        for i, m in enumerate(self.models):
+            for name, acc in m.accumulators().items():
+                accs[f"m{i}.{name}"] = acc
+        for i, acc in enumerate(self.cross.values()):
+            accs[f"cross{i}"] = acc
+        save_states(path, accs, {"study": self.metadata()})
+
+    @classmethod
+    def load(cls, path) -> "Study":
+        from ..core.config import ViTConfig
+
+        accs, meta = load_states(path)
+        try:
+            m = meta["study"]
+            settings = RunSettings.from_recorded(m["settings"], f"{path}: settings")
+            models = [ModelStudy(e["label"], e["info"], ViTConfig.from_json(e["config"])) for e in m["models"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise AnalysisError(f"{path}: not a study state (written by `vitops analyze --save-state`): {e}") from None
+        study = cls(models, settings, int(m["n_images"]), m.get("shards"))
+        for i, ms in enumerate(models):
+            for name in ms.accumulators():
+                acc = accs.get(f"m{i}.{name}")
+                if acc is None:
+                    raise AnalysisError(f"{path}: the state lacks {ms.label}'s {name}")
+                setattr(ms, name, acc)
+        for i, key in enumerate(study.cross):
+            study.cross[key] = accs[f"cross{i}"]
+        study.skipped, study.analysed = m["skipped"], int(m["analysed"])
+        study.cka_batches_skipped, study.seconds = int(m["cka_batches_skipped"]), float(m["seconds"])
+        study.backend = m.get("backend", study.backend)
+        return study
+
+    def merge(self, other: "Study") -> "Study":
+        """Fold another shard's study into this one; refuses other models or settings."""
+        differ = settings_difference(self.settings.recorded(), other.settings.recorded())
+        if differ:
+            raise AnalysisError(f"cannot merge studies with different settings: {differ}")
+        if self.n_images != other.n_images:
+            raise AnalysisError(f"cannot merge studies of different image lists: {self.n_images} "
+                                f"images != {other.n_images}")
+        mine = [(m.label, m.info.get("fingerprint")) for m in self.models]
+        theirs = [(m.label, m.info.get("fingerprint")) for m in other.models]
+        if mine != theirs:
+            raise AnalysisError(f"cannot merge studies of different models: {self._describe()} != "
+                                f"{other._describe()}")
+        for a, b in zip(self.models, other.models):
+            for name, acc in a.accumulators().items():
+                acc.merge(b.accumulators()[name])
+        for key, acc in self.cross.items():
+            acc.merge(other.cross[key])
+        self.skipped = sorted(self.skipped + other.skipped, key=lambda s: s["position"])
+        self.analysed += other.analysed
+        self.cka_batches_skipped += other.cka_batches_skipped
+        self.shards = self.shards + other.shards
+        self.seconds += other.seconds
+        return self
+
+    def _describe(self) -> str:
+        return ", ".join(f"{m.label} ({m.info.get('name') or 'model'}, weights "
+                         f"{str(m.info.get('fingerprint'))[:12]})" for m in self.models)
+
+
+def load_studies(paths) -> Study:
+    """Load state files and merge them into one study."""
+    paths = list(paths)
+    if not paths:
+        raise AnalysisError("no state files given")
+    study = Study.load(paths[0])
+    for p in paths[1:]:
+        study.merge(Study.load(p))
+    return study

@@ -1,0 +1,173 @@
+"""Convert foreign checkpoints into one vitops .safetensors file.
+
+    convert(src, dst, arch=None, format=None, which="teacher", labels=None,
+            preprocessing=None) -> ViTConfig
+
+Formats (detected, or named with `format`):
+  timm   timm state dicts, .safetensors (timm's hub files) or .pth
+  deit   DeiT release .pth files ({"model": state_dict})
+  dino   DINO release .pth files: backbones, or training checkpoints with teacher/student
+  hf     Hugging Face ViT / DeiT / DINO: a save_pretrained directory, or its weight file
+         (.safetensors or .bin) with config.json beside it
+  npz    Google .npz (original, augreg, big_vision; ImageNet-21k pre-logits included)
+
+Class names and preprocessing travel with the weights (metadata "labels" and
+"preprocessing"; sources in convert/labels.py and convert/preprocessing.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..io import weight_file
+from ..io.temporary import atomic_output
+from ..core.config import ViTConfig
+from ..errors import ConfigError, ConversionError, capped, clip
+from ..preprocess import Preprocessing
+from .checkpoint_files import flatten_tensors, read_checkpoint
+from .hf import find_files, hf_config, hf_to_timm, is_hf_state_dict, read_hf_info
+from .labels import check_labels, default_labels, read_labels_file
+from .npz import is_npz_dict, npz_to_vitops, read_npz
+from .preprocessing import given_preprocessing, hf_preprocessing, timm_preprocessing
+from .releases import WHICH, is_wrapped, unwrap
+from .timm import checked_arch, is_timm_state_dict, timm_to_vitops
+
+FORMATS = ("timm", "deit", "dino", "hf", "npz")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A foreign checkpoint, read and converted to vitops arrays, with what its files say."""
+
+    params: dict
+    config: ViTConfig
+    format: str  # one of FORMATS
+    weights_file: str  # the file the tensors came from
+    labels: list | None = None  # class names its own files give (Hugging Face id2label)
+    labels_source: str = ""  # where they come from, for messages
+    preprocessing: Preprocessing | None = None  # what its own files say
+
+
+def detect_format(sd) -> str:
+    if is_wrapped(sd):
+        return unwrap(sd)[1]
+    if is_npz_dict(sd):
+        return "npz"
+    if is_hf_state_dict(sd):
+        return "hf"
+    if is_timm_state_dict(sd):
+        return "timm"
+    raise ConversionError(f"cannot tell the checkpoint format from its keys ({capped(list(sd), 6)}); "
+                          f"known formats: {', '.join(FORMATS)}")
+
+
+def _apply_arch(config: ViTConfig, arch: str | None) -> ViTConfig:
+    """Take family and name from a named architecture, after checking that the checkpoint's
+    own config (Hugging Face config.json, or the .npz shapes) fits it."""
+    if not arch:
+        return config
+    fields = ("dim", "depth", "num_heads", "patch_size", "mlp_dim", "image_size", "distilled")
+    base = checked_arch(arch, {f: getattr(config, f) for f in fields})
+    return config.replace(family=base.family, name=base.name)
+
+
+def _load_hf(src, arch) -> Checkpoint:
+    wfile, cfile, pfile = find_files(src)
+    info = read_hf_info(cfile, pfile)  # the JSON files first: cheap, and they bound the model
+    sd = hf_to_timm(flatten_tensors(read_checkpoint(wfile), wfile))
+    config = _apply_arch(hf_config(info, sd), arch)
+    params, config = timm_to_vitops(sd, config=config)
+    pre = None
+    if info.preprocessor is not None:
+        pre = hf_preprocessing(info.preprocessor, Preprocessing.for_family(config.family, config.image_size),
+                               info.preprocessor_path)
+    labels = info.labels if config.num_classes else None
+    return Checkpoint(params, config, "hf", wfile, labels, f"{cfile} id2label", pre)
+
+
+def _load(src, arch, format, which) -> Checkpoint:
+    if os.path.isdir(src) or format == "hf":
+        return _load_hf(src, arch)
+    if src.endswith(".npz") or format == "npz":
+        params, config = npz_to_vitops(read_npz(src), name=os.path.basename(src).removesuffix(".npz"))
+        return Checkpoint(params, _apply_arch(config, arch), "npz", src)
+    raw = read_checkpoint(src)
+    fmt = format or detect_format(raw)
+    if fmt == "hf":
+        return _load_hf(src, arch)
+    if fmt == "npz":
+        params, config = npz_to_vitops(flatten_tensors(raw, src))
+        return Checkpoint(params, _apply_arch(config, arch), "npz", src)
+    sd, fmt = unwrap(raw, which) if is_wrapped(raw) else (raw, fmt)
+    prefer = fmt if fmt in ("deit", "dino") else None
+    params, config = timm_to_vitops(flatten_tensors(sd, src), arch, prefer=None if arch else prefer)
+    return Checkpoint(params, config, fmt, src)
+
+
+def load_checkpoint(src, arch=None, format=None, which="teacher") -> Checkpoint:
+    """Read any supported checkpoint into vitops arrays and config; every problem is a
+    ConversionError naming the file."""
+    src = os.fspath(src)
+    if format is not None and format not in FORMATS:
+        raise ConversionError(f"unknown format {clip(format)}; known formats: {', '.join(FORMATS)}")
+    if which not in WHICH:
+        raise ConversionError(f"which must be one of {', '.join(WHICH)}, got {clip(which)}")
+    try:
+        return _load(src, arch, format, which)
+    except ConfigError as e:  # shapes or a name that make no valid ViT: say which file
+        raise ConversionError(f"{src}: {e}") from None
+
+
+def convert(src, dst, arch: str | None = None, format: str | None = None, which: str = "teacher",
+            labels=None, preprocessing=None) -> ViTConfig:
+    """Convert checkpoint `src` into vitops file `dst`; returns the model's config.
+
+    labels: class names (a list, or a file with one name per line), as many as the head has
+    classes; default: the checkpoint's own (Hugging Face id2label), else ImageNet-1k's for a
+    1000-class timm/DeiT/Google head. preprocessing: a Preprocessing or a mapping of its fields
+    (a registry entry's); default: the checkpoint's own files, else timm's pretrained config
+    for `arch` with a tag (when timm is installed), else none recorded (family defaults).
+
+    The destination is checked first (a folder, an unwritable place), everything else before
+    anything is written, and the write is atomic: on any error or interruption `dst` is left
+    as it was (absent, or the previous file). Errors are VitopsErrors (ConversionError, or
+    ConfigError for an unknown arch).
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ConversionError("source and destination are the same file")
+    if arch is not None:
+        from ..core.variants import get_config
+
+        get_config(arch)  # an unknown name fails before any file is read
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_labels_file(labels)
+    elif labels is not None:
+        labels = check_labels(labels, "labels")
+    if preprocessing is not None:
+        given_preprocessing(preprocessing, Preprocessing.for_family("vit"))  # fail early
+    with atomic_output(dst, ConversionError) as tmp:
+        ck = load_checkpoint(src, arch, format, which)
+        config = ck.config
+        names, source = (labels, "the labels given") if labels is not None else (ck.labels, ck.labels_source)
+        if names is None and config.num_classes:
+            names, source = default_labels(config.num_classes, ck.format), "default"
+        if names is not None and len(names) != config.num_classes:
+            raise ConversionError(f"{len(names)} class names for a head of {config.num_classes} classes "
+                                  f"({source}); --labels FILE gives one name per line")
+        base = Preprocessing.for_family(config.family, config.image_size)
+        pre = (given_preprocessing(preprocessing, base) if preprocessing is not None
+               else ck.preprocessing or timm_preprocessing(arch))
+        try:
+            digest = weight_file.sha256_file(ck.weights_file)
+        except OSError as e:
+            raise ConversionError(f"cannot read {ck.weights_file}: {e.strerror}") from None
+        provenance = {"source_format": ck.format, "source_file": os.path.basename(os.path.normpath(src)),
+                      "source_sha256": digest}
+        weight_file.write(tmp, ck.params, config, provenance, labels=names, preprocessing=pre,
+                      error=ConversionError, name=dst)
+    return config
+
+
+__all__ = ["ConversionError", "convert", "detect_format", "load_checkpoint", "Checkpoint", "FORMATS"]

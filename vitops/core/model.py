@@ -1,0 +1,111 @@
+"""A thin keras.Model around the functional forward pass.
+
+It holds one Keras variable per vitops key, so `predict`, `fit`, `trainable = False`, dtype
+policies and composition with other Keras layers work as usual. On the torch backend it is a
+`torch.nn.Module` whose parameters a plain PyTorch optimiser can train.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+
+from ..backend.compile import compiled
+from .config import ViTConfig
+from .vit import forward, param_shapes
+
+
+def _inference(params, images, config, return_attention, return_hidden, reductions, compute_dtype):
+    # What Keras' autocast does for call(): float weights are read in the compute dtype.
+    params = {k: keras.ops.cast(v, compute_dtype) if keras.backend.standardize_dtype(v.dtype) != compute_dtype else v
+              for k, v in params.items()}
+    return forward(params, config, images, return_attention=return_attention,
+                   return_hidden=return_hidden, reductions=reductions)
+
+
+# One compiled version per (config, outputs asked for, reductions), and per input shape.
+_compiled_inference = compiled(
+    _inference,
+    static_argnames=("config", "return_attention", "return_hidden", "reductions", "compute_dtype"),
+    inference=True)
+
+
+def default_initializer(key: str):
+    """Initialisation for training from scratch: timm's (trunc-normal 0.02, zero biases)."""
+    if key.endswith((".bias",)):
+        return keras.initializers.Zeros()
+    if key.endswith(".scale"):
+        return keras.initializers.Ones()
+    return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+@keras.saving.register_keras_serializable(package="vitops")
+class VisionTransformer(keras.Model):
+    """ViT / DeiT / DINO as a Keras model.
+
+    model(images) -> logits (B, classes), or features (B, D) when headless.
+    model(images, return_attention=True, return_hidden=True) -> dict with "logits" and/or
+    "features", "attention" (list of (B, heads, T, T)) and "hidden" (list of (B, T, D)).
+    model(images, return_dict=True) -> the dict without intermediates (DeiT distilled: also
+    "logits_cls" and "logits_dist").
+    images: NHWC float, preprocessed, height and width multiples of the patch size.
+    """
+
+    def __init__(self, config: ViTConfig, params: Mapping | None = None, **kwargs):
+        name = kwargs.pop("name", None) or re.sub(r"[^A-Za-z0-9_]", "_", config.name or "vit")
+        super().__init__(name=name, **kwargs)
+        self.config = config
+        self._keys = list(param_shapes(config))
+        self._vars = []
+        for key, shape in param_shapes(config).items():
+            if params is not None:
+                # Read lazily: with a WeightFile, one tensor is in host memory at a time.
+                init = (lambda shape, dtype=None, k=key: np.asarray(params[k], dtype="float32"))
+            else:
+                init = default_initializer(key)
+            self._vars.append(self.add_weight(shape=shape, initializer=init, name=key.replace(".", "_")))
+        self.built = True
+
+    @property
+    def variables_by_key(self) -> dict:
+        """{vitops key: Keras variable}."""
+        return dict(zip(self._keys, self._vars))
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        """The weights as {vitops key: numpy array}, e.g. for `forward` or `vitops.save`."""
+        return {k: keras.ops.convert_to_numpy(v) for k, v in zip(self._keys, self._vars)}
+
+    def _params(self) -> dict:
+        return {k: v.value for k, v in zip(self._keys, self._vars)}
+
+    def call(self, images, return_attention: bool = False, return_hidden: bool = False,
+             return_dict: bool = False):
+        out = forward(self._params(), self.config, images, return_attention=return_attention,
+                      return_hidden=return_hidden)
+        if return_attention or return_hidden or return_dict:
+            return out
+        return out["logits"] if "logits" in out else out["features"]
+
+    def infer(self, images, *, reductions=None, return_attention: bool = False,
+              return_hidden: bool = False) -> dict:
+        """The forward pass compiled for inference: jax.jit or tf.function with XLA, compiled
+        once per set of outputs and `reductions` (and input shape); eager PyTorch under
+        `torch.inference_mode()`. Returns the dict of `vitops.forward`, with
+        out["reductions"] when reductions (a `vitops.analysis.Reductions`) is given.
+        images: (B, H, W, 3) preprocessed, numpy or a backend tensor.
+        """
+        images = keras.ops.convert_to_tensor(images, self.compute_dtype)
+        return _compiled_inference(self._params(), images, config=self.config,
+                                   return_attention=bool(return_attention),
+                                   return_hidden=bool(return_hidden), reductions=reductions,
+                                   compute_dtype=self.compute_dtype)
+
+    def get_config(self):
+        return {"vit_config": self.config.to_json(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(ViTConfig.from_json(config["vit_config"]), name=config.get("name"))

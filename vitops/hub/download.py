@@ -1,0 +1,67 @@
+"""Downloads into a folder the caller owns: plain URLs through urllib with a progress bar, hub
+files through huggingface_hub. Every failure is a HubError that names the source and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..errors import HubError, clip, os_reason
+
+
+def _progress(total, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                disable=os.environ.get("VITOPS_NO_PROGRESS") == "1")
+
+
+def download_url(url: str, dst: Path, timeout: float = 60.0) -> None:
+    """Stream url into dst; a short body (dropped connection) is an error, and so is a write
+    that fails (a full disk), named as such."""
+    try:
+        out = open(dst, "wb")
+    except OSError as e:
+        raise HubError(f"cannot write {dst}: {os_reason(e)}") from None
+    done, total = 0, None
+    with out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = response.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                with _progress(total, os.path.basename(str(dst))) as bar:
+                    while chunk := response.read(1 << 20):
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise HubError(f"cannot write {dst}: {os_reason(e)}") from None
+                        done += len(chunk)
+                        bar.update(len(chunk))
+        except urllib.error.HTTPError as e:
+            raise HubError(f"download of {url} failed: HTTP {e.code} {clip(e.reason)}") from None
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise HubError(f"download of {url} failed (no network, or the connection dropped): "
+                           f"{clip(str(reason), 200)}") from None
+        try:
+            out.flush()
+        except OSError as e:
+            raise HubError(f"cannot write {dst}: {os_reason(e)}") from None
+    if total is not None and done != total:
+        raise HubError(f"download of {url} was interrupted: {done} of {total} bytes arrived")
+
+
+def download_hf(source: dict, workdir: Path) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:  # pragma: no cover - a dependency of vitops
+        raise HubError("downloading from the Hugging Face hub needs huggingface_hub") from e
+    try:
+        return Path(hf_hub_download(repo_id=source["hf_repo"], filename=source["filename"],
+                                    revision=source.get("revision"), cache_dir=workdir))
+    except Exception as e:  # noqa: BLE001 - network, auth, missing file: all end here
+        raise HubError(f"download of {source['hf_repo']}/{source['filename']} from the Hugging Face "
+                       f"hub failed (no network?): {type(e).__name__}: {clip(str(e), 300)}") from None

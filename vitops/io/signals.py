@@ -1,0 +1,54 @@
+"""SIGTERM as a clean exit: temporaries removed and `finally` blocks run, as on Ctrl-C.
+
+A program (the CLI's main) calls `exit_on_sigterm` once; a handler it installed itself is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+
+class _SignalExit(SystemExit):
+    """The SystemExit a signal raised (told apart from the program's own)."""
+
+
+def _raise_exit(signum, frame):
+    raise _SignalExit(128 + signum)
+
+
+_previous_unraisablehook = None
+
+
+def _redeliver_lost_exit(unraisable):
+    # A signal handler's exception is lost when the signal lands while Python runs a gc callback,
+    # a __del__ or a weakref callback (jax registers a gc callback): Python only prints it as
+    # "Exception ignored". Send the signal again, from a thread and a moment later so the handler
+    # does not run inside this hook (or the same callback); it repeats until the exit is raised
+    # where it can end the program.
+    if isinstance(unraisable.exc_value, _SignalExit):
+        again = threading.Timer(0.02, os.kill, (os.getpid(), unraisable.exc_value.code - 128))
+        again.daemon = True
+        again.start()
+    elif _previous_unraisablehook is not None:
+        _previous_unraisablehook(unraisable)
+
+
+def exit_on_sigterm() -> bool:
+    """Make SIGTERM raise SystemExit(143) in the main thread, so temporaries are removed and
+    `finally` blocks run as on Ctrl-C. For programs (the CLI's main); a handler the program
+    installed itself is kept. Returns whether the handler is now vitops'."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _raise_exit:
+        return True
+    if current not in (signal.SIG_DFL, None):
+        return False
+    signal.signal(signal.SIGTERM, _raise_exit)
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _redeliver_lost_exit:
+        _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _redeliver_lost_exit
+    return True
