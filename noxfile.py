@@ -28,8 +28,10 @@ _MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
 def _require(session, *modules):
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        session.error(f"{', '.join(missing)} not installed in {sys.executable}; install the test "
-                      "environment first (README, 'Run the tests')")
+        session.error(
+            f"{', '.join(missing)} not installed in {sys.executable}; install the test "
+            "environment first (README, 'Run the tests')"
+        )
 
 
 def _env(backend):
@@ -41,8 +43,17 @@ def _tests_session(backend):
     def tests(session):
         """The whole suite (but the parity check) on one backend."""
         _require(session, _MODULES[backend], "timm", "pytest", "vitops")
-        session.run(sys.executable, "-m", "pytest", "-m", "not parity", "-q", *session.posargs,
-                    env=_env(backend), external=True)
+        session.run(
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "not parity",
+            "-q",
+            *session.posargs,
+            env=_env(backend),
+            external=True,
+        )
 
     return tests
 
@@ -78,8 +89,9 @@ for _backend in BACKENDS:
 def parity(session):
     """The same models and images on jax, torch and tensorflow, compared with each other."""
     _require(session, *_MODULES.values(), "timm", "pytest", "vitops")
-    session.run(sys.executable, "-m", "pytest", "-m", "parity", "-q", *session.posargs,
-                env=_env("jax"), external=True)
+    session.run(
+        sys.executable, "-m", "pytest", "-m", "parity", "-q", *session.posargs, env=_env("jax"), external=True
+    )
 
 
 @nox.session(name="browser", venv_backend="none")
@@ -95,10 +107,28 @@ def browser(session):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             session.error("Chromium is not installed; install it (Debian: apt-get install chromium)")
         session.run("apt-get", "update", "-qq", external=True)
-        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", external=True,
-                    env={"DEBIAN_FRONTEND": "noninteractive"})
-    session.run(sys.executable, "-m", "pytest", "-q", "tests/test_report.py", "-k", "browser",
-                *session.posargs, env={**_env("jax"), "VITOPS_REQUIRE_BROWSER": "1"}, external=True)
+        session.run(
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "chromium",
+            external=True,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+        )
+    session.run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "tests/test_report.py",
+        "-k",
+        "browser",
+        *session.posargs,
+        env={**_env("jax"), "VITOPS_REQUIRE_BROWSER": "1"},
+        external=True,
+    )
 
 
 @nox.session(name="fuzz", venv_backend="none")
@@ -106,8 +136,13 @@ def fuzz(session):
     """Mutated weight files, configs and images (benchmarks/fuzz.py): only vitops' errors, bounded
     time and memory. `-- --cases 2000 --seed S` for the long run; the default is a short one."""
     _require(session, "jax", "vitops")
-    session.run(sys.executable, "benchmarks/fuzz.py", *(session.posargs or ["--cases", "200"]),
-                env=_env("jax"), external=True)
+    session.run(
+        sys.executable,
+        "benchmarks/fuzz.py",
+        *(session.posargs or ["--cases", "200"]),
+        env=_env("jax"),
+        external=True,
+    )
 
 
 @nox.session(name="install-jax", venv_backend="venv")

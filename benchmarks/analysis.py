@@ -18,15 +18,15 @@ import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from timing import interleaved
 
-from vitops import analysis  # noqa: E402
-from vitops._backend import compiled  # noqa: E402
-from timing import interleaved  # noqa: E402
-
+from vitops import analysis
+from vitops._backend import compiled
 
 # ---- the keras-io example's code ("Investigating Vision Transformer representations") ----
+
 
 def example_compute_distance_matrix(patch_size, num_patches, length):
     distance_matrix = np.zeros((num_patches, num_patches))
@@ -58,7 +58,7 @@ def example_rollout_cls(attention_score_dict, num_cls_tokens=1):
     image overlay: one image's dict of (1, H, T, T) blocks."""
     from keras import ops
 
-    attn_mat = ops.stack([attention_score_dict[k] for k in attention_score_dict.keys()])
+    attn_mat = ops.stack([attention_score_dict[k] for k in attention_score_dict])
     attn_mat = ops.squeeze(attn_mat, axis=1)
     attn_mat = ops.mean(attn_mat, axis=1)
     residual_attn = ops.eye(attn_mat.shape[1])
@@ -101,6 +101,7 @@ def example_calculate_cka_similarity(feat1, feat2):
 
 
 # ---- harness ----
+
 
 @compiled
 def read_all(blocks):
@@ -149,8 +150,12 @@ def main():
     def record(name, ours, theirs, check, numpy_port=None, t_ours=None):
         t_ours = median_time(ours, args.repeats) if t_ours is None else t_ours
         t_theirs = median_time(theirs, max(1, args.repeats // 2))
-        results[name] = {"vitops_s": t_ours, "example_s": t_theirs, "speedup": t_theirs / t_ours,
-                         "max_abs_diff": check}
+        results[name] = {
+            "vitops_s": t_ours,
+            "example_s": t_theirs,
+            "speedup": t_theirs / t_ours,
+            "max_abs_diff": check,
+        }
         if numpy_port is not None:
             t_np = median_time(numpy_port, max(1, args.repeats // 2))
             results[name].update(example_numpy_s=t_np, speedup_vs_numpy=t_np / t_ours)
@@ -163,18 +168,27 @@ def main():
 
     # CLS attention rollout, every image of the batch
     ours = lambda: sync(analysis.cls_rollout(blocks))
-    theirs = lambda: np.stack([example_rollout_cls({f"block_{l}": a[i:i + 1] for l, a in enumerate(blocks)})
-                               for i in range(args.batch)])
-    port = lambda: np.stack([example_rollout_cls_numpy([a[i:i + 1] for a in blocks_np])
-                             for i in range(args.batch)])
+    theirs = lambda: np.stack(
+        [
+            example_rollout_cls({f"block_{b}": a[i : i + 1] for b, a in enumerate(blocks)})
+            for i in range(args.batch)
+        ]
+    )
+    port = lambda: np.stack(
+        [example_rollout_cls_numpy([a[i : i + 1] for a in blocks_np]) for i in range(args.batch)]
+    )
     # The bound: every attention entry must be read once (all but the last block's non-CLS
     # rows). A plain sum over the same tensors, the same way, is that read; timed round by
     # round with vitops' rollout.
     t_ours, t_read = median_times_interleaved([ours, lambda: sync(read_all(blocks))], args.repeats)
-    record("cls_rollout", ours, theirs, float(np.abs(ours() - theirs()).max()), numpy_port=port,
-           t_ours=t_ours)
-    results["cls_rollout"].update(read_once_s=t_read, vitops_over_read=t_ours / t_read,
-                                  speedup_bound=results["cls_rollout"]["example_s"] / t_read)
+    record(
+        "cls_rollout", ours, theirs, float(np.abs(ours() - theirs()).max()), numpy_port=port, t_ours=t_ours
+    )
+    results["cls_rollout"].update(
+        read_once_s=t_read,
+        vitops_over_read=t_ours / t_read,
+        speedup_bound=results["cls_rollout"]["example_s"] / t_read,
+    )
 
     # 13 x 13 layer CKA matrix over 512 examples
     def ours():
@@ -186,19 +200,36 @@ def main():
     # ours is the unbiased (debiased) estimator, the example's the biased one: report both values
     o, t = ours(), theirs()
     record("cka_matrix", ours, theirs, float(np.abs(o - t).max()))
-    results["cka_matrix"]["note"] = ("vitops: minibatch (unbiased HSIC) CKA, all pairs in one matmul; "
-                                     "example: biased feature-space CKA pair by pair; on independent "
-                                     "random features the two estimators differ by design")
+    results["cka_matrix"]["note"] = (
+        "vitops: minibatch (unbiased HSIC) CKA, all pairs in one matmul; "
+        "example: biased feature-space CKA pair by pair; on independent "
+        "random features the two estimators differ by design"
+    )
 
-    print(json.dumps({
-        "benchmark": "analysis_kernels", "backend": keras.config.backend(),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor()},
-        "shapes": {"blocks": args.blocks, "heads": args.heads, "tokens": args.tokens,
-                   "batch": args.batch, "cka_layers": layers, "cka_examples": args.examples,
-                   "cka_features": args.features},
-        "results": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "analysis_kernels",
+                "backend": keras.config.backend(),
+                "machine": {
+                    "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "processor": platform.processor(),
+                },
+                "shapes": {
+                    "blocks": args.blocks,
+                    "heads": args.heads,
+                    "tokens": args.tokens,
+                    "batch": args.batch,
+                    "cka_layers": layers,
+                    "cka_examples": args.examples,
+                    "cka_features": args.features,
+                },
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

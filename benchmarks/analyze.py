@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 try:  # import torch before TensorFlow when both are installed
@@ -38,18 +39,21 @@ try:  # import torch before TensorFlow when both are installed
 except ImportError:
     torch = timm = None
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vitops  # noqa: E402
-from analysis import (example_calculate_cka_similarity, example_compute_mean_attention_dist,  # noqa: E402
-                      example_rollout_cls_numpy)
-from forward import make_checkpoint  # noqa: E402
-from vitops.backend import compile as _compile  # noqa: E402
-from vitops.backend import distribute as _distribute  # noqa: E402
-from vitops.preprocess import preprocess  # noqa: E402
-from vitops.app.commands import analyze  # noqa: E402
+from analysis import (
+    example_calculate_cka_similarity,
+    example_compute_mean_attention_dist,
+    example_rollout_cls_numpy,
+)
+from forward import make_checkpoint
+
+import vitops
+from vitops.app.commands import analyze
+from vitops.backend import compile as _compile
+from vitops.preprocess import preprocess
 
 
 def photos(folder: str, n: int, seed: int = 0) -> list[str]:
@@ -60,8 +64,9 @@ def photos(folder: str, n: int, seed: int = 0) -> list[str]:
 
     sources = list(load_sample_images().images)  # RGB
     with cbook.get_sample_data("grace_hopper.jpg") as f:
-        sources.append(cv2.cvtColor(cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR),
-                                    cv2.COLOR_BGR2RGB))
+        sources.append(
+            cv2.cvtColor(cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        )
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
@@ -69,11 +74,13 @@ def photos(folder: str, n: int, seed: int = 0) -> list[str]:
         h, w = src.shape[:2]
         ch, cw = int(rng.integers(h // 2, h + 1)), int(rng.integers(w // 2, w + 1))
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = src[y:y + ch, x:x + cw]
+        crop = src[y : y + ch, x : x + cw]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         path = os.path.join(folder, f"photo_{i:05d}.jpg")
-        cv2.imwrite(path, cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(
+            path, cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+        )
         paths.append(path)
     return paths
 
@@ -83,13 +90,15 @@ def baseline(ref, images, size, family, batch, patch):
     prefix = 1
     distances, rollouts, cls = [], [], []
     for s in range(0, len(images), batch):
-        x = preprocess(images[s:s + batch], size=size, family=family)
+        x = preprocess(images[s : s + batch], size=size, family=family)
         maps, hidden = [], []
-        hooks = [ref.blocks[0].register_forward_pre_hook(lambda m, a: hidden.append(a[0][:, 0].numpy()))]
+        hooks = [ref.blocks[0].register_forward_pre_hook(lambda m, a, h=hidden: h.append(a[0][:, 0].numpy()))]
         for blk in ref.blocks:
             blk.attn.fused_attn = False
-            hooks.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o.numpy())))
-            hooks.append(blk.register_forward_hook(lambda m, i, o: hidden.append(o[:, 0].numpy())))
+            hooks.append(
+                blk.attn.attn_drop.register_forward_hook(lambda m, i, o, a=maps: a.append(o.numpy()))
+            )
+            hooks.append(blk.register_forward_hook(lambda m, i, o, h=hidden: h.append(o[:, 0].numpy())))
         try:
             with torch.no_grad():
                 ref(torch.from_numpy(x).permute(0, 3, 1, 2))
@@ -97,7 +106,7 @@ def baseline(ref, images, size, family, batch, patch):
             for h in hooks:
                 h.remove()
         distances.append(np.stack([example_compute_mean_attention_dist(patch, a, prefix) for a in maps], 1))
-        rollouts.extend(example_rollout_cls_numpy([a[i:i + 1] for a in maps]) for i in range(len(x)))
+        rollouts.extend(example_rollout_cls_numpy([a[i : i + 1] for a in maps]) for i in range(len(x)))
         cls.append(np.stack(hidden))  # (L + 1, b, D)
     feats = np.concatenate(cls, axis=1)
     cka = np.array([[example_calculate_cka_similarity(a, b) for b in feats] for a in feats])
@@ -112,7 +121,7 @@ def cost(args):
         model = vitops.load(ck)
         images = photos(tmp, args.large)
         config = model.config
-        x = preprocess(images[:args.batch], size=config.image_size, family=config.family)
+        x = preprocess(images[: args.batch], size=config.image_size, family=config.family)
         out = os.path.join(tmp, "report")
 
         def forward():  # per-image time of the plain pass, over as many images as `small`
@@ -124,13 +133,16 @@ def cost(args):
 
         runners = {"forward": forward, "analyze_small": run(args.small), "analyze_large": run(args.large)}
         if ref is not None and not args.no_baseline:
-            runners["people_today"] = lambda: baseline(ref, images, config.image_size, config.family, args.batch,
-                                                       config.patch_size)
+            runners["people_today"] = lambda: baseline(
+                ref, images, config.image_size, config.family, args.batch, config.patch_size
+            )
         # warm-up: compilation and caches, on one batch each
         forward()
         run(args.batch)()
         if "people_today" in runners:
-            baseline(ref, images[:args.batch], config.image_size, config.family, args.batch, config.patch_size)
+            baseline(
+                ref, images[: args.batch], config.image_size, config.family, args.batch, config.patch_size
+            )
         times = {k: [] for k in runners}
         for _ in range(args.rounds):
             for k, fn in runners.items():
@@ -140,12 +152,25 @@ def cost(args):
     med = {k: float(np.median(v)) for k, v in times.items()}
     per_image_forward = med["forward"] / (max(1, args.small // args.batch) * args.batch)
     marginal = (med["analyze_large"] - med["analyze_small"]) / (args.large - args.small)
-    results = {"seconds": med, "all_rounds": times, "forward_s_per_image": per_image_forward,
-               "analyze_marginal_s_per_image": marginal, "marginal_over_forward": marginal / per_image_forward}
+    results = {
+        "seconds": med,
+        "all_rounds": times,
+        "forward_s_per_image": per_image_forward,
+        "analyze_marginal_s_per_image": marginal,
+        "marginal_over_forward": marginal / per_image_forward,
+    }
     if "people_today" in med:
         results["people_today_over_vitops_large"] = med["people_today"] / med["analyze_large"]
-    return {"benchmark": "analyze_cost", "backend": backend, "variant": args.variant, "batch": args.batch,
-            "small": args.small, "large": args.large, "rounds": args.rounds, "results": results}
+    return {
+        "benchmark": "analyze_cost",
+        "backend": backend,
+        "variant": args.variant,
+        "batch": args.batch,
+        "small": args.small,
+        "large": args.large,
+        "rounds": args.rounds,
+        "results": results,
+    }
 
 
 def memory(args):
@@ -156,18 +181,32 @@ def memory(args):
         results = {}
         for n in (args.small, args.large):
             out = os.path.join(tmp, f"report{n}")
-            code = ("import resource, sys, vitops.app.commands as r; "
-                    f"r.analyze({ck!r}, sys.argv[1:], {out!r}, batch_size={args.batch}, progress=False); "
-                    "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
-            proc = subprocess.run([sys.executable, "-c", code, *images[:n]], capture_output=True, text=True,
-                                  env=os.environ.copy())
+            code = (
+                "import resource, sys, vitops.app.commands as r; "
+                f"r.analyze({ck!r}, sys.argv[1:], {out!r}, batch_size={args.batch}, progress=False); "
+                "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
+            )
+            proc = subprocess.run(
+                [sys.executable, "-c", code, *images[:n]],
+                capture_output=True,
+                text=True,
+                env=os.environ.copy(),
+            )
             if proc.returncode:
                 raise SystemExit(proc.stderr[-3000:])
-            results[n] = {"peak_rss_mb": int(proc.stdout.split()[-1]) / 1024,
-                          "report_html_mb": os.path.getsize(os.path.join(out, "report.html")) / 2**20}
+            results[n] = {
+                "peak_rss_mb": int(proc.stdout.split()[-1]) / 1024,
+                "report_html_mb": os.path.getsize(os.path.join(out, "report.html")) / 2**20,
+            }
     ratio = results[args.large]["peak_rss_mb"] / results[args.small]["peak_rss_mb"]
-    return {"benchmark": "analyze_memory", "backend": keras.config.backend(), "variant": args.variant,
-            "batch": args.batch, "results": results, "peak_ratio_large_over_small": ratio}
+    return {
+        "benchmark": "analyze_memory",
+        "backend": keras.config.backend(),
+        "variant": args.variant,
+        "batch": args.batch,
+        "results": results,
+        "peak_ratio_large_over_small": ratio,
+    }
 
 
 def main():
@@ -181,8 +220,14 @@ def main():
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
     result = cost(args) if args.what == "cost" else memory(args)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     result["machine"] = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
     print(json.dumps(result, indent=2))
 

@@ -23,18 +23,18 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 try:  # import torch before TensorFlow when both are installed
-    import torch
     import timm
+    import torch
 except ImportError:
     torch = timm = None
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from timing import interleaved
 
-import vitops  # noqa: E402
-from vitops.backend import compile as _compile  # noqa: E402
-from vitops.backend import distribute as _distribute  # noqa: E402
-from timing import interleaved  # noqa: E402
+import vitops
+from vitops.backend import compile as _compile
+from vitops.backend import distribute as _distribute
 
 
 def vit_flops(config, image_size) -> float:
@@ -85,9 +85,16 @@ def make_checkpoint(variant: str, path: str):
         from safetensors.torch import save_file
 
         torch.manual_seed(0)
-        name = variant if not variant.startswith("dino_") else {
-            "dino_vits16": "vit_small_patch16_224", "dino_vits8": "vit_small_patch8_224",
-            "dino_vitb16": "vit_base_patch16_224", "dino_vitb8": "vit_base_patch8_224"}[variant]
+        name = (
+            variant
+            if not variant.startswith("dino_")
+            else {
+                "dino_vits16": "vit_small_patch16_224",
+                "dino_vits8": "vit_small_patch8_224",
+                "dino_vitb16": "vit_base_patch16_224",
+                "dino_vitb8": "vit_base_patch8_224",
+            }[variant]
+        )
         ref = timm.create_model(name, pretrained=False, num_classes=config.num_classes).eval()
         src = path + ".timm.safetensors"
         save_file(ref.state_dict(), src)
@@ -105,12 +112,19 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--modes", default="predict,attention",
-                        help="comma list of: predict, attention, call (torch), torch_compile")
+    parser.add_argument(
+        "--modes",
+        default="predict,attention",
+        help="comma list of: predict, attention, call (torch), torch_compile",
+    )
     parser.add_argument("--no-timm", action="store_true", help="skip the timm reference")
-    parser.add_argument("--devices", type=int, default=1,
-                        help="JAX: also run data-parallel over this many devices (batch per device = --batch); "
-                        "on a CPU, simulate them with XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="JAX: also run data-parallel over this many devices (batch per device = --batch); "
+        "on a CPU, simulate them with XLA_FLAGS=--xla_force_host_platform_device_count=N",
+    )
     args = parser.parse_args()
     modes = args.modes.split(",")
     backend = keras.config.backend()
@@ -189,34 +203,58 @@ def main():
     for k, ts in times.items():
         t = float(np.median(ts))
         images = args.batch * (args.devices if k == f"vitops_infer_{args.devices}_devices" else 1)
-        results[k] = {"images_per_s": images / t, "seconds_per_batch": t,
-                      "gflops_per_s": flops * images / args.batch / t / 1e9,
-                      "share_of_matmul_peak": flops * images / args.batch / t / 1e9 / peak}
+        results[k] = {
+            "images_per_s": images / t,
+            "seconds_per_batch": t,
+            "gflops_per_s": flops * images / args.batch / t / 1e9,
+            "share_of_matmul_peak": flops * images / args.batch / t / 1e9 / peak,
+        }
     if "timm" in results:
         for k in results:
             results[k]["ratio_to_timm"] = results[k]["images_per_s"] / results["timm"]["images_per_s"]
     if "vitops_predict_on_batch" in results and "vitops_predict_on_batch_attention" in results:
-        results["attention_cost"] = 1 - (results["vitops_predict_on_batch_attention"]["images_per_s"]
-                                         / results["vitops_predict_on_batch"]["images_per_s"])
+        results["attention_cost"] = 1 - (
+            results["vitops_predict_on_batch_attention"]["images_per_s"]
+            / results["vitops_predict_on_batch"]["images_per_s"]
+        )
     if args.devices > 1:
         one = results["vitops_infer_1_device"]["images_per_s"]
         many = results[f"vitops_infer_{args.devices}_devices"]["images_per_s"]
-        results["data_parallel"] = {"devices": args.devices, "total_images_per_s": many,
-                                    "per_device_images_per_s": many / args.devices,
-                                    "one_device_images_per_s": one,
-                                    "scaling_efficiency": many / (args.devices * one)}
+        results["data_parallel"] = {
+            "devices": args.devices,
+            "total_images_per_s": many,
+            "per_device_images_per_s": many / args.devices,
+            "one_device_images_per_s": one,
+            "scaling_efficiency": many / (args.devices * one),
+        }
     if "vitops_call" in results and "vitops_call_attention" in results:
-        results["attention_cost_call"] = 1 - (results["vitops_call_attention"]["images_per_s"]
-                                              / results["vitops_call"]["images_per_s"])
-    print(json.dumps({
-        "benchmark": "forward", "backend": backend, "variant": args.variant, "batch": args.batch,
-        "dtype": args.dtype, "image_size": list(size), "gflop_per_image": vit_flops(config, size) / 1e9,
-        "matmul_peak_gflops": peak, "rounds": args.rounds,
-        "versions": {"keras": keras.__version__, "torch": getattr(torch, "__version__", None),
-                     "timm": getattr(timm, "__version__", None), "python": sys.version.split()[0]},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "results": results,
-    }, indent=2))
+        results["attention_cost_call"] = 1 - (
+            results["vitops_call_attention"]["images_per_s"] / results["vitops_call"]["images_per_s"]
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "forward",
+                "backend": backend,
+                "variant": args.variant,
+                "batch": args.batch,
+                "dtype": args.dtype,
+                "image_size": list(size),
+                "gflop_per_image": vit_flops(config, size) / 1e9,
+                "matmul_peak_gflops": peak,
+                "rounds": args.rounds,
+                "versions": {
+                    "keras": keras.__version__,
+                    "torch": getattr(torch, "__version__", None),
+                    "timm": getattr(timm, "__version__", None),
+                    "python": sys.version.split()[0],
+                },
+                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

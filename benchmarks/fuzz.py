@@ -5,8 +5,8 @@
 
 Kinds of case (chosen per case; each case is a function of (seed, index) alone, so any case
 can be re-run with --start I --cases 1):
-  weights  a small vitops file (and the shipped digits_vit) with mutated header bytes, header length, data bytes, offsets,
-           shapes, dtypes, tensor names, config fields, metadata (format_version, labels,
+  weights  a small vitops file (and the shipped digits_vit) with mutated header bytes, header
+           length, data bytes, offsets, shapes, dtypes, tensor names, config fields, metadata (format_version, labels,
            preprocessing), non-finite values; then vitops.load and a forward pass
   hf       a Hugging Face folder with mutated config.json / preprocessor_config.json fields,
            bytes or files; then vitops.convert, and load and run what converts
@@ -36,28 +36,71 @@ import sys
 import tempfile
 import time
 import zlib
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 KINDS = ("weights", "hf", "images")
 # How often each kind is drawn: the weight file is the main contract.
 KIND_WEIGHTS = (0.7, 0.15, 0.15)
 # Values a hostile file may put anywhere a number, string or list is expected.
-HOSTILE = [0, -1, 1, 3, 2**31, 10**6, 10**9, 10**30, -10**9, 1e308, -1e-300, 1e-45, 4.0, 64.0,
-           0.5, True, False, None, "x", "", "64", "vit", [], {}, [64], [32, 32, 3], [32, -32],
-           [1e300, 1e300], float("inf"), float("nan"), "\u0000" * 8, "a" * 5000, {"a": [1, {"b": 2}]}]
+HOSTILE = [
+    0,
+    -1,
+    1,
+    3,
+    2**31,
+    10**6,
+    10**9,
+    10**30,
+    -(10**9),
+    1e308,
+    -1e-300,
+    1e-45,
+    4.0,
+    64.0,
+    0.5,
+    True,
+    False,
+    None,
+    "x",
+    "",
+    "64",
+    "vit",
+    [],
+    {},
+    [64],
+    [32, 32, 3],
+    [32, -32],
+    [1e300, 1e300],
+    float("inf"),
+    float("nan"),
+    "\u0000" * 8,
+    "a" * 5000,
+    {"a": [1, {"b": 2}]},
+]
 DEEP = "[" * 50000 + "]" * 50000
 
 
 # ---- the base inputs ----
 
+
 def base_config():
     from vitops.core.config import ViTConfig
 
-    return ViTConfig(image_size=32, patch_size=16, dim=64, depth=2, num_heads=2, mlp_dim=96,
-                     num_classes=5, family="deit", name="fuzz")
+    return ViTConfig(
+        image_size=32,
+        patch_size=16,
+        dim=64,
+        depth=2,
+        num_heads=2,
+        mlp_dim=96,
+        num_classes=5,
+        family="deit",
+        name="fuzz",
+    )
 
 
 def random_params(config, rng):
@@ -84,8 +127,16 @@ def make_bases(folder):
     params = random_params(config, rng)
     base = os.path.join(folder, "base.safetensors")
     # labels and preprocessing as plain metadata (the keyword arguments would do the same)
-    vitops.save(base, params, config, {"source_format": "fuzz", "labels": json.dumps(["a", "b, c", "d", "e", "f"]),
-                                       "preprocessing": Preprocessing.for_family("deit", 32).to_json()})
+    vitops.save(
+        base,
+        params,
+        config,
+        {
+            "source_format": "fuzz",
+            "labels": json.dumps(["a", "b, c", "d", "e", "f"]),
+            "preprocessing": Preprocessing.for_family("deit", 32).to_json(),
+        },
+    )
     hf = os.path.join(folder, "hf")
     os.makedirs(hf)
     write_hf(hf, params, config)
@@ -96,7 +147,7 @@ def make_bases(folder):
     images = {ext: cv2.imencode(ext, img)[1].tobytes() for ext in (".png", ".jpg", ".bmp", ".tiff")}
     images[".16.png"] = cv2.imencode(".png", (img.astype(np.uint16) * 257))[1].tobytes()
     images[".f.tiff"] = cv2.imencode(".tiff", img.astype(np.float32) / 255)[1].tobytes()
-    weights = [open(base, "rb").read()] + ([open(digits, "rb").read()] if digits else [])
+    weights = [Path(base).read_bytes()] + ([Path(digits).read_bytes()] if digits else [])
     return {"weights": weights, "hf": hf, "images": images}
 
 
@@ -105,36 +156,61 @@ def write_hf(folder, params, config):
     from safetensors.numpy import save_file
 
     d, p = config.dim, config.patch_size
-    t = {"vit.embeddings.cls_token": params["cls_token"].reshape(1, 1, d),
-         "vit.embeddings.position_embeddings": params["pos_embed"][None],
-         "vit.embeddings.patch_embeddings.projection.weight": params["patch_embed.kernel"].transpose(3, 2, 0, 1),
-         "vit.embeddings.patch_embeddings.projection.bias": params["patch_embed.bias"],
-         "vit.layernorm.weight": params["norm.scale"], "vit.layernorm.bias": params["norm.bias"],
-         "classifier.weight": params["head.kernel"].T, "classifier.bias": params["head.bias"]}
+    t = {
+        "vit.embeddings.cls_token": params["cls_token"].reshape(1, 1, d),
+        "vit.embeddings.position_embeddings": params["pos_embed"][None],
+        "vit.embeddings.patch_embeddings.projection.weight": params["patch_embed.kernel"].transpose(
+            3, 2, 0, 1
+        ),
+        "vit.embeddings.patch_embeddings.projection.bias": params["patch_embed.bias"],
+        "vit.layernorm.weight": params["norm.scale"],
+        "vit.layernorm.bias": params["norm.bias"],
+        "classifier.weight": params["head.kernel"].T,
+        "classifier.bias": params["head.bias"],
+    }
     for i in range(config.depth):
         b, h = f"blocks.{i}.", f"vit.encoder.layer.{i}."
         qkv_k, qkv_b = params[b + "attn.qkv.kernel"], params[b + "attn.qkv.bias"]
         for j, n in enumerate(("query", "key", "value")):
-            t[h + f"attention.attention.{n}.weight"] = qkv_k[:, j * d:(j + 1) * d].T
-            t[h + f"attention.attention.{n}.bias"] = qkv_b[j * d:(j + 1) * d]
-        t.update({h + "attention.output.dense.weight": params[b + "attn.proj.kernel"].T,
-                  h + "attention.output.dense.bias": params[b + "attn.proj.bias"],
-                  h + "intermediate.dense.weight": params[b + "mlp.fc1.kernel"].T,
-                  h + "intermediate.dense.bias": params[b + "mlp.fc1.bias"],
-                  h + "output.dense.weight": params[b + "mlp.fc2.kernel"].T,
-                  h + "output.dense.bias": params[b + "mlp.fc2.bias"],
-                  h + "layernorm_before.weight": params[b + "norm1.scale"],
-                  h + "layernorm_before.bias": params[b + "norm1.bias"],
-                  h + "layernorm_after.weight": params[b + "norm2.scale"],
-                  h + "layernorm_after.bias": params[b + "norm2.bias"]})
+            t[h + f"attention.attention.{n}.weight"] = qkv_k[:, j * d : (j + 1) * d].T
+            t[h + f"attention.attention.{n}.bias"] = qkv_b[j * d : (j + 1) * d]
+        t.update(
+            {
+                h + "attention.output.dense.weight": params[b + "attn.proj.kernel"].T,
+                h + "attention.output.dense.bias": params[b + "attn.proj.bias"],
+                h + "intermediate.dense.weight": params[b + "mlp.fc1.kernel"].T,
+                h + "intermediate.dense.bias": params[b + "mlp.fc1.bias"],
+                h + "output.dense.weight": params[b + "mlp.fc2.kernel"].T,
+                h + "output.dense.bias": params[b + "mlp.fc2.bias"],
+                h + "layernorm_before.weight": params[b + "norm1.scale"],
+                h + "layernorm_before.bias": params[b + "norm1.bias"],
+                h + "layernorm_after.weight": params[b + "norm2.scale"],
+                h + "layernorm_after.bias": params[b + "norm2.bias"],
+            }
+        )
     save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, os.path.join(folder, "model.safetensors"))
-    cfg = {"model_type": "vit", "hidden_size": d, "num_hidden_layers": config.depth,
-           "num_attention_heads": config.num_heads, "intermediate_size": config.mlp_dim,
-           "image_size": config.image_size[0], "patch_size": p, "layer_norm_eps": 1e-12,
-           "hidden_act": "gelu", "qkv_bias": True, "num_channels": 3,
-           "id2label": {str(i): f"class {i}" for i in range(config.num_classes)}}
-    pre = {"do_resize": True, "size": {"height": 32, "width": 32}, "resample": 3, "image_mean": [0.5] * 3,
-           "image_std": [0.5] * 3, "do_normalize": True}
+    cfg = {
+        "model_type": "vit",
+        "hidden_size": d,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.mlp_dim,
+        "image_size": config.image_size[0],
+        "patch_size": p,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+        "qkv_bias": True,
+        "num_channels": 3,
+        "id2label": {str(i): f"class {i}" for i in range(config.num_classes)},
+    }
+    pre = {
+        "do_resize": True,
+        "size": {"height": 32, "width": 32},
+        "resample": 3,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+        "do_normalize": True,
+    }
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f)
     with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
@@ -143,9 +219,10 @@ def write_hf(folder, params, config):
 
 # ---- weight-file mutations ----
 
+
 def split(data):
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def join(header, body, pad=True):
@@ -167,8 +244,25 @@ def mutate_weights(data, rng):
     """(mutation name, bytes) of one mutated vitops file."""
     header, body = split(data)
     n = int.from_bytes(data[:8], "little")
-    kind = pick(rng, ["header_bytes", "header_length", "data_bytes", "truncate", "extend", "config_field",
-                      "config_text", "metadata", "dtype", "offsets", "shape", "names", "values", "combined"])
+    kind = pick(
+        rng,
+        [
+            "header_bytes",
+            "header_length",
+            "data_bytes",
+            "truncate",
+            "extend",
+            "config_field",
+            "config_text",
+            "metadata",
+            "dtype",
+            "offsets",
+            "shape",
+            "names",
+            "values",
+            "combined",
+        ],
+    )
     if kind == "header_bytes":
         out = bytearray(data)
         for _ in range(int(rng.integers(1, 9))):
@@ -183,7 +277,7 @@ def mutate_weights(data, rng):
             out[8 + n + int(rng.integers(len(body)))] = int(rng.integers(256))
         return kind, bytes(out)
     if kind == "truncate":
-        return kind, data[:int(rng.integers(len(data)))]
+        return kind, data[: int(rng.integers(len(data)))]
     if kind == "extend":
         return kind, data + bytes(rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8))
     meta = header.setdefault("__metadata__", {})
@@ -194,8 +288,21 @@ def mutate_weights(data, rng):
             config[pick(rng, sorted(config) + ["extra"])] = pick(rng, HOSTILE)
         meta["config"] = json.dumps(config)
     elif kind == "config_text":
-        meta["config"] = pick(rng, [DEEP, "[1, 2]", "null", "{", "", "{\"depth\": 1e999}", "NaN",
-                                    json.dumps({"depth": 10**9}), "{}" * 1000, "x" * 100000])
+        meta["config"] = pick(
+            rng,
+            [
+                DEEP,
+                "[1, 2]",
+                "null",
+                "{",
+                "",
+                '{"depth": 1e999}',
+                "NaN",
+                json.dumps({"depth": 10**9}),
+                "{}" * 1000,
+                "x" * 100000,
+            ],
+        )
     elif kind == "metadata":
         key = pick(rng, ["format", "format_version", "labels", "preprocessing", "config", "crop_pct"])
         if rng.random() < 0.2:
@@ -207,25 +314,45 @@ def mutate_weights(data, rng):
         elif key == "crop_pct":
             meta[key] = pick(rng, ["abc", "0", "-1", "1e999", "nan", "0.9", "1.0", ""])
         elif key == "labels":
-            meta[key] = pick(rng, [json.dumps(["a"] * 4), json.dumps(["a"] * 6), json.dumps([1, 2, 3, 4, 5]),
-                                   json.dumps(["x" * 5000] * 5), DEEP, "[", "a,b,c", "a,b,c,d,e", "[]", "{}"])
+            meta[key] = pick(
+                rng,
+                [
+                    json.dumps(["a"] * 4),
+                    json.dumps(["a"] * 6),
+                    json.dumps([1, 2, 3, 4, 5]),
+                    json.dumps(["x" * 5000] * 5),
+                    DEEP,
+                    "[",
+                    "a,b,c",
+                    "a,b,c,d,e",
+                    "[]",
+                    "{}",
+                ],
+            )
         else:
             meta[key] = pick(rng, ["999", "0", "", "vitops", "1 ", "x" * 10000, "2", "1.0"])
     elif kind == "dtype":
         for name in [pick(rng, names) for _ in range(int(rng.integers(1, 3)))]:
             entry = header[name]
-            new = pick(rng, ["I32", "U32", "F16", "BF16", "F64", "BOOL", "I8", "U8", "I64", "F8_E4M3", "X", 5])
+            new = pick(
+                rng, ["I32", "U32", "F16", "BF16", "F64", "BOOL", "I8", "U8", "I64", "F8_E4M3", "X", 5]
+            )
             entry["dtype"] = new
             if new in ("F16", "BF16") and rng.random() < 0.5 and entry["shape"]:
                 entry["shape"] = entry["shape"][:-1] + [entry["shape"][-1] * 2]  # consistent bytes
     elif kind == "offsets":
         a, b = pick(rng, names), pick(rng, names)
         if rng.random() < 0.5:
-            header[a]["data_offsets"], header[b]["data_offsets"] = header[b]["data_offsets"], header[a]["data_offsets"]
+            header[a]["data_offsets"], header[b]["data_offsets"] = (
+                header[b]["data_offsets"],
+                header[a]["data_offsets"],
+            )
         else:
             begin, end = header[a]["data_offsets"]
             shift = int(pick(rng, [-4, -1, 1, 4, 2**40, -begin - 1]))
-            header[a]["data_offsets"] = [begin + shift, end + shift] if rng.random() < 0.5 else [begin, end + shift]
+            header[a]["data_offsets"] = (
+                [begin + shift, end + shift] if rng.random() < 0.5 else [begin, end + shift]
+            )
     elif kind == "shape":
         entry = header[pick(rng, names)]
         choice = rng.random()
@@ -250,7 +377,7 @@ def mutate_weights(data, rng):
         begin, end = header[name]["data_offsets"]
         value = pick(rng, [np.nan, np.inf, -np.inf, 1e30, -3e38, 1e7, 5e5])
         position = begin + 4 * int(rng.integers(max(1, (end - begin) // 4)))
-        body[position:position + 4] = np.float32(value).tobytes()
+        body[position : position + 4] = np.float32(value).tobytes()
         body = bytes(body)
     elif kind == "combined":
         mutated = data
@@ -282,8 +409,20 @@ def run_weights(path, rng):
 
 # ---- Hugging Face folders ----
 
-HF_KEYS = ["model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-           "image_size", "patch_size", "layer_norm_eps", "hidden_act", "qkv_bias", "num_channels", "id2label"]
+HF_KEYS = [
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "image_size",
+    "patch_size",
+    "layer_norm_eps",
+    "hidden_act",
+    "qkv_bias",
+    "num_channels",
+    "id2label",
+]
 PRE_KEYS = ["size", "crop_size", "do_center_crop", "resample", "image_mean", "image_std", "crop_pct"]
 
 
@@ -296,7 +435,7 @@ def mutate_hf(base, folder, rng):
         os.remove(path)
         return f"{target}:removed"
     if choice < 0.25:
-        text = pick(rng, [DEEP, "[]", "null", "{", "", "\xff\xfe", "{\"a\": NaN}", "1e999", "{}" * 10])
+        text = pick(rng, [DEEP, "[]", "null", "{", "", "\xff\xfe", '{"a": NaN}', "1e999", "{}" * 10])
         with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
         return f"{target}:text"
@@ -306,8 +445,21 @@ def mutate_hf(base, folder, rng):
     changed = []
     for _ in range(int(rng.integers(1, 3))):
         key = pick(rng, keys)
-        value = pick(rng, HOSTILE + [{"height": -1, "width": 32}, {"shortest_edge": 0}, {"0": "a"},
-                                     {"5": "x"}, {"0": 5}, [0.5, 0.5], 2, 3, 4])
+        value = pick(
+            rng,
+            HOSTILE
+            + [
+                {"height": -1, "width": 32},
+                {"shortest_edge": 0},
+                {"0": "a"},
+                {"5": "x"},
+                {"0": 5},
+                [0.5, 0.5],
+                2,
+                3,
+                4,
+            ],
+        )
         d[key] = value
         changed.append(key)
     with open(path, "w") as f:
@@ -325,6 +477,7 @@ def run_hf(folder, rng):
 
 # ---- images ----
 
+
 def png_chunk(kind, payload):
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -332,7 +485,9 @@ def png_chunk(kind, payload):
 def png_header_only(width, height, depth=8, color=2):
     ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 16)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    )
 
 
 def mutate_image(bases, rng):
@@ -353,15 +508,19 @@ def mutate_image(bases, rng):
             for _ in range(int(rng.integers(1, 9))):
                 data[int(rng.integers(len(data)))] = int(rng.integers(256))
         else:
-            data = data[:int(rng.integers(len(data)))]
+            data = data[: int(rng.integers(len(data)))]
         return f"{kind}{ext}", ext.rsplit(".", 1)[-1] and "." + ext.rsplit(".", 1)[-1], bytes(data)
     if kind == "pixel_types":
         choice = pick(rng, ["u16", "f01", "f255", "fnan", "gray", "rgba"])
         base = rng.random((20, 24, 3))
-        image = {"u16": (base * 65535).astype(np.uint16), "f01": base.astype(np.float32),
-                 "f255": (base * 255).astype(np.float32), "fnan": np.full((20, 24, 3), np.nan, np.float32),
-                 "gray": (base[..., 0] * 255).astype(np.uint8),
-                 "rgba": (np.concatenate([base, base[..., :1]], -1) * 255).astype(np.uint8)}[choice]
+        image = {
+            "u16": (base * 65535).astype(np.uint16),
+            "f01": base.astype(np.float32),
+            "f255": (base * 255).astype(np.float32),
+            "fnan": np.full((20, 24, 3), np.nan, np.float32),
+            "gray": (base[..., 0] * 255).astype(np.uint8),
+            "rgba": (np.concatenate([base, base[..., :1]], -1) * 255).astype(np.uint8),
+        }[choice]
         ext = ".tiff" if image.dtype == np.float32 else ".png"
         return f"{kind}:{choice}", ext, cv2.imencode(ext, image)[1].tobytes()
     if kind == "empty":
@@ -376,6 +535,7 @@ def run_image(path, rng):
 
 
 # ---- running cases ----
+
 
 def make_case(index, seed, bases, folder, kinds=KINDS):
     """(kind, mutation, runner, path, rng) of case `index`: a function of (seed, index, kinds)."""
@@ -467,7 +627,9 @@ def worker(args):
                     record["outcome"] = type(e).__name__
                     record["message_chars"] = len(str(e))
                     if len(str(e)) > 4000:
-                        record.update(outcome="violation", detail=f"error message of {len(str(e)):,} characters")
+                        record.update(
+                            outcome="violation", detail=f"error message of {len(str(e)):,} characters"
+                        )
                 except CaseTimeout:
                     record.update(outcome="violation", detail=f"over {args.seconds} s")
                 except BaseException as e:  # noqa: BLE001 - exactly what the fuzzer looks for
@@ -489,9 +651,23 @@ def run(args) -> dict:
     """Run every case in worker processes; restart after a worker dies. Returns the summary."""
     records, index, end = [], args.start, args.start + args.cases
     while index < end:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--seed", str(args.seed), "--start",
-               str(index), "--cases", str(end - index), "--memory-mb", str(args.memory_mb),
-               "--seconds", str(args.seconds), "--kinds", ",".join(args.kinds)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            "--seed",
+            str(args.seed),
+            "--start",
+            str(index),
+            "--cases",
+            str(end - index),
+            "--memory-mb",
+            str(args.memory_mb),
+            "--seconds",
+            str(args.seconds),
+            "--kinds",
+            ",".join(args.kinds),
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         started = None
         for line in proc.stdout:
@@ -508,8 +684,9 @@ def run(args) -> dict:
         proc.wait()
         if index < end:  # the worker died in case `started` (or before its first)
             died = started if started is not None else index
-            records.append({"i": died, "outcome": "violation",
-                            "detail": f"worker died (exit status {proc.returncode})"})
+            records.append(
+                {"i": died, "outcome": "violation", "detail": f"worker died (exit status {proc.returncode})"}
+            )
             index = died + 1
     return summarize(records, args)
 
@@ -524,15 +701,25 @@ def summarize(records, args) -> dict:
     peaks = [r for r in records if "peak_mb" in r]
     slowest = max(timed, key=lambda r: r["seconds"], default=None)
     largest = max(peaks, key=lambda r: r["peak_mb"], default=None)
-    return {"seed": args.seed, "start": args.start, "cases": len(records), "kinds": kinds,
-            "backend": os.environ.get("KERAS_BACKEND", "tensorflow (Keras' default)"),
-            "outcomes": outcomes, "loaded_by_kind": {k: sum(1 for r in records if r.get("kind") == k
-                                                            and r["outcome"] == "loaded") for k in kinds},
-            "violations": violations[:50], "violation_count": len(violations),
-            "max_seconds": slowest and slowest["seconds"], "slowest": slowest,
-            "max_peak_mb": largest and largest["peak_mb"], "largest": largest,
-            "max_message_chars": max((r.get("message_chars", 0) for r in records), default=0),
-            "limits": {"memory_mb": args.memory_mb, "seconds": args.seconds}}
+    return {
+        "seed": args.seed,
+        "start": args.start,
+        "cases": len(records),
+        "kinds": kinds,
+        "backend": os.environ.get("KERAS_BACKEND", "tensorflow (Keras' default)"),
+        "outcomes": outcomes,
+        "loaded_by_kind": {
+            k: sum(1 for r in records if r.get("kind") == k and r["outcome"] == "loaded") for k in kinds
+        },
+        "violations": violations[:50],
+        "violation_count": len(violations),
+        "max_seconds": slowest and slowest["seconds"],
+        "slowest": slowest,
+        "max_peak_mb": largest and largest["peak_mb"],
+        "largest": largest,
+        "max_message_chars": max((r.get("message_chars", 0) for r in records), default=0),
+        "limits": {"memory_mb": args.memory_mb, "seconds": args.seconds},
+    }
 
 
 def main(argv=None) -> int:
@@ -540,9 +727,13 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", type=int, default=0, help="first case index (re-run one case)")
-    parser.add_argument("--memory-mb", type=int, default=1024, help="address space per worker beyond start-up")
+    parser.add_argument(
+        "--memory-mb", type=int, default=1024, help="address space per worker beyond start-up"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="time budget per case")
-    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {', '.join(KINDS)}")
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"comma-separated subset of {', '.join(KINDS)}"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.kinds = tuple(k for k in args.kinds.split(",") if k)

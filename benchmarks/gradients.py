@@ -26,22 +26,21 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 try:  # import torch before TensorFlow when both are installed
-    import torch
     import timm
+    import torch
 except ImportError:
     torch = timm = None
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import vitops  # noqa: E402
-from vitops.backend import compile as _compile  # noqa: E402
-from vitops.backend import distribute as _distribute  # noqa: E402
-from vitops.analysis.gradients import gradient_rollout  # noqa: E402
+import vitops
+from vitops.analysis.gradients import gradient_rollout
+from vitops.backend import compile as _compile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import make_checkpoint  # noqa: E402
-from timing import interleaved  # noqa: E402
+from forward import make_checkpoint
+from timing import interleaved
 
 
 def timm_chefer(ref, xt):
@@ -64,7 +63,7 @@ def timm_chefer(ref, xt):
             r = torch.eye(t).repeat(b, 1, 1)
             for a in attention:
                 r = r + (a.grad * a).clamp(min=0).mean(dim=1) @ r
-        return r[:, 0, ref.num_prefix_tokens:]
+        return r[:, 0, ref.num_prefix_tokens :]
     finally:
         for h in hooks:
             h.remove()
@@ -114,22 +113,43 @@ def main():
     times = interleaved(runners, args.rounds)  # two warm-up calls each: compilation, caches
 
     med = {k: float(np.median(ts)) for k, ts in times.items()}
-    results = {k: {"seconds_per_batch": med[k], "images_per_s": args.batch / med[k],
-                   "seconds_all_rounds": [float(t) for t in ts]} for k, ts in times.items()}
+    results = {
+        k: {
+            "seconds_per_batch": med[k],
+            "images_per_s": args.batch / med[k],
+            "seconds_all_rounds": [float(t) for t in ts],
+        }
+        for k, ts in times.items()
+    }
     ratios = {"vitops_rollout_over_forward": med["vitops_gradient_rollout"] / med["vitops_forward"]}
     if ref is not None:
         ratios["timm_rollout_over_forward"] = med["timm_hooks_autograd_rollout"] / med["timm_forward"]
-        ratios["vitops_rollout_over_timm_rollout"] = (med["vitops_gradient_rollout"]
-                                                      / med["timm_hooks_autograd_rollout"])
+        ratios["vitops_rollout_over_timm_rollout"] = (
+            med["vitops_gradient_rollout"] / med["timm_hooks_autograd_rollout"]
+        )
         ratios["vitops_forward_over_timm_forward"] = med["vitops_forward"] / med["timm_forward"]
-    print(json.dumps({
-        "benchmark": "gradients", "backend": backend, "variant": args.variant, "batch": args.batch,
-        "image_size": list(config.image_size), "rounds": args.rounds,
-        "versions": {"keras": keras.__version__, "torch": getattr(torch, "__version__", None),
-                     "timm": getattr(timm, "__version__", None), "python": sys.version.split()[0]},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "results": results, "ratios": ratios,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "gradients",
+                "backend": backend,
+                "variant": args.variant,
+                "batch": args.batch,
+                "image_size": list(config.image_size),
+                "rounds": args.rounds,
+                "versions": {
+                    "keras": keras.__version__,
+                    "torch": getattr(torch, "__version__", None),
+                    "timm": getattr(timm, "__version__", None),
+                    "python": sys.version.split()[0],
+                },
+                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                "results": results,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def write_file(variant, path):
 
 def measure(path):
     import keras  # noqa: F401  (the backend's import is part of the baseline, not of loading)
+
     import vitops
 
     # The imports had their own peak: reset the high-water mark (clear_refs 5 resets VmHWM),
@@ -58,9 +59,14 @@ def measure(path):
     start = time.perf_counter()
     model = vitops.load(path)
     elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "baseline_rss_mb": base, "peak_rss_mb": peak_mb(),
-            "peak_above_baseline_mb": peak_mb() - base, "rss_after_mb": rss_mb(),
-            "params": int(sum(math.prod(v.shape) for v in model.weights))}
+    return {
+        "seconds": elapsed,
+        "baseline_rss_mb": base,
+        "peak_rss_mb": peak_mb(),
+        "peak_above_baseline_mb": peak_mb() - base,
+        "rss_after_mb": rss_mb(),
+        "params": int(sum(math.prod(v.shape) for v in model.weights)),
+    }
 
 
 def main():
@@ -77,15 +83,23 @@ def main():
         path = os.path.join(tmp, "model.safetensors")
         write_file(args.variant, path)
         size_mb = os.path.getsize(path) / 2**20
-        proc = subprocess.run([sys.executable, __file__, "--measure", path], capture_output=True,
-                              text=True)
+        proc = subprocess.run([sys.executable, __file__, "--measure", path], capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"measuring process failed:\n{proc.stderr[-2000:]}")
         out = proc.stdout
     result = json.loads(out.strip().splitlines()[-1])
     result.update(file_mb=size_mb, ratio_peak_to_file=result["peak_above_baseline_mb"] / size_mb)
-    print(json.dumps({"benchmark": "load", "backend": keras.config.backend(),
-                      "variant": args.variant, "results": result}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "load",
+                "backend": keras.config.backend(),
+                "variant": args.variant,
+                "results": result,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

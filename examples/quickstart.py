@@ -9,14 +9,13 @@ arbitrary), saved exactly as timm's hub files are. With a real checkpoint the st
 import os
 import tempfile
 
-import torch  # noqa: F401  (import before TensorFlow when both are installed)
-import timm
-from safetensors.torch import save_file
-from timm.data import ImageNetInfo
-
 import keras
 import matplotlib.cbook
 import numpy as np
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.data import ImageNetInfo
 
 import vitops
 from vitops.preprocess import preprocess

@@ -6,17 +6,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # PyTorch before TensorFlow when both live in one environment, and no TF32: float32 results
 # must match across backends and against timm.
-import torch  # noqa: E402
-import timm  # noqa: E402,F401  (pulls in torch._dynamo and triton, which crash if loaded after TF)
-import transformers  # noqa: E402,F401  (the same, for its torch extensions)
+import timm  # noqa: F401  (pulls in torch._dynamo and triton, which crash if loaded after TF)
+import torch
+import transformers  # noqa: F401  (the same, for its torch extensions)
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 torch.set_float32_matmul_precision("highest")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
 BACKEND = keras.config.backend()
 

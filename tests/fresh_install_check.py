@@ -16,13 +16,17 @@ work.mkdir(parents=True, exist_ok=True)
 env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
 env.update(KERAS_HOME=str(work / "keras-home"), VITOPS_HOME=str(work / "vitops-home"), HF_HUB_OFFLINE="1")
 for missing in ("torch", "tensorflow"):
-    probe = subprocess.run([sys.executable, "-c", f"import {missing}"], capture_output=True, env=env, cwd=work)
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import {missing}"], capture_output=True, env=env, cwd=work
+    )
     assert probe.returncode != 0, f"{missing} is installed: this check needs an environment without it"
 vitops = [sys.executable, "-m", "vitops"]
 
 
 def run(*args):
-    proc = subprocess.run(vitops + list(args), capture_output=True, text=True, env=env, cwd=work)  # not the source tree
+    proc = subprocess.run(
+        vitops + list(args), capture_output=True, text=True, env=env, cwd=work
+    )  # not the source tree
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc

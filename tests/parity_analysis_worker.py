@@ -29,6 +29,8 @@ out = {
     "minibatch_cka": cka.result(),
     "position": np_(A.position_similarity(inputs["pos"])),
     "filters": np_(A.projection_filters(inputs["kernel"])),
-    "cls_cos": np_(A.cls_trajectory([inputs["fa"].reshape(16, 3, 8)] * 2 + [inputs["fb"].reshape(16, 3, 8)])[1]),
+    "cls_cos": np_(
+        A.cls_trajectory([inputs["fa"].reshape(16, 3, 8)] * 2 + [inputs["fb"].reshape(16, 3, 8)])[1]
+    ),
 }
 np.savez(sys.argv[2], backend=keras.config.backend(), **out)

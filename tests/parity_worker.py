@@ -15,9 +15,11 @@ overrides = {"pos_interp": sys.argv[4]} if len(sys.argv) > 4 else {}
 model = vitops.load(model_path, **overrides)
 images = np.load(images_path)
 out = model(images, return_attention=True, return_hidden=True)
-arrays = {"output": keras.ops.convert_to_numpy(out.get("logits", out["features"])),
-          "features": keras.ops.convert_to_numpy(out["features"]),
-          "fused": keras.ops.convert_to_numpy(model.predict_on_batch(images))}
+arrays = {
+    "output": keras.ops.convert_to_numpy(out.get("logits", out["features"])),
+    "features": keras.ops.convert_to_numpy(out["features"]),
+    "fused": keras.ops.convert_to_numpy(model.predict_on_batch(images)),
+}
 arrays.update({f"attention{i}": keras.ops.convert_to_numpy(a) for i, a in enumerate(out["attention"])})
 arrays.update({f"hidden{i}": keras.ops.convert_to_numpy(h) for i, h in enumerate(out["hidden"])})
 np.savez(out_path, backend=keras.config.backend(), **arrays)

@@ -53,8 +53,11 @@ def timm_outputs(model, images_nhwc: np.ndarray) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return {"output": out.numpy(), "attention": [a.numpy() for a in attention],
-            "hidden": [h.numpy() for h in hidden]}
+    return {
+        "output": out.numpy(),
+        "attention": [a.numpy() for a in attention],
+        "hidden": [h.numpy() for h in hidden],
+    }
 
 
 def rel_err(a, b) -> float:

@@ -5,13 +5,21 @@ import keras
 import numpy as np
 import pytest
 
-from vitops.errors import AnalysisError
-
 from vitops.analysis import (
-    AttentionDistance, MinibatchCKA, attention_heatmaps, attention_rollout, cls_rollout,
-    cls_trajectory, distance_matrix, linear_cka, mean_attention_distance, position_similarity,
-    projection_filters, rbf_cka,
+    AttentionDistance,
+    MinibatchCKA,
+    attention_heatmaps,
+    attention_rollout,
+    cls_rollout,
+    cls_trajectory,
+    distance_matrix,
+    linear_cka,
+    mean_attention_distance,
+    position_similarity,
+    projection_filters,
+    rbf_cka,
 )
+from vitops.errors import AnalysisError
 
 np_ = keras.ops.convert_to_numpy
 
@@ -26,6 +34,7 @@ def random_attention(rng, b=2, h=3, t=17, sharp=3.0):
 
 
 # ---- references (float64, loops where the definition is a loop) ----
+
 
 def ref_distance(rows, cols, p):
     n = rows * cols
@@ -105,6 +114,7 @@ def ref_rbf_gram(x, sigma):
 
 # ---- mean attention distance ----
 
+
 @pytest.mark.parametrize("grid,p", [((3, 3), 16), ((2, 5), 8), ((4, 1), 14)])
 def test_distance_matrix(grid, p):
     np.testing.assert_allclose(np_(distance_matrix(grid, p)), ref_distance(*grid, p), rtol=1e-6)
@@ -142,8 +152,9 @@ def test_streaming_distance_equals_batch_mean(rng):
     acc = AttentionDistance(patch_size=16)
     for batch in blocks:
         acc.update(batch)
-    per = np.stack([np.concatenate([ref_mad(batch[l], 16, 1, 3, 3) for batch in blocks])
-                    for l in range(4)])  # (L, images, H)
+    per = np.stack(
+        [np.concatenate([ref_mad(batch[i], 16, 1, 3, 3) for batch in blocks]) for i in range(4)]
+    )  # (L, images, H)
     res = acc.result()
     assert res["count"] == 9
     np.testing.assert_allclose(res["mean"], per.mean(1), rtol=1e-5)
@@ -151,6 +162,7 @@ def test_streaming_distance_equals_batch_mean(rng):
 
 
 # ---- rollout ----
+
 
 @pytest.mark.parametrize("fusion", ["mean", "max", "min"])
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.9])
@@ -166,8 +178,10 @@ def test_rollout_matches_reference(rng, fusion, ratio):
 
 def test_cls_rollout_of_unnormalised_maps_uses_the_exact_definition(rng):
     # rows that do not sum to 1 (here: scaled per query) must still be renormalised exactly
-    atts = [random_attention(rng, b=2, h=3, t=10) * rng.uniform(0.2, 3.0, (1, 1, 10, 1)).astype(np.float32)
-            for _ in range(3)]
+    atts = [
+        random_attention(rng, b=2, h=3, t=10) * rng.uniform(0.2, 3.0, (1, 1, 10, 1)).astype(np.float32)
+        for _ in range(3)
+    ]
     expected = ref_rollout(atts)[:, 0, 1:].reshape(2, 3, 3)
     np.testing.assert_allclose(np_(cls_rollout(atts)), expected, rtol=1e-4, atol=1e-6)
 
@@ -210,6 +224,7 @@ def test_distilled_cls_rollout_drops_both_prefix_tokens(rng):
 
 # ---- heat maps ----
 
+
 def ref_dino_masks(att, prefix, threshold):
     """DINO visualize_attention.py: sort, normalise, cumulative sum, unsort."""
     a = att[:, :, 0, prefix:].astype(np.float64)
@@ -238,11 +253,14 @@ def test_heatmaps(rng, threshold):
 
 # ---- CKA ----
 
+
 @pytest.mark.parametrize("debiased", [False, True])
 def test_linear_and_rbf_cka_match_reference(rng, debiased):
     x = rng.standard_normal((40, 5, 6)).astype(np.float32) + 3.0
     y = (x.reshape(40, -1) @ rng.standard_normal((30, 20)) + rng.standard_normal((40, 20))).astype(np.float32)
-    np.testing.assert_allclose(float(np_(linear_cka(x, y, debiased))), ref_linear_cka(x, y, debiased), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(np_(linear_cka(x, y, debiased))), ref_linear_cka(x, y, debiased), rtol=1e-4
+    )
     for sigma in (0.5, 2.0):
         expected = ref_cka_gram(ref_rbf_gram(x, sigma), ref_rbf_gram(y, sigma), debiased)
         np.testing.assert_allclose(float(np_(rbf_cka(x, y, sigma, debiased))), expected, rtol=1e-4)
@@ -281,17 +299,22 @@ def test_minibatch_cka(rng):
     np.testing.assert_allclose(fwd.result(), rev.result(), rtol=1e-6)
     np.testing.assert_allclose(np.diag(fwd.result()), 1.0, rtol=1e-6)
     np.testing.assert_allclose(fwd.result(), fwd.result().T, rtol=1e-6)
+
     # and equals the reference's sum of per-batch unbiased HSICs
     def hsic(a, b):
         ga, gb = ref_center_gram(a @ a.T, True), ref_center_gram(b @ b.T, True)
         n = len(a)
         return ga.ravel() @ gb.ravel() / (n * (n - 3))  # the unbiased estimator of each batch
+
     sums = lambda a, b: sum(hsic(a[s].astype(np.float64), b[s].astype(np.float64)) for s in batches)
-    ref01 = sums(layers_a[0], layers_a[1]) / np.sqrt(sums(layers_a[0], layers_a[0]) * sums(layers_a[1], layers_a[1]))
+    ref01 = sums(layers_a[0], layers_a[1]) / np.sqrt(
+        sums(layers_a[0], layers_a[0]) * sums(layers_a[1], layers_a[1])
+    )
     np.testing.assert_allclose(fwd.result()[0, 1], ref01, rtol=1e-4)
 
 
 # ---- embeddings and CLS ----
+
 
 def test_position_similarity(rng):
     pos = rng.standard_normal((1, 2 + 9, 16)).astype(np.float32)
@@ -322,6 +345,7 @@ def test_cls_trajectory(rng):
 
 
 # ---- bad input ----
+
 
 def test_bad_inputs_are_named(rng):
     att = random_attention(rng, t=10)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vitops.backend import select as _select
 from vitops.app.cli import main
+from vitops.backend import select as _select
 
 
 @pytest.fixture

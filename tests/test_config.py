@@ -5,9 +5,13 @@ from vitops.core.variants import VARIANTS
 
 
 def test_variants_cover_the_families():
-    for size, dim, heads, patch, res in (("tiny", 192, 3, 16, 384), ("small", 384, 6, 32, 224),
-                                         ("base", 768, 12, 8, 224), ("large", 1024, 16, 32, 384),
-                                         ("huge", 1280, 16, 14, 224)):
+    for size, dim, heads, patch, res in (
+        ("tiny", 192, 3, 16, 384),
+        ("small", 384, 6, 32, 224),
+        ("base", 768, 12, 8, 224),
+        ("large", 1024, 16, 32, 384),
+        ("huge", 1280, 16, 14, 224),
+    ):
         c = VARIANTS[f"vit_{size}_patch{patch}_{res}"]
         assert (c.dim, c.num_heads, c.patch_size, c.image_size) == (dim, heads, patch, (res, res))
     assert VARIANTS["vit_large_patch16_224"].depth == 24
@@ -42,9 +46,13 @@ def test_every_variant_is_a_released_checkpoint():
     include the DeiT and DINO releases): a name no checkpoint uses is not offered."""
     timm = pytest.importorskip("timm")
     released = {n.split(".")[0] for n in timm.list_pretrained()}
-    dino = {"dino_vits16": "vit_small_patch16_224.dino", "dino_vits8": "vit_small_patch8_224.dino",
-            "dino_vitb16": "vit_base_patch16_224.dino", "dino_vitb8": "vit_base_patch8_224.dino"}
+    dino = {
+        "dino_vits16": "vit_small_patch16_224.dino",
+        "dino_vits8": "vit_small_patch8_224.dino",
+        "dino_vitb16": "vit_base_patch16_224.dino",
+        "dino_vitb8": "vit_base_patch8_224.dino",
+    }
     for name in VARIANTS:
         tag = dino.get(name)
-        assert (tag in timm.list_pretrained() if tag else name in released), name
+        assert tag in timm.list_pretrained() if tag else name in released, name
     assert "vit_small_patch8_224" not in VARIANTS and "vit_huge_patch32_384" not in VARIANTS

@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 import torch
+from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
 
 import vitops
 from vitops.app.cli import main
 from vitops.converters import ConversionError
 from vitops.converters.timm import infer_config
-from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
 
 to_np = keras.ops.convert_to_numpy
 
@@ -39,7 +39,10 @@ def test_bfloat16_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
     ref = make_timm("vit_small_patch16_224", **TINY, num_classes=4)
-    save_file({k: v.bfloat16().contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "bf16.safetensors"))
+    save_file(
+        {k: v.bfloat16().contiguous() for k, v in ref.state_dict().items()},
+        str(tmp_path / "bf16.safetensors"),
+    )
     vitops.convert(tmp_path / "bf16.safetensors", tmp_path / "m.safetensors")
     params, _ = vitops.load_params(tmp_path / "m.safetensors")
     expected = ref.state_dict()["blocks.0.attn.qkv.weight"].bfloat16().float().numpy().T
@@ -66,15 +69,18 @@ def _shapes_of(name, num_classes):
     return {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name,num_classes,expected", [
-    ("vit_base_patch16_384", 1000, "vit_base_patch16_384"),
-    ("vit_large_patch32_224", 21843, "vit_large_patch32_224"),
-    ("vit_small_patch8_224", 1000, ""),  # no release has this head: a custom ViT, not a named one
-    ("vit_small_patch8_224", 0, "dino_vits8"),
-    ("vit_large_patch16_224", 0, "vit_large_patch16_224"),
-    ("deit_small_distilled_patch16_224", 1000, "deit_small_distilled_patch16_224"),
-    ("vit_base_patch16_224", 0, "dino_vitb16"),
-])
+@pytest.mark.parametrize(
+    "name,num_classes,expected",
+    [
+        ("vit_base_patch16_384", 1000, "vit_base_patch16_384"),
+        ("vit_large_patch32_224", 21843, "vit_large_patch32_224"),
+        ("vit_small_patch8_224", 1000, ""),  # no release has this head: a custom ViT, not a named one
+        ("vit_small_patch8_224", 0, "dino_vits8"),
+        ("vit_large_patch16_224", 0, "vit_large_patch16_224"),
+        ("deit_small_distilled_patch16_224", 1000, "deit_small_distilled_patch16_224"),
+        ("vit_base_patch16_224", 0, "dino_vitb16"),
+    ],
+)
 def test_architecture_inferred_from_shapes(name, num_classes, expected):
     sd = _shapes_of(name, num_classes)
     config = infer_config(sd)
@@ -92,12 +98,12 @@ def test_architecture_inferred_from_shapes(name, num_classes, expected):
 def test_explicit_arch_sets_family_and_is_checked(tmp_path):
     ref = make_timm("deit_small_patch16_224", num_classes=10)
     save_state_dict(ref, tmp_path / "ck.safetensors")
-    cfg = vitops.convert(tmp_path / "ck.safetensors", tmp_path / "o.safetensors",
-                         arch="deit_small_patch16_224.fb_in1k")
+    cfg = vitops.convert(
+        tmp_path / "ck.safetensors", tmp_path / "o.safetensors", arch="deit_small_patch16_224.fb_in1k"
+    )
     assert (cfg.family, cfg.name, cfg.num_classes) == ("deit", "deit_small_patch16_224", 10)
     with pytest.raises(ConversionError, match="does not match architecture 'vit_base_patch16_224'.*dim"):
-        vitops.convert(tmp_path / "ck.safetensors", tmp_path / "p.safetensors",
-                       arch="vit_base_patch16_224")
+        vitops.convert(tmp_path / "ck.safetensors", tmp_path / "p.safetensors", arch="vit_base_patch16_224")
     assert not (tmp_path / "p.safetensors").exists()
 
 
@@ -139,8 +145,18 @@ def test_cli_convert_and_models(tmp_path, capsys):
 
 def test_console_script_reports_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
-    proc = subprocess.run([sys.executable, "-m", "vitops", "convert", str(tmp_path / "junk.safetensors"),
-                           str(tmp_path / "o.safetensors")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitops",
+            "convert",
+            str(tmp_path / "junk.safetensors"),
+            str(tmp_path / "o.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "truncated or corrupt" in proc.stderr
     assert not (tmp_path / "o.safetensors").exists()

@@ -44,8 +44,11 @@ def test_linear_probe_trains_only_the_head(heldout):
     backbone = vitops.load("digits_deit")
     before = backbone.get_params()
     probe = LinearProbe(backbone, 10)
-    probe.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    probe.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     probe.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0)
     assert len(probe.trainable_weights) == 2  # kernel and bias of the new head
     after = backbone.get_params()
@@ -59,7 +62,9 @@ def test_linear_probe_trains_only_the_head(heldout):
 def test_bfloat16_keeps_the_top1_class(heldout, policy):
     _, _, x, _ = heldout
     for name in ("digits_vit", "digits_deit"):
-        full = np.argmax(keras.ops.convert_to_numpy(vitops.load(name).predict(x, batch_size=128, verbose=0)), -1)
+        full = np.argmax(
+            keras.ops.convert_to_numpy(vitops.load(name).predict(x, batch_size=128, verbose=0)), -1
+        )
         half_model = vitops.load(name, dtype=policy)
         assert half_model.compute_dtype == "bfloat16"
         half = keras.ops.convert_to_numpy(half_model.predict(x, batch_size=128, verbose=0))

@@ -6,10 +6,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-import vitops
 from conftest import BACKEND
 from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
+
+import vitops
 
 
 @pytest.fixture
@@ -29,7 +29,9 @@ def test_torch_module_trains_with_a_torch_optimizer(vit_file):
     assert isinstance(model, torch.nn.Module)
     params = list(model.parameters())
     assert len(params) == len(vitops.param_shapes(model.config))
-    assert sum(p.numel() for p in params) == sum(int(np.prod(s)) for s in vitops.param_shapes(model.config).values())
+    assert sum(p.numel() for p in params) == sum(
+        int(np.prod(s)) for s in vitops.param_shapes(model.config).values()
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 64, 64, 3, generator=g)
@@ -74,7 +76,9 @@ def test_jax_jit_and_grad_of_the_pure_forward(vit_file):
     # and it matches a finite difference along one coordinate of one tensor
     key, eps = "blocks.1.mlp.fc2.bias", 1e-2
     bump = params[key].at[0].add(eps)
-    fd = (loss_fn({**params, key: bump}, images) - loss_fn({**params, key: params[key].at[0].add(-eps)}, images)) / (2 * eps)
+    fd = (
+        loss_fn({**params, key: bump}, images) - loss_fn({**params, key: params[key].at[0].add(-eps)}, images)
+    ) / (2 * eps)
     assert abs(float(fd) - float(grads[key][0])) <= 1e-3 + 1e-2 * abs(float(fd))
 
 
@@ -84,8 +88,10 @@ def test_keras_fit_trains(vit_file):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((16, 64, 64, 3)).astype(np.float32)
     y = rng.integers(0, 4, 16)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     hist = model.fit(x, y, epochs=8, batch_size=8, verbose=0)
     assert hist.history["loss"][-1] < 0.6 * hist.history["loss"][0]
 
@@ -96,10 +102,16 @@ def test_vitops_imports_no_framework_of_its_own():
     import os
     import subprocess
 
-    code = ("import sys, keras; fw = ('jax', 'torch', 'tensorflow'); "
-            "before = {m for m in fw if m in sys.modules}; import vitops; "
-            "print(sorted({m for m in fw if m in sys.modules} - before))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "KERAS_BACKEND": BACKEND})
+    code = (
+        "import sys, keras; fw = ('jax', 'torch', 'tensorflow'); "
+        "before = {m for m in fw if m in sys.modules}; import vitops; "
+        "print(sorted({m for m in fw if m in sys.modules} - before))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -12,14 +12,19 @@ import keras
 import numpy as np
 import pytest
 import torch
+from reference import TINY, make_timm, rel_err, save_state_dict
 
 import vitops
-from reference import TINY, make_timm, rel_err, save_state_dict
-from vitops.backend import compile as _compile
-from vitops.backend import grad as _grad
 from vitops.analysis.accumulate import load_states, save_states
-from vitops.analysis.features import (TopK, _ascent_step, feature_activation_map, total_variation,
-                                      unit_activations, visualize_feature)
+from vitops.analysis.features import (
+    TopK,
+    _ascent_step,
+    feature_activation_map,
+    total_variation,
+    unit_activations,
+    visualize_feature,
+)
+from vitops.backend import grad as _grad
 
 np_ = keras.ops.convert_to_numpy
 BACKENDS = ("jax", "torch", "tensorflow")
@@ -38,8 +43,10 @@ def test_unit_maps_equal_timm_gelu_outputs(tmp_path):
     model = vitops.load(tmp_path / "m.safetensors")
     images = np.random.default_rng(0).standard_normal((2, 48, 64, 3)).astype(np.float32)
     hidden = []
-    hooks = [blk.mlp.act.register_forward_hook(lambda m, i, o: hidden.append(o.detach().numpy()))
-             for blk in ref.blocks]
+    hooks = [
+        blk.mlp.act.register_forward_hook(lambda m, i, o: hidden.append(o.detach().numpy()))
+        for blk in ref.blocks
+    ]
     with torch.no_grad():
         ref(torch.from_numpy(images).permute(0, 3, 1, 2))
     for h in hooks:
@@ -68,15 +75,17 @@ def test_visualize_feature_excites_the_unit_and_is_reproducible(digits):
     start, a0 = visualize_feature(digits, 1, units, steps=0, seed=3)
     # steps=0 is the starting noise: grey plus noise, and its activation measured as usual
     assert start.shape == (3, 32, 32, 3) and start.dtype == np.float32
-    np.testing.assert_allclose(a0, np.diag(np_(unit_activations(digits, start, [(1, u) for u in units])[0])),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        a0, np.diag(np_(unit_activations(digits, start, [(1, u) for u in units])[0])), rtol=1e-5, atol=1e-6
+    )
     seen = []
     x, a = visualize_feature(digits, 1, units, steps=40, seed=3, callback=lambda s, v: seen.append((s, v)))
     assert [s for s, _ in seen] == list(range(1, 41)) and seen[-1][1].shape == (3,)
     assert (a > 0).all() and (a >= 5 * np.abs(a0)).all(), (a0, a)
     # the reported activation is the unit's on the returned image
-    np.testing.assert_allclose(a, np.diag(np_(unit_activations(digits, x, [(1, u) for u in units])[0])),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        a, np.diag(np_(unit_activations(digits, x, [(1, u) for u in units])[0])), rtol=1e-5, atol=1e-6
+    )
     # each image serves its own unit: swapping them lowers both units' activations
     swapped = np_(unit_activations(digits, x[[1, 0]], [(1, 3), (1, 30)])[0])
     assert swapped[0, 0] < a[0] and swapped[1, 1] < a[1]
@@ -92,12 +101,14 @@ def test_visualize_feature_excites_the_unit_and_is_reproducible(digits):
 
 
 def test_visualize_feature_rejects_bad_settings(digits):
-    for kwargs, match in [(dict(block=4, unit=0), r"block must be an int in \[0, 4\)"),
-                          (dict(block=0, unit=128), r"unit must be an int in \[0, 128\)"),
-                          (dict(block=0, unit=[]), "no unit"),
-                          (dict(block=0, unit=1, steps=-1), "steps"),
-                          (dict(block=0, unit=1, lr=float("nan")), "lr"),
-                          (dict(block=0, unit=1, image_size=(30, 32)), "multiple of the patch size")]:
+    for kwargs, match in [
+        (dict(block=4, unit=0), r"block must be an int in \[0, 4\)"),
+        (dict(block=0, unit=128), r"unit must be an int in \[0, 128\)"),
+        (dict(block=0, unit=[]), "no unit"),
+        (dict(block=0, unit=1, steps=-1), "steps"),
+        (dict(block=0, unit=1, lr=float("nan")), "lr"),
+        (dict(block=0, unit=1, image_size=(30, 32)), "multiple of the patch size"),
+    ]:
         with pytest.raises(vitops.AnalysisError, match=match):
             visualize_feature(digits, **kwargs)
 
@@ -105,18 +116,21 @@ def test_visualize_feature_rejects_bad_settings(digits):
 def test_ascent_gradient_equals_finite_differences():
     """The optimised objective (gathered jitter, colour shift, MLP unit, total variation) has the
     gradient the backend gives, in float64: a wrong scatter or sign in any part fails."""
-    config = vitops.ViTConfig(image_size=(8, 8), patch_size=4, dim=16, depth=2, num_heads=2,
-                              mlp_dim=20, num_classes=0)
+    config = vitops.ViTConfig(
+        image_size=(8, 8), patch_size=4, dim=16, depth=2, num_heads=2, mlp_dim=20, num_classes=0
+    )
     rng = np.random.default_rng(0)
-    params = {k: rng.standard_normal(s) / (np.sqrt(s[0]) if len(s) > 1 else 2)
-              for k, s in vitops.param_shapes(config).items()}
+    params = {
+        k: rng.standard_normal(s) / (np.sqrt(s[0]) if len(s) > 1 else 2)
+        for k, s in vitops.param_shapes(config).items()
+    }
     u, k = 2, 3
     image = rng.standard_normal((u, 8, 8, 3))
     index = rng.integers(0, u * 64, (u * k, 8, 8)).astype(np.int32)  # any gather, not only shifts
     scale, shift = np.exp(rng.uniform(-1, 1, (u * k, 3))), rng.uniform(-1, 1, (u * k, 3))
     selector = np.zeros((u * k, 20))
     selector[np.arange(u * k), [4, 4, 4, 11, 11, 11]] = 1
-    f64 = lambda a: keras.ops.convert_to_tensor(a, "float64")  # noqa: E731
+    f64 = lambda a: keras.ops.convert_to_tensor(a, "float64")
     with _grad.float64():
         p = {key: f64(v) for key, v in params.items()}
         args = (p, index, f64(scale), f64(shift), f64(selector), f64(0.3))
@@ -133,8 +147,9 @@ def test_ascent_gradient_equals_finite_differences():
             assert float(np.sum(grad * v)) == pytest.approx((plus - minus) / (2 * eps), rel=1e-6)
     # total variation by hand
     x = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
-    want = (np.square(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
-            + np.square(np.diff(x, axis=2)).mean(axis=(1, 2, 3)))
+    want = np.square(np.diff(x, axis=1)).mean(axis=(1, 2, 3)) + np.square(np.diff(x, axis=2)).mean(
+        axis=(1, 2, 3)
+    )
     np.testing.assert_allclose(np_(total_variation(x)), want, rtol=1e-5)
 
 
@@ -143,8 +158,12 @@ def test_first_step_is_the_same_on_every_backend(tmp_path):
     results = {}
     for backend in BACKENDS:
         out = tmp_path / f"{backend}.npz"
-        proc = subprocess.run([sys.executable, str(WORKER), str(out)], capture_output=True, text=True,
-                              env={**os.environ, "KERAS_BACKEND": backend})
+        proc = subprocess.run(
+            [sys.executable, str(WORKER), str(out)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KERAS_BACKEND": backend},
+        )
         assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-3000:]}"
         results[backend] = dict(np.load(out))
         assert str(results[backend]["backend"]) == backend
@@ -158,6 +177,7 @@ def test_first_step_is_the_same_on_every_backend(tmp_path):
 
 
 # ---- top-k ----
+
 
 def brute_force(scores, ids, k):
     """Per pair: all images sorted by score (descending), then id (ascending); the first k."""
@@ -177,7 +197,7 @@ def test_top_k_streams_merges_and_breaks_ties_by_id(tmp_path):
     want = brute_force(scores, ids, k)  # (P, k) row indices
     one = TopK([(0, 1), (1, 2), (2, 3)], k=k)
     for start in range(0, n, 7):
-        one.update_scores(scores[start:start + 7], ids[start:start + 7], maps[start:start + 7])
+        one.update_scores(scores[start : start + 7], ids[start : start + 7], maps[start : start + 7])
     got = one.result()
     assert got["count"] == n
     for j in range(p):
@@ -236,7 +256,7 @@ def test_top_k_over_the_shipped_digits(digits):
     pairs = [(1, 30), (3, 7)]
     acc = TopK(pairs, k=3)
     for start in range(0, len(images), 4):
-        acc.update(digits, images[start:start + 4], np.arange(start, start + 4))
+        acc.update(digits, images[start : start + 4], np.arange(start, start + 4))
     scores, maps = (np_(a) for a in unit_activations(digits, images, pairs))
     got = acc.result()
     for j in range(len(pairs)):

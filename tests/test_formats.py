@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 import torch
+from reference import TINY, make_timm, randomize_, rel_err, timm_outputs
 
 import vitops
 from vitops.converters import ConversionError
-from reference import TINY, make_timm, randomize_, rel_err, timm_outputs
 
 to_np = keras.ops.convert_to_numpy
 IMAGENET = [0.485, 0.456, 0.406]
@@ -17,11 +17,20 @@ IMAGENET = [0.485, 0.456, 0.406]
 
 # ---- Hugging Face ----
 
+
 def hf_model(kind, num_labels=5, eps=1e-12):
     import transformers as tf_
 
-    common = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=2, intermediate_size=192,
-                  image_size=48, patch_size=16, layer_norm_eps=eps, attn_implementation="eager")
+    common = dict(
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=192,
+        image_size=48,
+        patch_size=16,
+        layer_norm_eps=eps,
+        attn_implementation="eager",
+    )
     if kind == "vit":
         model = tf_.ViTForImageClassification(tf_.ViTConfig(num_labels=num_labels, **common))
     elif kind == "dino":
@@ -31,8 +40,9 @@ def hf_model(kind, num_labels=5, eps=1e-12):
     return randomize_(model.eval(), seed=7)
 
 
-@pytest.mark.parametrize("kind,mean,family", [("vit", [0.5] * 3, "vit"), ("dino", IMAGENET, "dino"),
-                                              ("deit", IMAGENET, "deit")])
+@pytest.mark.parametrize(
+    "kind,mean,family", [("vit", [0.5] * 3, "vit"), ("dino", IMAGENET, "dino"), ("deit", IMAGENET, "deit")]
+)
 def test_hugging_face_matches_transformers(tmp_path, kind, mean, family):
     model = hf_model(kind)
     model.save_pretrained(tmp_path / "hf")
@@ -77,6 +87,7 @@ def test_hugging_face_needs_its_config(tmp_path):
 
 # ---- DeiT and DINO releases ----
 
+
 def test_deit_release_wrapper(tmp_path):
     ref = make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=4)
     torch.save({"model": ref.state_dict()}, tmp_path / "deit.pth")
@@ -93,8 +104,10 @@ def test_dino_training_checkpoint_teacher_and_student(tmp_path):
     teacher = make_timm("vit_small_patch16_224.dino", **TINY, num_classes=0, seed=1)
     student = make_timm("vit_small_patch16_224.dino", **TINY, num_classes=0, seed=2)
     rng = torch.Generator().manual_seed(0)
-    projection_head = {"head.mlp.0.weight": torch.randn(32, 128, generator=rng),
-                       "head.last_layer.weight_g": torch.randn(64, 1, generator=rng)}
+    projection_head = {
+        "head.mlp.0.weight": torch.randn(32, 128, generator=rng),
+        "head.last_layer.weight_g": torch.randn(64, 1, generator=rng),
+    }
 
     def wrap(model):
         sd = {f"module.backbone.{k}": v for k, v in model.state_dict().items()}
@@ -113,12 +126,14 @@ def test_dino_training_checkpoint_teacher_and_student(tmp_path):
 def test_dino_backbone_release(tmp_path):
     ref = make_timm("vit_small_patch16_224.dino", **TINY, num_classes=0)
     torch.save(ref.state_dict(), tmp_path / "dino_deitsmall16_pretrain.pth")
-    config = vitops.convert(tmp_path / "dino_deitsmall16_pretrain.pth", tmp_path / "m.safetensors",
-                            format="dino")
+    config = vitops.convert(
+        tmp_path / "dino_deitsmall16_pretrain.pth", tmp_path / "m.safetensors", format="dino"
+    )
     assert config.family == "dino"
 
 
 # ---- Google .npz ----
+
 
 def write_google_npz(model, path, style="original", pre_logits=None):
     """A timm model's weights under the published .npz key layout."""
@@ -129,24 +144,33 @@ def write_google_npz(model, path, style="original", pre_logits=None):
     ln = ("LayerNorm_0", "LayerNorm_2") if style == "original" else ("LayerNorm_0", "LayerNorm_1")
     mha = "MultiHeadDotProductAttention_1" if style == "original" else "MultiHeadDotProductAttention_0"
     mlp = "MlpBlock_3" if style == "original" else "MlpBlock_0"
-    out = {f"{pfx}embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
-           f"{pfx}embedding/bias": sd["patch_embed.proj.bias"], f"{pfx}cls": sd["cls_token"],
-           f"{pfx}Transformer/posembed_input/pos_embedding": sd["pos_embed"],
-           f"{pfx}Transformer/encoder_norm/scale": sd["norm.weight"],
-           f"{pfx}Transformer/encoder_norm/bias": sd["norm.bias"]}
+    out = {
+        f"{pfx}embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        f"{pfx}embedding/bias": sd["patch_embed.proj.bias"],
+        f"{pfx}cls": sd["cls_token"],
+        f"{pfx}Transformer/posembed_input/pos_embedding": sd["pos_embed"],
+        f"{pfx}Transformer/encoder_norm/scale": sd["norm.weight"],
+        f"{pfx}Transformer/encoder_norm/bias": sd["norm.bias"],
+    }
     blocks = []
     for i in range(len(model.blocks)):
         b = f"blocks.{i}."
         qkv_w, qkv_b = sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]
-        blk = {f"{ln[0]}/scale": sd[b + "norm1.weight"], f"{ln[0]}/bias": sd[b + "norm1.bias"],
-               f"{ln[1]}/scale": sd[b + "norm2.weight"], f"{ln[1]}/bias": sd[b + "norm2.bias"],
-               f"{mha}/out/kernel": sd[b + "attn.proj.weight"].T.reshape(h, d // h, d),
-               f"{mha}/out/bias": sd[b + "attn.proj.bias"],
-               f"{mlp}/Dense_0/kernel": sd[b + "mlp.fc1.weight"].T, f"{mlp}/Dense_0/bias": sd[b + "mlp.fc1.bias"],
-               f"{mlp}/Dense_1/kernel": sd[b + "mlp.fc2.weight"].T, f"{mlp}/Dense_1/bias": sd[b + "mlp.fc2.bias"]}
+        blk = {
+            f"{ln[0]}/scale": sd[b + "norm1.weight"],
+            f"{ln[0]}/bias": sd[b + "norm1.bias"],
+            f"{ln[1]}/scale": sd[b + "norm2.weight"],
+            f"{ln[1]}/bias": sd[b + "norm2.bias"],
+            f"{mha}/out/kernel": sd[b + "attn.proj.weight"].T.reshape(h, d // h, d),
+            f"{mha}/out/bias": sd[b + "attn.proj.bias"],
+            f"{mlp}/Dense_0/kernel": sd[b + "mlp.fc1.weight"].T,
+            f"{mlp}/Dense_0/bias": sd[b + "mlp.fc1.bias"],
+            f"{mlp}/Dense_1/kernel": sd[b + "mlp.fc2.weight"].T,
+            f"{mlp}/Dense_1/bias": sd[b + "mlp.fc2.bias"],
+        }
         for j, name in enumerate(("query", "key", "value")):
-            blk[f"{mha}/{name}/kernel"] = qkv_w[j * d:(j + 1) * d].T.reshape(d, h, d // h)
-            blk[f"{mha}/{name}/bias"] = qkv_b[j * d:(j + 1) * d].reshape(h, d // h)
+            blk[f"{mha}/{name}/kernel"] = qkv_w[j * d : (j + 1) * d].T.reshape(d, h, d // h)
+            blk[f"{mha}/{name}/bias"] = qkv_b[j * d : (j + 1) * d].reshape(h, d // h)
         blocks.append(blk)
     if style == "scan":
         for k in blocks[0]:
@@ -187,8 +211,12 @@ def test_google_npz_matches_timm(tmp_path, style):
 def test_google_npz_with_pre_logits(tmp_path):
     ref = make_timm("vit_small_patch16_224", **TINY, num_classes=0)
     rng = np.random.default_rng(4)
-    pre = (rng.standard_normal((128, 96)).astype(np.float32) / 11, rng.standard_normal(96).astype(np.float32),
-           rng.standard_normal((96, 21)).astype(np.float32) / 10, rng.standard_normal(21).astype(np.float32))
+    pre = (
+        rng.standard_normal((128, 96)).astype(np.float32) / 11,
+        rng.standard_normal(96).astype(np.float32),
+        rng.standard_normal((96, 21)).astype(np.float32) / 10,
+        rng.standard_normal(21).astype(np.float32),
+    )
     write_google_npz(ref, tmp_path / "i21k.npz", pre_logits=pre)
     config = vitops.convert(tmp_path / "i21k.npz", tmp_path / "m.safetensors")
     assert (config.representation_size, config.num_classes) == (96, 21)
@@ -204,7 +232,9 @@ def test_npz_arch_is_checked_including_image_size(tmp_path):
     # a ViT-Ti/16 trained at 384 px: the shapes fit vit_tiny_patch16_384, not its 224 sibling
     ref = make_timm("vit_tiny_patch16_384", num_classes=5)
     write_google_npz(ref, tmp_path / "ti.npz")
-    with pytest.raises(ConversionError, match="does not match architecture 'vit_tiny_patch16_224'.*image_size"):
+    with pytest.raises(
+        ConversionError, match="does not match architecture 'vit_tiny_patch16_224'.*image_size"
+    ):
         vitops.convert(tmp_path / "ti.npz", tmp_path / "o.safetensors", arch="vit_tiny_patch16_224")
     assert not (tmp_path / "o.safetensors").exists()
     config = vitops.convert(tmp_path / "ti.npz", tmp_path / "o.safetensors", arch="vit_tiny_patch16_384")

@@ -18,9 +18,24 @@ MEMORY_MB, SECONDS = 1024, 10
 
 def test_mutated_inputs_raise_only_vitops_errors():
     env = dict(os.environ, KERAS_BACKEND=keras.config.backend())
-    proc = subprocess.run([sys.executable, str(FUZZ), "--cases", str(CASES), "--seed", str(SEED),
-                           "--memory-mb", str(MEMORY_MB), "--seconds", str(SECONDS)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(FUZZ),
+            "--cases",
+            str(CASES),
+            "--seed",
+            str(SEED),
+            "--memory-mb",
+            str(MEMORY_MB),
+            "--seconds",
+            str(SECONDS),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     summary = json.loads(proc.stdout)
     assert summary["violations"] == [], json.dumps(summary["violations"], indent=1)
     assert proc.returncode == 0 and summary["cases"] == CASES

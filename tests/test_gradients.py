@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 import torch
-
-import vitops
 from conftest import BACKEND
 from reference import TINY, make_timm, rel_err, save_state_dict
+
+import vitops
+from vitops.analysis.gradients import gradient_rollout, input_gradients, relevance_for_report
 from vitops.backend import compile as _compile
 from vitops.backend import grad as _grad
-from vitops.analysis.gradients import gradient_rollout, input_gradients, relevance_for_report
 
 np_ = keras.ops.convert_to_numpy
 SMALL = {**TINY, "depth": 2}  # two blocks: enough to compose the rule, quick to compile
@@ -65,11 +65,14 @@ def chefer_reference(ref, images, classes=None, score=None):
     return r[:, 0].numpy(), None if classes is None else classes.numpy()
 
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("vit_small_patch16_224", {"num_classes": 7}),
-    ("deit_tiny_distilled_patch16_224", {"num_classes": 7}),
-    ("vit_small_patch16_224.dino", {"num_classes": 5}),
-])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("vit_small_patch16_224", {"num_classes": 7}),
+        ("deit_tiny_distilled_patch16_224", {"num_classes": 7}),
+        ("vit_small_patch16_224.dino", {"num_classes": 5}),
+    ],
+)
 def test_gradient_rollout_equals_chefer_on_timm(tmp_path, name, kwargs):
     ref, model = converted(tmp_path, name, **kwargs)
     prefix = model.config.num_prefix_tokens
@@ -105,12 +108,18 @@ def test_headless_needs_a_target(tmp_path):
 
 
 def test_explain_skips_a_model_without_a_head(tmp_path):
-    from vitops.hub.shipped import samples as shipped_samples
     from vitops.app.commands import analyze
+    from vitops.hub.shipped import samples as shipped_samples
 
     converted(tmp_path, "vit_small_patch16_224.dino", num_classes=0)  # writes m.safetensors
-    summary = analyze([str(tmp_path / "m.safetensors"), "digits_vit"], [str(p) for p in shipped_samples()[:2]],
-                      tmp_path / "out", show=2, explain=True, progress=False)
+    summary = analyze(
+        [str(tmp_path / "m.safetensors"), "digits_vit"],
+        [str(p) for p in shipped_samples()[:2]],
+        tmp_path / "out",
+        show=2,
+        explain=True,
+        progress=False,
+    )
     dino, digits = summary["models"].values()
     assert all("relevance" not in s for s in dino["samples"].values())
     assert all(s["relevance"]["class"] == s["predictions"][0]["class"] for s in digits["samples"].values())
@@ -140,9 +149,16 @@ def test_input_gradients_equal_autograd_on_timm(tmp_path):
     np.testing.assert_array_equal(smooth, again)
     draw = np.random.default_rng(5)
     sigma = 0.2 * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
-    maps = [np_(input_gradients(model, images + sigma[:, None, None, None]
-                                * draw.standard_normal(images.shape).astype(np.float32),
-                                class_index=classes.numpy())) for _ in range(3)]
+    maps = [
+        np_(
+            input_gradients(
+                model,
+                images + sigma[:, None, None, None] * draw.standard_normal(images.shape).astype(np.float32),
+                class_index=classes.numpy(),
+            )
+        )
+        for _ in range(3)
+    ]
     assert rel_err(smooth, np.mean(maps, axis=0)) <= 1e-5
     assert rel_err(smooth, got) > 1e-3
 
@@ -172,13 +188,24 @@ def whole_features(out):
 
 # ---- the primitive against central finite differences, float64 ----
 
+
 def float64_model(seed=0):
     """A tiny random vitops model, weights drawn here (not timm's), in float64."""
-    config = vitops.ViTConfig(image_size=(16, 16), patch_size=8, dim=16, depth=3, num_heads=2,
-                              mlp_dim=24, num_classes=3, distilled=True)
+    config = vitops.ViTConfig(
+        image_size=(16, 16),
+        patch_size=8,
+        dim=16,
+        depth=3,
+        num_heads=2,
+        mlp_dim=24,
+        num_classes=3,
+        distilled=True,
+    )
     rng = np.random.default_rng(seed)
-    params = {k: (rng.standard_normal(s) / (np.sqrt(s[0]) if len(s) > 1 else 2)).astype(np.float64)
-              for k, s in vitops.param_shapes(config).items()}
+    params = {
+        k: (rng.standard_normal(s) / (np.sqrt(s[0]) if len(s) > 1 else 2)).astype(np.float64)
+        for k, s in vitops.param_shapes(config).items()
+    }
     return config, params
 
 
@@ -268,22 +295,24 @@ def test_gradient_rollout_in_float64_equals_the_rule_from_finite_differences():
     with _grad.float64():
         model = vitops.VisionTransformer(config, params, dtype="float64")
         assert model.compute_dtype == "float64"
-        params = {k: keras.ops.convert_to_tensor(v, "float64")  # what the model holds
-                  for k, v in model.get_params().items()}
-        got = np_(gradient_rollout(model, keras.ops.convert_to_tensor(images, "float64"),
-                                   class_index=[0, 2]))
+        params = {
+            k: keras.ops.convert_to_tensor(v, "float64")  # what the model holds
+            for k, v in model.get_params().items()
+        }
+        got = np_(gradient_rollout(model, keras.ops.convert_to_tensor(images, "float64"), class_index=[0, 2]))
         assert got.dtype == np.float64
-        out = vitops.forward(params, config, keras.ops.convert_to_tensor(images, "float64"),
-                             return_attention=True)
+        out = vitops.forward(
+            params, config, keras.ops.convert_to_tensor(images, "float64"), return_attention=True
+        )
         atts = [np_(a) for a in out["attention"]]
-        b, h, t = 2, config.num_heads, atts[0].shape[-1]
+        h, t = config.num_heads, atts[0].shape[-1]
         n, eps = h * t * t, 1e-6
         basis = np.eye(n).reshape(n, h, t, t)
         rows = []
         for j, cls in enumerate([0, 2]):
-            xs = keras.ops.convert_to_tensor(np.repeat(images[j:j + 1], n, axis=0), "float64")
+            xs = keras.ops.convert_to_tensor(np.repeat(images[j : j + 1], n, axis=0), "float64")
 
-            def logit(deltas):  # (n,): one perturbation per row of the batch
+            def logit(deltas, xs=xs, cls=cls):  # (n,): one perturbation per row of the batch
                 return np_(vitops.forward(params, config, xs, attention_delta=deltas)["logits"][:, cls])
 
             r = np.eye(t)
@@ -306,12 +335,15 @@ def test_relevance_for_report_on_shipped_digits():
 
     model = vitops.load("digits_vit")
     config = model.config
-    images = preprocess([str(p) for p in shipped_samples()], size=config.image_size,
-                        family=config.family, crop_pct=1.0)
+    images = preprocess(
+        [str(p) for p in shipped_samples()], size=config.image_size, family=config.family, crop_pct=1.0
+    )
     maps, classes = relevance_for_report(model, images, batch_size=4)
     assert maps.shape == (len(images), 8, 8) and maps.dtype == np.float32
     np.testing.assert_array_equal(classes, np.argmax(np_(model(images)), axis=-1))
     for start in (0, 4):  # batch by batch, as one call on each batch gives
-        assert rel_err(maps[start:start + 4], np_(gradient_rollout(model, images[start:start + 4]))) <= 1e-6
+        assert (
+            rel_err(maps[start : start + 4], np_(gradient_rollout(model, images[start : start + 4]))) <= 1e-6
+        )
     # relevance is not uniform: the digit's patches stand out from the empty border
     assert (maps.max(axis=(1, 2)) > 3 * np.median(maps, axis=(1, 2))).all()

@@ -11,19 +11,19 @@ import keras
 import numpy as np
 import pytest
 import torch
+from reference import TINY, make_timm, rel_err, timm_outputs
 
 import vitops
 from vitops import hub
-from vitops.errors import HubError
-from vitops.core.variants import get_config
 from vitops.converters import FORMATS
-from reference import TINY, make_timm, rel_err, timm_outputs
+from vitops.core.variants import get_config
+from vitops.errors import HubError
 
 FILES = {}
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         kind, _, name = self.path.strip("/").partition("/")
         data = FILES.get(name)
         if data is None:
@@ -126,7 +126,9 @@ def test_bad_checksum_keeps_nothing(env, server, checkpoint, monkeypatch):
 def test_sha256_prefix_of_release_names(env, server, checkpoint, monkeypatch):
     _, data = checkpoint
     good = hashlib.sha256(data).hexdigest()[:8]
-    write_registry(env, monkeypatch, source={"url": f"{server}/files/deit_tiny.pth"}, sha256_prefix="deadbeef")
+    write_registry(
+        env, monkeypatch, source={"url": f"{server}/files/deit_tiny.pth"}, sha256_prefix="deadbeef"
+    )
     with pytest.raises(HubError, match="prefix deadbeef"):
         hub.fetch("tiny")
     write_registry(env, monkeypatch, source={"url": f"{server}/files/deit_tiny.pth"}, sha256_prefix=good)
@@ -159,8 +161,11 @@ def test_hub_source_offline_is_a_clear_error(env, monkeypatch):
     # huggingface_hub reads the variable once, at import: set what it reads, or the test
     # waits for network timeouts instead of taking the offline path
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    write_registry(env, monkeypatch, source={"hf_repo": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-                                             "filename": "model.safetensors"})
+    write_registry(
+        env,
+        monkeypatch,
+        source={"hf_repo": "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", "filename": "model.safetensors"},
+    )
     with pytest.raises(HubError, match="Hugging Face hub failed"):
         vitops.load("tiny")
     assert [f for f in cache_files(env) if f.startswith("models")] == []
@@ -175,8 +180,18 @@ def test_unknown_name(env):
 
 def test_every_registry_entry_is_well_formed():
     entries = hub.registry()
-    required = {"vit_b16_in21k_ft_in1k", "vit_b16_in1k", "vit_ti16_augreg", "vit_s16_augreg", "vit_b16_augreg",
-                "vit_l16_augreg", "dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8"}
+    required = {
+        "vit_b16_in21k_ft_in1k",
+        "vit_b16_in1k",
+        "vit_ti16_augreg",
+        "vit_s16_augreg",
+        "vit_b16_augreg",
+        "vit_l16_augreg",
+        "dino_vits16",
+        "dino_vits8",
+        "dino_vitb16",
+        "dino_vitb8",
+    }
     for size in ("tiny", "small", "base"):
         required |= {f"deit_{size}_patch16_224", f"deit_{size}_distilled_patch16_224"}
     required |= {"deit_base_patch16_384", "deit_base_distilled_patch16_384"}

@@ -10,13 +10,14 @@ import time
 
 import pytest
 
-from vitops import hub
-from vitops.hub import shipped
 from vitops.app.commands import analyze
+from vitops.hub import shipped
 
 
 def snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def leftovers(parent):
@@ -37,9 +38,12 @@ def test_killed_analyze_keeps_the_previous_report(tmp_path, many, sig, extra):
     out = tmp_path / "out"
     analyze("digits_vit", [str(p) for p in shipped.samples()], out, progress=False, show=2)
     before = snapshot(out)
-    proc = subprocess.Popen([sys.executable, "-m", "vitops", "analyze", str(many), "--out", str(out),
-                             "--batch-size", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitops", "analyze", str(many), "--out", str(out), "--batch-size", "4"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.time() + 120
     while not leftovers(tmp_path) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # until the run has started writing

@@ -35,8 +35,10 @@ def test_backend_resample_matches_numpy(mode):
     rng = np.random.default_rng(0)
     pos = rng.standard_normal((2 + 7 * 7, 5)).astype(np.float32)
     out = keras.ops.convert_to_numpy(resample_pos_embed(pos, (7, 7), (4, 11), 2, mode))
-    mh, mw = (timm_matrix if mode == "timm" else dino_matrix)(7, 4), (
-        timm_matrix if mode == "timm" else dino_matrix)(7, 11)
+    mh, mw = (
+        (timm_matrix if mode == "timm" else dino_matrix)(7, 4),
+        (timm_matrix if mode == "timm" else dino_matrix)(7, 11),
+    )
     grid = np.einsum("ai,bj,ijd->abd", mh, mw, pos[2:].reshape(7, 7, 5).astype(np.float64))
     expected = np.concatenate([pos[:2], grid.reshape(44, 5)])
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

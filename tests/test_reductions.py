@@ -8,9 +8,9 @@ absolute floor of 1e-6 for probabilities, rollouts and CKA terms; distances (pix
 import keras
 import numpy as np
 import pytest
+from reference import TINY, make_timm, save_state_dict
 
 import vitops
-from reference import TINY, make_timm, save_state_dict
 from vitops import analysis
 from vitops.analysis.reductions import Reductions
 
@@ -21,7 +21,9 @@ BACKEND = keras.config.backend()
 @pytest.fixture(scope="module", params=["vit", "deit_distilled"])
 def model(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
-    name = {"vit": "vit_small_patch16_224", "deit_distilled": "deit_tiny_distilled_patch16_224"}[request.param]
+    name = {"vit": "vit_small_patch16_224", "deit_distilled": "deit_tiny_distilled_patch16_224"}[
+        request.param
+    ]
     ref = make_timm(name, seed=3, **TINY, patch_size=16, num_classes=6)
     save_state_dict(ref, tmp / "timm.safetensors")
     vitops.convert(tmp / "timm.safetensors", tmp / "m.safetensors")
@@ -32,21 +34,33 @@ def materialised(model, x):
     return model(x, return_attention=True, return_hidden=True)
 
 
-@pytest.mark.parametrize("fusion,ratio,renorm", [("mean", 0.0, False), ("max", 0.3, True), ("min", 0.0, False)])
+@pytest.mark.parametrize(
+    "fusion,ratio,renorm", [("mean", 0.0, False), ("max", 0.3, True), ("min", 0.0, False)]
+)
 def test_in_forward_equals_materialised_kernels(model, fusion, ratio, renorm):
     config = model.config
     x = np.random.default_rng(0).standard_normal((5, 48, 80, 3)).astype(np.float32)  # 3x5 grid
     grid, prefix = (3, 5), config.num_prefix_tokens
-    spec = Reductions(distance=True, renormalize=renorm, rollout="cls", head_fusion=fusion,
-                      discard_ratio=ratio, cls_attention=True, cls_tokens=True, grams=True)
+    spec = Reductions(
+        distance=True,
+        renormalize=renorm,
+        rollout="cls",
+        head_fusion=fusion,
+        discard_ratio=ratio,
+        cls_attention=True,
+        cls_tokens=True,
+        grams=True,
+    )
     got = model.infer(x, reductions=spec)
     red = {k: np_(v) for k, v in got["reductions"].items()}
     ref = materialised(model, x)
     maps = ref["attention"]
 
     np.testing.assert_allclose(np_(got["logits"]), np_(ref["logits"]), rtol=1e-5, atol=1e-6)
-    distance = np.stack([np_(analysis.mean_attention_distance(a, config.patch_size, prefix, renorm, grid))
-                         for a in maps], axis=1)
+    distance = np.stack(
+        [np_(analysis.mean_attention_distance(a, config.patch_size, prefix, renorm, grid)) for a in maps],
+        axis=1,
+    )
     assert red["distance"].shape == (5, config.depth, config.num_heads)
     np.testing.assert_allclose(red["distance"], distance, rtol=1e-5)
     rollout = np_(analysis.cls_rollout(maps, fusion, ratio, num_prefix_tokens=prefix, grid=grid))
@@ -112,15 +126,16 @@ def test_only_one_blocks_maps_are_live():
     a model whose maps dominate its memory (1,025 tokens, width 96, 6 heads)."""
     import jax
 
-    config = vitops.ViTConfig(image_size=128, patch_size=4, dim=96, depth=6, num_heads=6, mlp_dim=96,
-                              num_classes=0)
+    config = vitops.ViTConfig(
+        image_size=128, patch_size=4, dim=96, depth=6, num_heads=6, mlp_dim=96, num_classes=0
+    )
     params = vitops.VisionTransformer(config)._params()
     b, t = 2, config.num_tokens
     one_block = b * config.num_heads * t * t * 4  # bytes of one block's probabilities
     x = jax.numpy.zeros((b, 128, 128, 3))
 
     def scratch(**kw):
-        f = lambda p, x: vitops.forward(p, config, x, **kw)  # noqa: E731
+        f = lambda p, x: vitops.forward(p, config, x, **kw)
         return jax.jit(f).lower(params, x).compile().memory_analysis().temp_size_in_bytes
 
     spec = Reductions(distance=True, rollout="cls", cls_attention=True, cls_tokens=True, grams=True)

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 import vitops
-from vitops.hub import shipped
-from vitops import analysis, hub
+from vitops import analysis
 from vitops.app import plots as plot
-from vitops.preprocess import preprocess
 from vitops.app.commands import analyze
 from vitops.app.summary import strict_json
+from vitops.hub import shipped
+from vitops.preprocess import preprocess
 
 np_ = keras.ops.convert_to_numpy
 MODELS = ["digits_vit", "digits_deit"]
@@ -42,7 +42,9 @@ def report(tmp_path_factory, samples):
     images = samples[:6] + [str(bad), str(out.parent / "missing.jpg")]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # e.g. PyTorch's requires_grad warning: none may appear
-        summary = analyze(MODELS, images, out, batch_size=4, threshold=0.6, show=3, progress=False, explain=True)
+        summary = analyze(
+            MODELS, images, out, batch_size=4, threshold=0.6, show=3, progress=False, explain=True
+        )
     return out, summary, samples[:6]
 
 
@@ -52,9 +54,20 @@ def test_outputs_and_skipped_images(report):
     assert {s["image"] for s in summary["images"]["skipped"]} == {"not_an_image.png", "missing.jpg"}
     for name in ["report.html", "metrics.json"] + summary["figures"]:
         assert (out / name).stat().st_size > 0
-    assert set(summary["figures"]) == {f"{k}.png" for k in (
-        "mean_attention_distance", "samples", "attention_heatmaps", "rollout_mean", "cls_trajectory", "cka",
-        "cka_cross", "position_similarity", "projection_filters")}
+    assert set(summary["figures"]) == {
+        f"{k}.png"
+        for k in (
+            "mean_attention_distance",
+            "samples",
+            "attention_heatmaps",
+            "rollout_mean",
+            "cls_trajectory",
+            "cka",
+            "cka_cross",
+            "position_similarity",
+            "projection_filters",
+        )
+    }
     assert json.loads((out / "metrics.json").read_text())["models"].keys() == set(MODELS)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".vitops-tmp-")]  # no temporary left
 
@@ -76,8 +89,9 @@ def test_metrics_are_the_materialised_kernels_numbers(report, name):
     d = np.arange(64)
     rows, cols = d // 8, d % 8
     dist = 4 * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
-    per_image = np.stack([(np_(a).astype(np.float64)[:, :, prefix:, prefix:] * dist).sum(-1).mean(-1)
-                          for a in maps], axis=1)  # (images, blocks, heads)
+    per_image = np.stack(
+        [(np_(a).astype(np.float64)[:, :, prefix:, prefix:] * dist).sum(-1).mean(-1) for a in maps], axis=1
+    )  # (images, blocks, heads)
     np.testing.assert_allclose(metrics["distance"]["mean"], per_image.mean(0), rtol=1e-5)
     np.testing.assert_allclose(metrics["distance"]["std"], per_image.std(0), rtol=1e-4, atol=1e-5)
     rollout = np_(analysis.cls_rollout(maps, num_prefix_tokens=prefix, grid=(8, 8)))
@@ -115,7 +129,7 @@ def test_explain_draws_each_sample_images_gradient_rollout(report, name):
     x = preprocess(samples, size=32, family=model.config.family, crop_pct=1.0)
     for sample in metrics["samples"].values():
         i = sample["position"]
-        want = np_(analysis.gradient_rollout(model, x[i:i + 1]))[0]
+        want = np_(analysis.gradient_rollout(model, x[i : i + 1]))[0]
         relevance = sample["relevance"]
         np.testing.assert_allclose(relevance["map"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
         assert relevance["class"] == sample["predictions"][0]["class"]
@@ -150,7 +164,9 @@ def test_per_image_files(report):
 
 
 def test_strict_json_turns_nan_into_null():
-    value, bad = strict_json({"a": np.array([1.0, np.nan, np.inf]), "b": [np.float32(2.5)], "c": float("nan")})
+    value, bad = strict_json(
+        {"a": np.array([1.0, np.nan, np.inf]), "b": [np.float32(2.5)], "c": float("nan")}
+    )
     assert value == {"a": [1.0, None, None], "b": [2.5], "c": None} and bad == 3
     json.dumps(value, allow_nan=False)
 
@@ -165,15 +181,19 @@ def test_nan_images_give_valid_json_and_say_so(tmp_path):
 
 # ---- each figure, checked on its data ----
 
+
 def test_figures_hold_their_data(rng):
     mean, std = rng.random((4, 3)), rng.random((4, 3))
     fig = plot.mean_attention_distance(mean, std)
-    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(),
-                               np.stack([np.repeat(np.arange(4), 3), mean.reshape(-1)], 1))
+    np.testing.assert_allclose(
+        fig.axes[0].collections[0].get_offsets(), np.stack([np.repeat(np.arange(4), 3), mean.reshape(-1)], 1)
+    )
     sim = rng.random((12, 12))
     fig = plot.position_similarity(sim, (3, 4))
     mosaic = fig.axes[0].images[0].get_array()
-    np.testing.assert_allclose(mosaic[4:7, 5:9], sim[5].reshape(3, 4))  # patch (1, 1): rows 1*(3+1), cols 1*(4+1)
+    np.testing.assert_allclose(
+        mosaic[4:7, 5:9], sim[5].reshape(3, 4)
+    )  # patch (1, 1): rows 1*(3+1), cols 1*(4+1)
     filters = rng.random((10, 4, 4, 3))
     tiles = plot.projection_filters(filters).axes[0].images[0].get_array()
     np.testing.assert_allclose(tiles[0:4, 0:4], filters[0], rtol=1e-6)
@@ -186,14 +206,17 @@ def test_figures_hold_their_data(rng):
     m = rng.random((5, 4))
     np.testing.assert_allclose(plot.cka_matrix(m).axes[0].images[0].get_array(), m)
     images, rollout, heat = rng.random((2, 32, 32, 3)), rng.random((2, 8, 8)), rng.random((2, 8, 8))
-    fig = plot.sample_overlays([images, images], [rollout, rollout * 2], [heat, heat], [["a", "a"], ["b", "b"]],
-                               ["m1", "m2"])
+    fig = plot.sample_overlays(
+        [images, images], [rollout, rollout * 2], [heat, heat], [["a", "a"], ["b", "b"]], ["m1", "m2"]
+    )
     axes = fig.axes
     assert len(axes) == 2 * 4
     import cv2
 
     overlay = axes[4 + 1].images[1].get_array()  # row 1 (image "b"), model m1, CLS attention
-    expected = cv2.resize((heat[1] / heat[1].max()).astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR)
+    expected = cv2.resize(
+        (heat[1] / heat[1].max()).astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR
+    )
     np.testing.assert_allclose(overlay, expected, rtol=1e-6)  # the map, normalised, at image size
     np.testing.assert_allclose(axes[4 + 1].images[0].get_array(), images[1])
     heads = rng.random((3, 8, 8))
@@ -202,6 +225,7 @@ def test_figures_hold_their_data(rng):
 
 
 # ---- errors and the output folder ----
+
 
 def test_unreadable_model_fails_before_any_work(tmp_path, samples):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 100)
@@ -225,16 +249,24 @@ def test_same_file_name_twice_is_kept_apart(tmp_path, samples):
     copy = tmp_path / "again"
     copy.mkdir()
     shutil.copy(samples[0], copy / os.path.basename(samples[0]))
-    analyze("digits_vit", [samples[0], str(copy / os.path.basename(samples[0])), samples[1]], tmp_path / "out",
-            progress=False)
+    analyze(
+        "digits_vit",
+        [samples[0], str(copy / os.path.basename(samples[0])), samples[1]],
+        tmp_path / "out",
+        progress=False,
+    )
     rows = (tmp_path / "out" / "per_image" / "digits_vit.csv").read_text().splitlines()[1:]
     assert len({r.split(",")[1] for r in rows}) == 3
 
 
 def test_cli_default_run_is_offline_and_complete(tmp_path):
     env = {**os.environ, "VITOPS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "vitops", "analyze", "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitops", "analyze", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sample digits" in proc.stdout
     assert "images/s" in proc.stdout  # the progress bar's throughput (and its time left)
@@ -280,6 +312,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 # ---- a real browser ----
 
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
@@ -297,15 +330,32 @@ def render_in_browser(page_path, tmp_path):
         pytest.skip("no Chromium installed (the nox 'browser' session installs it)")
     page = page_path.read_text()
     # A copy of the page with a probe that records, once loaded, how many images decoded.
-    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-             "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length);"
-             "document.body.setAttribute('data-total', imgs.length); });</script></body>")
+    probe = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length);"
+        "document.body.setAttribute('data-total', imgs.length); });</script></body>"
+    )
     test_page = tmp_path / "probe.html"
     test_page.write_text(page.replace("</body>", probe))
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-                           "--dump-dom", test_page.as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            test_page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = proc.stdout
     assert "data-loaded" in dom, proc.stderr[-2000:]
     return int(dom.split('data-loaded="')[1].split('"')[0]), int(dom.split('data-total="')[1].split('"')[0])
@@ -319,6 +369,7 @@ def test_report_renders_every_image_in_a_browser(report, tmp_path):
 
 
 # ---- two real-size models, each preprocessed its own way ----
+
 
 @pytest.fixture(scope="module")
 def two_resolutions(tmp_path_factory):
@@ -336,7 +387,9 @@ def two_resolutions(tmp_path_factory):
         cv2.imwrite(str(paths[-1]), img)
     models = []
     for k, arch in enumerate(["vit_small_patch16_224", "vit_small_patch16_224.dino"]):
-        save_state_dict(make_timm(arch, seed=k, num_classes=0 if "dino" in arch else 1000), tmp / f"ck{k}.safetensors")
+        save_state_dict(
+            make_timm(arch, seed=k, num_classes=0 if "dino" in arch else 1000), tmp / f"ck{k}.safetensors"
+        )
         vitops.convert(tmp / f"ck{k}.safetensors", tmp / f"{arch.replace('.', '_')}.safetensors", arch=arch)
         model = vitops.load(tmp / f"{arch.replace('.', '_')}.safetensors")
         fed, infer = [], model.infer
@@ -348,8 +401,15 @@ def two_resolutions(tmp_path_factory):
         model.infer = recording
         models.append((model, fed))
     out = tmp / "out"
-    summary = analyze([m for m, _ in models], [str(p) for p in paths], out, batch_size=4, show=2,
-                      preprocessing=[None, {"size": (320, 320)}], progress=False)
+    summary = analyze(
+        [m for m, _ in models],
+        [str(p) for p in paths],
+        out,
+        batch_size=4,
+        show=2,
+        preprocessing=[None, {"size": (320, 320)}],
+        progress=False,
+    )
     return out, summary, paths, [np.concatenate(fed) for _, fed in models]
 
 
@@ -367,7 +427,7 @@ def _timm_eval(path, size, crop_pct, mean, std):
     assert short < min(h, w)  # shrinking: the area filter on the whole image
     resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
     top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
-    x = resized[top:top + size, left:left + size].astype(np.float64) / 255
+    x = resized[top : top + size, left : left + size].astype(np.float64) / 255
     return (x - np.array(mean)) / np.array(std)
 
 
@@ -378,8 +438,9 @@ def test_each_model_is_fed_its_own_preprocessing(two_resolutions):
 
     # Each as timm's pretrained config says (conversion records it): Google ViT to [-1, 1],
     # DINO with the ImageNet mean and std; the DINO at 320 px, with the same crop_pct.
-    vit_cfg, dino_cfg = (timm.models.get_pretrained_cfg(a) for a in ("vit_small_patch16_224",
-                                                                      "vit_small_patch16_224.dino"))
+    vit_cfg, dino_cfg = (
+        timm.models.get_pretrained_cfg(a) for a in ("vit_small_patch16_224", "vit_small_patch16_224.dino")
+    )
     assert vit_cfg.mean != dino_cfg.mean
     for k, path in enumerate(paths):
         want = _timm_eval(path, 224, vit_cfg.crop_pct, vit_cfg.mean, vit_cfg.std)
@@ -388,7 +449,10 @@ def test_each_model_is_fed_its_own_preprocessing(two_resolutions):
         np.testing.assert_allclose(dino_in[k], want, atol=2e-5)
     vit, dino = summary["models"].values()
     assert vit["preprocessing"]["crop_pct"] == vit_cfg.crop_pct and vit["preprocessing"]["size"] == [224, 224]
-    assert dino["preprocessing"]["crop_pct"] == dino_cfg.crop_pct and dino["preprocessing"]["size"] == [320, 320]
+    assert dino["preprocessing"]["crop_pct"] == dino_cfg.crop_pct and dino["preprocessing"]["size"] == [
+        320,
+        320,
+    ]
     assert np.array(dino["rollout"]["mean"]).shape == (20, 20)  # 320 / 16 patches a side
     assert np.array(vit["rollout"]["mean"]).shape == (14, 14)
     (cross,) = json.loads((out / "metrics.json").read_text())["cross_model_cka"]

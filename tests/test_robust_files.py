@@ -12,12 +12,12 @@ import tempfile
 import cv2
 import numpy as np
 import pytest
+from reference import TINY, make_timm, save_state_dict
 
 import vitops
-from vitops.io import weight_file as weights
 from vitops.app.cli import main
 from vitops.converters import ConversionError
-from reference import TINY, make_timm, save_state_dict
+from vitops.io import weight_file as weights
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +84,16 @@ def unprivileged(checkpoint):
             os.chmod(f"{d}/{name}", 0o000)
         for name in ("ck.safetensors", "registry.json"):
             os.chmod(f"{d}/{name}", 0o644)
-        drop = ("os.setgroups([]); os.setgid(65534); os.setuid(65534)\n" if os.geteuid() == 0 else "")
+        drop = "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n" if os.geteuid() == 0 else ""
         # everything imported before the privileges go: the interpreter's own files are root's
-        prelude = ("import os, sys, json\nimport vitops, vitops.hub, vitops.app.cli, vitops.preprocess, vitops.app.commands, "
-                   "concurrent.futures.thread, "
-                   "tqdm.auto, platformdirs, PIL.Image, PIL.PngImagePlugin, cv2\n" + drop)
-        proc = subprocess.run([sys.executable, "-c", prelude + SCENARIOS, d], capture_output=True,
-                              text=True, timeout=300)
+        prelude = (
+            "import os, sys, json\nimport vitops, vitops.hub, vitops.app.cli, vitops.preprocess, vitops.app.commands, "
+            "concurrent.futures.thread, "
+            "vitops.hub.download, platformdirs, PIL.Image, PIL.PngImagePlugin, cv2\n" + drop
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", prelude + SCENARIOS, d], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         yield json.loads(proc.stdout.strip().splitlines()[-1]), d
     finally:
@@ -98,15 +101,21 @@ def unprivileged(checkpoint):
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("scenario,expected", [
-    ("weight_file", "WeightFileError: cannot read .*/locked.safetensors: permission denied"),
-    ("weight_file_in_private_folder", "WeightFileError: cannot read .*/private/m.safetensors: permission denied"),
-    ("checkpoint", "ConversionError: cannot read .*/locked.safetensors: permission denied"),
-    ("destination", "ConversionError: cannot write .*/readonly/o.safetensors: permission denied"),
-    ("labels", "ConversionError: cannot read the labels file .*/locked.txt: permission denied"),
-    ("image", "ImageError: cannot read .*/locked.png: permission denied"),
-    ("cache", "HubError: cannot write in .*/readonly/cache: permission denied"),
-])
+@pytest.mark.parametrize(
+    "scenario,expected",
+    [
+        ("weight_file", "WeightFileError: cannot read .*/locked.safetensors: permission denied"),
+        (
+            "weight_file_in_private_folder",
+            "WeightFileError: cannot read .*/private/m.safetensors: permission denied",
+        ),
+        ("checkpoint", "ConversionError: cannot read .*/locked.safetensors: permission denied"),
+        ("destination", "ConversionError: cannot write .*/readonly/o.safetensors: permission denied"),
+        ("labels", "ConversionError: cannot read the labels file .*/locked.txt: permission denied"),
+        ("image", "ImageError: cannot read .*/locked.png: permission denied"),
+        ("cache", "HubError: cannot write in .*/readonly/cache: permission denied"),
+    ],
+)
 def test_permission_denied_says_so(unprivileged, scenario, expected):
     import re
 
@@ -123,6 +132,7 @@ def test_cli_reports_an_unwritable_destination_in_one_line(unprivileged):
 
 # ---- directories, full disks ----
 
+
 def test_a_directory_as_destination(tmp_path, checkpoint, capsys):
     (tmp_path / "out").mkdir()
     with pytest.raises(ConversionError, match="cannot write .*out: it is a directory"):
@@ -135,7 +145,8 @@ def test_a_directory_as_destination(tmp_path, checkpoint, capsys):
 def test_a_full_disk_leaves_the_previous_file_and_no_temporary(tmp_path, checkpoint, monkeypatch):
     dst = tmp_path / "out" / "m.safetensors"
     dst.parent.mkdir()
-    dst.write_bytes(b"previous")
+    vitops.convert(checkpoint, dst)  # a vitops file, which a conversion may replace
+    previous = dst.read_bytes()
 
     def full(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
@@ -145,31 +156,44 @@ def test_a_full_disk_leaves_the_previous_file_and_no_temporary(tmp_path, checkpo
     monkeypatch.setattr(weights, "save_file", full)
     with pytest.raises(ConversionError, match="cannot write .*m.safetensors: no space left on device"):
         vitops.convert(checkpoint, dst)
-    assert os.listdir(dst.parent) == ["m.safetensors"] and dst.read_bytes() == b"previous"
+    assert os.listdir(dst.parent) == ["m.safetensors"] and dst.read_bytes() == previous
 
 
 def test_a_write_beyond_the_file_size_limit_is_reported(tmp_path, checkpoint):
     # A real failing write (RLIMIT_FSIZE, with SIGXFSZ ignored: EFBIG), as a full disk fails.
-    code = ("import resource, signal, sys, vitops\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-            "try:\n    vitops.convert(sys.argv[1], sys.argv[2])\n"
-            "except vitops.VitopsError as e:\n    print(type(e).__name__, e)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(checkpoint), str(tmp_path / "m.safetensors")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.stdout.startswith("ConversionError cannot write ") and "file too large" in proc.stdout, \
+    code = (
+        "import resource, signal, sys, vitops\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "try:\n    vitops.convert(sys.argv[1], sys.argv[2])\n"
+        "except vitops.VitopsError as e:\n    print(type(e).__name__, e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(checkpoint), str(tmp_path / "m.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout.startswith("ConversionError cannot write ") and "file too large" in proc.stdout, (
         proc.stdout + proc.stderr[-2000:]
+    )
     assert os.listdir(tmp_path) == []
 
 
 # ---- the CLI: user mistakes in one line, exit status 2 ----
 
+
 def test_cli_convert_mistakes_are_one_line(tmp_path, checkpoint, capsys):
     import re
 
-    for args, message in [(["--labels", str(tmp_path / "missing.txt")], "cannot read the labels file .*missing.txt: no such file"),
-                          (["--arch", "vit_gigantic_patch3_999"], "unknown architecture 'vit_gigantic_patch3_999'"),
-                          (["--format", "hf"], "holds no model.safetensors|config.json")]:
+    for args, message in [
+        (
+            ["--labels", str(tmp_path / "missing.txt")],
+            "cannot read the labels file .*missing.txt: no such file",
+        ),
+        (["--arch", "vit_gigantic_patch3_999"], "unknown architecture 'vit_gigantic_patch3_999'"),
+        (["--format", "hf"], "holds no model.safetensors|config.json"),
+    ]:
         assert main(["convert", str(checkpoint), str(tmp_path / "o.safetensors"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("vitops convert: error: ") and err.count("\n") == 1, err
@@ -178,7 +202,9 @@ def test_cli_convert_mistakes_are_one_line(tmp_path, checkpoint, capsys):
 
 
 def test_cli_models_with_a_broken_registry_is_one_line(tmp_path, monkeypatch, capsys):
-    (tmp_path / "r.json").write_text(json.dumps({"models": [{"name": "../../x", "source": {"url": "http://h/x.pth"}}]}))
+    (tmp_path / "r.json").write_text(
+        json.dumps({"models": [{"name": "../../x", "source": {"url": "http://h/x.pth"}}]})
+    )
     monkeypatch.setenv("VITOPS_REGISTRY", str(tmp_path / "r.json"))
     assert main(["models"]) == 2
     err = capsys.readouterr().err
@@ -191,30 +217,40 @@ def test_a_download_that_cannot_be_written_is_reported(tmp_path, monkeypatch):
     from http.server import ThreadingHTTPServer
 
     import torch
-
     from test_hub import FILES, Handler
 
     buf = io.BytesIO()
-    torch.save({"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf)
+    torch.save(
+        {"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf
+    )
     FILES["big.pth"] = buf.getvalue()
     assert len(FILES["big.pth"]) > 400_000
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_address[1]}/files/big.pth"
     (tmp_path / "registry.json").write_text(json.dumps({"models": [{"name": "big", "source": {"url": url}}]}))
-    code = ("import resource, signal, vitops.hub\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-            "try:\n    vitops.hub.fetch('big')\n"
-            "except vitops.VitopsError as e:\n    print(type(e).__name__, e)\n")
-    env = dict(os.environ, VITOPS_HOME=str(tmp_path / "home"), VITOPS_REGISTRY=str(tmp_path / "registry.json"),
-               VITOPS_NO_PROGRESS="1")
+    code = (
+        "import resource, signal, vitops.hub\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "try:\n    vitops.hub.fetch('big')\n"
+        "except vitops.VitopsError as e:\n    print(type(e).__name__, e)\n"
+    )
+    env = dict(
+        os.environ,
+        VITOPS_HOME=str(tmp_path / "home"),
+        VITOPS_REGISTRY=str(tmp_path / "registry.json"),
+        VITOPS_NO_PROGRESS="1",
+    )
     try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+        )
     finally:
         srv.shutdown()
         srv.server_close()
     # the old code called this "no network, or the connection dropped"
-    assert proc.stdout.startswith("HubError cannot write ") and proc.stdout.rstrip().endswith("file too large"), \
-        proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("HubError cannot write ") and proc.stdout.rstrip().endswith(
+        "file too large"
+    ), proc.stdout + proc.stderr[-2000:]
     assert os.listdir(tmp_path / "home") == []

@@ -21,30 +21,49 @@ from vitops.preprocess import Preprocessing, prepare, preprocess, resize_and_cro
 
 def png_header_only(width, height):
     """A PNG whose header claims width x height and whose data is a few bytes."""
+
     def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_header_claiming_huge_size_is_refused_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_only(100_000, 100_000))
     assert path.stat().st_size < 100
-    with pytest.raises(ImageError, match=r"bomb.png: its header says 10,000,000,000 pixels, more than the 89,478,485"):
+    with pytest.raises(
+        ImageError, match=r"bomb.png: its header says 10,000,000,000 pixels, more than the 89,478,485"
+    ):
         read_image(path)  # was cv2.error from OpenCV's own limit
     path.write_bytes(png_header_only(12_000, 12_000))  # below Pillow's own limit: vitops' budget
     with pytest.raises(ImageError, match=r"12000 x 12000 = 144,000,000 pixels, more than the 89,478,485"):
         read_image(path)
 
 
-@pytest.mark.parametrize("ext,dtype,channels", [(".tiff", np.float32, 3), (".tiff", np.float64, 3),
-                                                (".tiff", np.uint16, 4), (".pfm", np.float32, 3),
-                                                (".pam", np.uint8, 3), (".pgm", np.uint16, 1),
-                                                (".hdr", np.float32, 3), (".png", np.uint8, 3),
-                                                (".jpg", np.uint8, 3), (".webp", np.uint8, 3)])
+@pytest.mark.parametrize(
+    "ext,dtype,channels",
+    [
+        (".tiff", np.float32, 3),
+        (".tiff", np.float64, 3),
+        (".tiff", np.uint16, 4),
+        (".pfm", np.float32, 3),
+        (".pam", np.uint8, 3),
+        (".pgm", np.uint16, 1),
+        (".hdr", np.float32, 3),
+        (".png", np.uint8, 3),
+        (".jpg", np.uint8, 3),
+        (".webp", np.uint8, 3),
+    ],
+)
 def test_header_size_of_every_format_opencv_writes(tmp_path, ext, dtype, channels):
     from vitops.io.image_header import header_size
 
@@ -83,8 +102,11 @@ def test_extreme_aspect_ratio_costs_the_crop_not_the_enlarged_image(tmp_path):
         "size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + (300 << 20),) * 2)\n"
         "x = preprocess([sys.argv[1]], size=224)\n"
-        "assert x.shape == (1, 224, 224, 3), x.shape\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+        "assert x.shape == (1, 224, 224, 3), x.shape\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -100,10 +122,12 @@ def old_resize_and_crop(image, size, crop_pct):
     interp = cv2.INTER_AREA if short < min(h, w) else cv2.INTER_CUBIC
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
     top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
-    return resized[top:top + th, left:left + tw]
+    return resized[top : top + th, left : left + tw]
 
 
-@pytest.mark.parametrize("shape", [(427, 640), (100, 150), (150, 100), (37, 211), (8, 300), (1, 50), (224, 224)])
+@pytest.mark.parametrize(
+    "shape", [(427, 640), (100, 150), (150, 100), (37, 211), (8, 300), (1, 50), (224, 224)]
+)
 @pytest.mark.parametrize("size,crop_pct", [(224, 0.875), (224, 1.0), ((224, 320), 0.9), (32, 0.9)])
 def test_crop_then_resize_equals_resize_then_crop(shape, size, crop_pct):
     photo = load_sample_images().images[0]
@@ -147,8 +171,12 @@ def test_value_range_comes_from_the_pixel_type(tmp_path):
 
 
 def test_every_image_failure_is_an_image_error_naming_the_file(tmp_path):
-    cases = {"empty.png": b"", "junk.jpg": os.urandom(300), "cut.png": cv2.imencode(".png", np.zeros((50, 50, 3), np.uint8))[1].tobytes()[:60],
-             "zero.png": png_header_only(0, 0)}
+    cases = {
+        "empty.png": b"",
+        "junk.jpg": os.urandom(300),
+        "cut.png": cv2.imencode(".png", np.zeros((50, 50, 3), np.uint8))[1].tobytes()[:60],
+        "zero.png": png_header_only(0, 0),
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ImageError, match=name):

@@ -14,14 +14,15 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
+from reference import TINY, make_timm, save_state_dict
 
 import vitops
 from vitops import hub
 from vitops.io import temporary as _cleanup
-from reference import TINY, make_timm, save_state_dict
 
 LEFTOVER = re.compile(r"^\.vitops-tmp-[0-9a-f]{8}-(\d+)-")
 
@@ -30,7 +31,7 @@ LEFTOVER = re.compile(r"^\.vitops-tmp-[0-9a-f]{8}-(\d+)-")
 # One import for many kills keeps the test fast on every backend.
 ZYGOTE = r"""
 import json, os, sys
-import vitops, vitops.app.cli, vitops.hub, tqdm.auto
+import vitops, vitops.app.cli, vitops.hub, vitops.hub.download
 from vitops.io.signals import exit_on_sigterm
 for line in sys.stdin:
     cmd = json.loads(line)
@@ -61,8 +62,9 @@ for line in sys.stdin:
 @pytest.fixture(scope="module")
 def zygote():
     env = dict(os.environ, VITOPS_NO_PROGRESS="1")
-    proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
 
     def run(op, args, env, kill_when, sig, delay):
         """Start one operation, wait for kill_when(pid) (polled), sleep `delay`, send `sig`.
@@ -87,7 +89,7 @@ def zygote():
 
 def _alive(pid):
     try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state not in ("Z", "X")
     except OSError:
         return False
@@ -103,8 +105,11 @@ def _signal(pid, sig):
 
 def _temporaries(folder, pid=None):
     """vitops' temporaries in folder (of process `pid` only, when given)."""
-    return sorted(p for p in os.listdir(folder) if p.startswith(_cleanup.TEMP_PREFIX)
-                  and (pid is None or LEFTOVER.match(p).group(1) == str(pid)))
+    return sorted(
+        p
+        for p in os.listdir(folder)
+        if p.startswith(_cleanup.TEMP_PREFIX) and (pid is None or LEFTOVER.match(p).group(1) == str(pid))
+    )
 
 
 def _digest(path):
@@ -112,6 +117,7 @@ def _digest(path):
 
 
 # ---- the sweep itself ----
+
 
 def test_sweep_removes_only_dead_owners_leftovers(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -123,9 +129,10 @@ def test_sweep_removes_only_dead_owners_leftovers(tmp_path):
         "reused": f".vitops-tmp-{host}-{os.getpid()}-1111-old.safetensors",  # PID reused since
         "foreign_new": f".vitops-tmp-00000000-{dead.pid}-2222-m.safetensors",  # another host
         "foreign_old": f".vitops-tmp-00000000-{dead.pid}-3333-m.safetensors",
-        "user": ".tmp-user-file", "similar": "vitops-tmp-x",
+        "user": ".tmp-user-file",
+        "similar": "vitops-tmp-x",
     }
-    for key, name in names.items():
+    for name in names.values():
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / f".vitops-tmp-{host}-{dead.pid}-4444-download").mkdir()
     (tmp_path / f".vitops-tmp-{host}-{dead.pid}-4444-download" / "part").write_bytes(b"x")
@@ -134,13 +141,16 @@ def test_sweep_removes_only_dead_owners_leftovers(tmp_path):
     two_days_ago = time.time() - 2 * 86400
     os.utime(tmp_path / names["foreign_old"], (two_days_ago, two_days_ago))
     removed = _cleanup.sweep(tmp_path)
-    assert sorted(removed) == sorted([names["dead"], names["reused"], names["foreign_old"],
-                                      f".vitops-tmp-{host}-{dead.pid}-4444-download"])
-    assert sorted(os.listdir(tmp_path)) == sorted([names["alive"], names["foreign_new"], names["user"],
-                                                   names["similar"]])
+    assert sorted(removed) == sorted(
+        [names["dead"], names["reused"], names["foreign_old"], f".vitops-tmp-{host}-{dead.pid}-4444-download"]
+    )
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [names["alive"], names["foreign_new"], names["user"], names["similar"]]
+    )
 
 
 # ---- vitops convert ----
+
 
 @pytest.fixture(scope="module")
 def vit_s(tmp_path_factory):
@@ -158,6 +168,7 @@ def test_killed_convert_keeps_the_previous_output(zygote, vit_s, tmp_path, sig):
     dst = out / "model.safetensors"
     vitops.convert(vit_s / "small.safetensors", dst)  # the previous output
     previous = _digest(dst)
+
     def started(pid):
         return bool(_temporaries(out, pid))
 
@@ -166,9 +177,14 @@ def test_killed_convert_keeps_the_previous_output(zygote, vit_s, tmp_path, sig):
 
     interrupted, while_writing, killed_pids = 0, 0, set()
     for when, delay in ((started, 0.0), (started, 0.3), (writing, 0.0), (writing, 0.02)):
-        pid, status, sent = zygote("convert", [str(vit_s / "vit_s.safetensors"), str(dst)], {}, when, sig, delay)
-        killed = sent and os.WIFSIGNALED(status) if sig == signal.SIGKILL else \
-            sent and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
+        pid, status, sent = zygote(
+            "convert", [str(vit_s / "vit_s.safetensors"), str(dst)], {}, when, sig, delay
+        )
+        killed = (
+            sent and os.WIFSIGNALED(status)
+            if sig == signal.SIGKILL
+            else sent and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
+        )
         left = _temporaries(out)
         if killed:
             interrupted += 1
@@ -182,7 +198,9 @@ def test_killed_convert_keeps_the_previous_output(zygote, vit_s, tmp_path, sig):
         else:  # it finished before the signal: a complete new file
             assert vitops.load_params(dst)[1].name == "vit_small_patch16_224"
             previous = _digest(dst)
-    assert interrupted >= 2 and while_writing >= 1, f"interrupted {interrupted} times, {while_writing} while writing"
+    assert interrupted >= 2 and while_writing >= 1, (
+        f"interrupted {interrupted} times, {while_writing} while writing"
+    )
     # the next invocation sweeps what SIGKILL left
     vitops.convert(vit_s / "small.safetensors", dst)
     assert os.listdir(out) == ["model.safetensors"]
@@ -196,7 +214,7 @@ FILES = {}
 class SlowHandler(BaseHTTPRequestHandler):
     """Serves FILES slowly (64 KB every 20 ms), so a download can be caught half-way."""
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         data = FILES.get(self.path.strip("/"))
         if data is None:
             self.send_error(404)
@@ -206,7 +224,7 @@ class SlowHandler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for i in range(0, len(data), 1 << 16):
-                self.wfile.write(data[i:i + (1 << 16)])
+                self.wfile.write(data[i : i + (1 << 16)])
                 self.wfile.flush()
                 time.sleep(0.02)
         except (BrokenPipeError, ConnectionResetError):
@@ -228,7 +246,9 @@ def slow_server():
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server, tmp_path, monkeypatch, sig):
     buf = io.BytesIO()
-    torch.save({"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf)
+    torch.save(
+        {"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf
+    )
     FILES["deit.pth"] = buf.getvalue()
     registry = tmp_path / "registry.json"
     entry = {"format": "deit", "source": {"url": f"{slow_server}/deit.pth"}}
@@ -239,16 +259,21 @@ def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("VITOPS_NO_PROGRESS", "1")
     hub.fetch("other")  # the cache's previous content
-    before = {p: _digest(home / p) for p in ("checksums.json", "models/other.safetensors", "models/other.json")}
+    before = {
+        p: _digest(home / p) for p in ("checksums.json", "models/other.safetensors", "models/other.json")
+    }
 
     def partial_download(pid):
-        return any(f.stat().st_size > 0 for d in _temporaries(home, pid) for f in (home / d).rglob("*") if f.is_file())
+        return any(
+            f.stat().st_size > 0
+            for d in _temporaries(home, pid)
+            for f in (home / d).rglob("*")
+            if f.is_file()
+        )
 
-    interrupted = 0
     for delay in (0.0, 0.1):
         pid, status, sent = zygote("fetch", ["tiny"], env, partial_download, sig, delay)
         assert sent, "the download ended before it could be interrupted"
-        interrupted += 1
         left = _temporaries(home)
         if sig == signal.SIGTERM:
             assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
@@ -259,8 +284,13 @@ def test_killed_download_leaves_nothing_after_the_next_fetch(zygote, slow_server
         assert {p: _digest(home / p) for p in before} == before
     hub.fetch("tiny")  # the next fetch sweeps the leftovers and completes
     files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
-    assert files == ["checksums.json", "models/other.json", "models/other.safetensors",
-                     "models/tiny.json", "models/tiny.safetensors"]
+    assert files == [
+        "checksums.json",
+        "models/other.json",
+        "models/other.safetensors",
+        "models/tiny.json",
+        "models/tiny.safetensors",
+    ]
     assert _temporaries(home) == [] and _temporaries(home / "models") == []
 
 

@@ -9,17 +9,19 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 import torch
+from reference import TINY, make_timm
+from test_hub import FILES, Handler
 
 from vitops import hub
 from vitops.errors import HubError
-from reference import TINY, make_timm
-from test_hub import FILES, Handler
 
 
 @pytest.fixture
 def served():
     buf = io.BytesIO()
-    torch.save({"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf)
+    torch.save(
+        {"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf
+    )
     FILES["deit_tiny.pth"] = buf.getvalue()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -50,9 +52,18 @@ def test_registry_names_cannot_leave_the_cache(tmp_path, monkeypatch, served, na
     assert files_under(tmp_path) == ["registry.json"]
 
 
-@pytest.mark.parametrize("source", [{"url": "http://h/a/.."}, {"url": "http://h/"}, {"url": "http://h/x.exe"},
-                                    {"url": "file:///etc/passwd"}, {"hf_repo": "../x", "filename": "m.safetensors"},
-                                    {"hf_repo": "a/b", "filename": "../../m.safetensors"}, {}])
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"url": "http://h/a/.."},
+        {"url": "http://h/"},
+        {"url": "http://h/x.exe"},
+        {"url": "file:///etc/passwd"},
+        {"hf_repo": "../x", "filename": "m.safetensors"},
+        {"hf_repo": "a/b", "filename": "../../m.safetensors"},
+        {},
+    ],
+)
 def test_source_file_names_are_checked(tmp_path, monkeypatch, source):
     use_registry(tmp_path, monkeypatch, {"name": "ok", "source": source})
     with pytest.raises(HubError, match="bad registry entries: ok: source"):
@@ -82,8 +93,17 @@ def test_a_damaged_cache_index_is_reported_not_trusted(tmp_path, monkeypatch, se
 
 
 def test_a_registry_entry_that_is_not_valid_is_named(tmp_path, monkeypatch):
-    use_registry(tmp_path, monkeypatch, {"name": "ok", "arch": "vit_gigantic", "sha256": "xyz",
-                                         "preprocessing": {"crop_pct": 7}, "source": {"url": "https://h/m.pth"}})
+    use_registry(
+        tmp_path,
+        monkeypatch,
+        {
+            "name": "ok",
+            "arch": "vit_gigantic",
+            "sha256": "xyz",
+            "preprocessing": {"crop_pct": 7},
+            "source": {"url": "https://h/m.pth"},
+        },
+    )
     with pytest.raises(HubError) as info:
         hub.registry()
     message = str(info.value)

@@ -8,12 +8,12 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from reference import TINY, make_timm
 from safetensors.numpy import load_file, save_file
 
 import vitops
-from vitops.core.config import ViTConfig
 from vitops.converters import ConversionError
-from reference import TINY, make_timm
+from vitops.core.config import ViTConfig
 
 CONFIG = ViTConfig(image_size=32, patch_size=16, dim=64, depth=2, num_heads=2, mlp_dim=96, num_classes=3)
 
@@ -21,7 +21,9 @@ CONFIG = ViTConfig(image_size=32, patch_size=16, dim=64, depth=2, num_heads=2, m
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     rng = np.random.default_rng(0)
-    params = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in vitops.param_shapes(CONFIG).items()}
+    params = {
+        k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in vitops.param_shapes(CONFIG).items()
+    }
     path = tmp_path_factory.mktemp("w") / "m.safetensors"
     vitops.save(path, params, CONFIG)
     return path
@@ -37,7 +39,9 @@ def _retyped(src, dst, key, dtype):
     return dst
 
 
-@pytest.mark.parametrize("dtype,name", [(np.int32, "I32"), (np.uint8, "U8"), (np.bool_, "BOOL"), (np.int64, "I64")])
+@pytest.mark.parametrize(
+    "dtype,name", [(np.int32, "I32"), (np.uint8, "U8"), (np.bool_, "BOOL"), (np.int64, "I64")]
+)
 def test_integer_and_bool_tensors_are_refused_by_the_header(tmp_path, small, dtype, name):
     bad = _retyped(small, tmp_path / "bad.safetensors", "norm.scale", dtype)
     with pytest.raises(vitops.WeightFileError, match=rf"floating point.*norm.scale \({name}\)"):
@@ -48,10 +52,10 @@ def test_a_header_saying_i32_over_float_bytes_is_refused(tmp_path, small):
     # The same bytes, relabelled: the load used to succeed and every output was NaN.
     data = small.read_bytes()
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     header["blocks.0.attn.qkv.kernel"]["dtype"] = "I32"
     text = json.dumps(header).encode()
-    (tmp_path / "i32.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+    (tmp_path / "i32.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
     with pytest.raises(vitops.WeightFileError, match="floating point"):
         vitops.load(tmp_path / "i32.safetensors")
 
@@ -69,8 +73,9 @@ def test_half_precision_files_load_as_float32(tmp_path, small, dtype):
     np.testing.assert_array_equal(got, original["blocks.0.mlp.fc1.kernel"].astype(dt).astype(np.float32))
 
 
-@pytest.mark.parametrize("value,match", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
-                                         (-3e38, "beyond")])
+@pytest.mark.parametrize(
+    "value,match", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-3e38, "beyond")]
+)
 def test_non_finite_or_absurd_values_are_refused_on_read(tmp_path, small, value, match):
     tensors = load_file(str(small))
     with vitops.WeightFile(small) as f:
@@ -96,12 +101,15 @@ def test_header_byte_ranges_and_length_are_checked_before_reading(tmp_path, smal
         vitops.load(tmp_path / "h.safetensors")
     n = int.from_bytes(data[:8], "little")
     for mutation in ("overlap", "past_end", "hole"):
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
         begin, end = header["cls_token"]["data_offsets"]
-        header["cls_token"]["data_offsets"] = {"overlap": [begin - 4, end - 4], "hole": [begin, end + 4],
-                                               "past_end": [begin + 2**40, end + 2**40]}[mutation]
+        header["cls_token"]["data_offsets"] = {
+            "overlap": [begin - 4, end - 4],
+            "hole": [begin, end + 4],
+            "past_end": [begin + 2**40, end + 2**40],
+        }[mutation]
         text = json.dumps(header).encode()
-        (tmp_path / "o.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+        (tmp_path / "o.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
         with pytest.raises(vitops.WeightFileError, match="truncated or corrupt"):
             vitops.load(tmp_path / "o.safetensors")
 
@@ -112,6 +120,7 @@ def test_a_directory_is_not_a_weight_file(tmp_path):
 
 
 # ---- foreign checkpoints ----
+
 
 def test_integer_tensors_in_a_timm_checkpoint_are_refused_not_cast(tmp_path):
     sd = make_timm("vit_small_patch16_224", **TINY, num_classes=3).state_dict()
@@ -141,12 +150,14 @@ def test_npz_zip_bomb_is_refused_before_decompressing(tmp_path):
     count = 16 << 22  # 256 MiB of float32 zeros
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (count,)})
-    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("embedding/kernel.npy", "w", force_zip64=True) as f:
-            f.write(header.getvalue())
-            chunk = bytes(1 << 24)
-            for _ in range(16):
-                f.write(chunk)
+    with (
+        zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("embedding/kernel.npy", "w", force_zip64=True) as f,
+    ):
+        f.write(header.getvalue())
+        chunk = bytes(1 << 24)
+        for _ in range(16):
+            f.write(chunk)
     assert (tmp_path / "bomb.npz").stat().st_size < 1 << 20
     start = time.perf_counter()
     with pytest.raises(ConversionError, match="zip bomb"):

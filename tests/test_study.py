@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 import vitops
-from vitops.hub import shipped
-from vitops import analysis, hub
+from vitops import analysis
 from vitops.analysis.accumulate import Fixed, Moments, load_states, save_states
 from vitops.app.commands import analyze
 from vitops.app.run import run_study
 from vitops.app.settings import RunSettings as StudySettings
-from vitops.app.study import Study, load_studies
+from vitops.app.state import load_studies, load_study
+from vitops.hub import shipped
 
 BACKEND = keras.config.backend()
 MODELS = ["digits_vit", "digits_deit"]
@@ -44,8 +44,12 @@ def images(tmp_path_factory):
 
 
 def cli(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "vitops", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -102,22 +106,29 @@ def test_four_shards_in_separate_processes_merge_into_one_run(tmp_path, images):
     settings = StudySettings(batch_size=4, show=5)
     other = run_study(MODELS[::-1], [images], settings=settings, shard=(1, 4), progress=False)
     with pytest.raises(vitops.AnalysisError, match="different models"):
-        Study.load(states[0]).merge(other)
-    fused = run_study(MODELS, [images], settings=StudySettings(batch_size=4, show=5, head_fusion="max"),
-                      shard=(1, 4), progress=False)
+        load_study(states[0]).merge(other)
+    fused = run_study(
+        MODELS,
+        [images],
+        settings=StudySettings(batch_size=4, show=5, head_fusion="max"),
+        shard=(1, 4),
+        progress=False,
+    )
     with pytest.raises(vitops.AnalysisError, match="head_fusion: 'mean' != 'max'"):
-        Study.load(states[0]).merge(fused)
+        load_study(states[0]).merge(fused)
 
 
 def test_in_process_shards_and_an_empty_shard(tmp_path, images):
     settings = StudySettings(batch_size=4, show=3)
     one = run_study(MODELS[0], [images], settings=settings, progress=False)
-    parts = [run_study(MODELS[0], [images], settings=settings, shard=(i, 8), progress=False) for i in range(8)]
+    parts = [
+        run_study(MODELS[0], [images], settings=settings, shard=(i, 8), progress=False) for i in range(8)
+    ]
     assert sum(p.analysed for p in parts) == one.analysed and min(p.analysed for p in parts) == 0
     merged = parts[0]
     for i, p in enumerate(parts[1:]):
         p.save(tmp_path / f"{i}.safetensors")
-        merged.merge(Study.load(tmp_path / f"{i}.safetensors"))
+        merged.merge(load_study(tmp_path / f"{i}.safetensors"))
     a, b = one.models[0], merged.models[0]
     np.testing.assert_allclose(b.distance.result()["std"], a.distance.result()["std"], rtol=1e-12)
     np.testing.assert_allclose(b.cka.result(), a.cka.result(), rtol=1e-12)
@@ -136,12 +147,17 @@ def test_two_simulated_devices_equal_one(tmp_path, images):
     for m in MODELS:  # predictions identical, image by image
         a = np.load(tmp_path / "one" / "per_image" / f"{m}_top.npy")
         np.testing.assert_array_equal(a, np.load(tmp_path / "two" / "per_image" / f"{m}_top.npy"))
-    proc = subprocess.run([sys.executable, "-m", "vitops", "analyze", "--devices", "3", "--out", tmp_path / "x"],
-                          capture_output=True, text=True, env={**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitops", "analyze", "--devices", "3", "--out", tmp_path / "x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     assert proc.returncode == 2 and "sees 2 device" in proc.stderr
 
 
 # ---- the accumulators themselves ----
+
 
 def test_accumulators_merge_save_load(tmp_path, rng):
     values = rng.standard_normal((20, 3, 2)) * 1e-3 + 50.0  # a variance tiny next to the mean
@@ -183,13 +199,13 @@ def test_accumulators_merge_save_load(tmp_path, rng):
 
 def test_state_files_that_are_not_states(tmp_path):
     (tmp_path / "junk").write_bytes(b"\x00" * 64)
-    with pytest.raises(vitops.AnalysisError, match="not a readable analysis state"):
-        Study.load(tmp_path / "junk")
+    with pytest.raises(vitops.AnalysisError, match="cannot read the analysis state"):
+        load_study(tmp_path / "junk")
     from safetensors.numpy import save_file
 
     save_file({"x": np.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "vitops"})
     with pytest.raises(vitops.AnalysisError, match="not a vitops analysis state"):
-        Study.load(tmp_path / "other.safetensors")
+        load_study(tmp_path / "other.safetensors")
     shutil.copy(shipped.model_path("digits_vit"), tmp_path / "w.safetensors")
     with pytest.raises(vitops.AnalysisError, match="not a vitops analysis state"):
-        Study.load(tmp_path / "w.safetensors")
+        load_study(tmp_path / "w.safetensors")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import vitops
-from vitops.app import visualize
 from vitops.analysis.features import unit_activations
+from vitops.app import visualize
+from vitops.io.output_folder import MANIFEST
 
 
 def parse(argv):
@@ -22,10 +23,25 @@ def test_writes_one_png_per_unit_and_a_self_contained_page(tmp_path, capsys):
     import cv2
 
     out = tmp_path / "features"
-    args = parse(["visualize", "--block", "1", "--unit", "30", "--unit", "3", "--out", str(out),
-                  "--steps", "4", "--seed", "2"])
+    args = parse(
+        [
+            "visualize",
+            "--block",
+            "1",
+            "--unit",
+            "30",
+            "--unit",
+            "3",
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--seed",
+            "2",
+        ]
+    )
     assert args.func(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "unit_3.png", "unit_30.png"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "index.html", "unit_3.png", "unit_30.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["features"]  # no temporary folder left
     page = (out / "index.html").read_text()
     embedded = re.findall(r"src='data:image/png;base64,([^']+)'", page)
@@ -45,21 +61,28 @@ def test_writes_one_png_per_unit_and_a_self_contained_page(tmp_path, capsys):
     assert "block 1, unit 3: activation" in page
     assert "block 1, units 30 (" in capsys.readouterr().out
     # running again replaces the folder it wrote
-    args = parse(["visualize", "--block", "1", "--unit", "7", "--unit", "8", "--out", str(out),
-                  "--steps", "2"])
+    args = parse(
+        ["visualize", "--block", "1", "--unit", "7", "--unit", "8", "--out", str(out), "--steps", "2"]
+    )
     assert args.func(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "unit_7.png", "unit_8.png"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "index.html", "unit_7.png", "unit_8.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["features"]
 
 
-@pytest.mark.parametrize("argv,error,match", [
-    (["--block", "9", "--unit", "1"], vitops.AnalysisError, r"block must be an int in \[0, 4\)"),
-    (["--block", "1", "--unit", "128"], vitops.AnalysisError, r"unit must be an int in \[0, 128\)"),
-    (["--block", "1", "--unit", "2", "--unit", "2"], vitops.AnalysisError, "given more than once"),
-    (["--block", "1", "--unit", "2", "--steps", "-1"], vitops.AnalysisError, "steps"),
-    (["--block", "1", "--unit", "2", "--model", "no_such_model.safetensors"], vitops.WeightFileError,
-     "no such weight file"),
-])
+@pytest.mark.parametrize(
+    "argv,error,match",
+    [
+        (["--block", "9", "--unit", "1"], vitops.AnalysisError, r"block must be an int in \[0, 4\)"),
+        (["--block", "1", "--unit", "128"], vitops.AnalysisError, r"unit must be an int in \[0, 128\)"),
+        (["--block", "1", "--unit", "2", "--unit", "2"], vitops.AnalysisError, "given more than once"),
+        (["--block", "1", "--unit", "2", "--steps", "-1"], vitops.AnalysisError, "steps"),
+        (
+            ["--block", "1", "--unit", "2", "--model", "no_such_model.safetensors"],
+            vitops.WeightFileError,
+            "no such weight file",
+        ),
+    ],
+)
 def test_bad_requests_raise_vitops_errors_and_write_nothing(tmp_path, argv, error, match):
     args = parse(["visualize", "--out", str(tmp_path / "out"), "--steps", "2"] + argv)
     with pytest.raises(error, match=match):
@@ -72,10 +95,10 @@ def test_never_replaces_a_folder_it_did_not_write(tmp_path):
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"not ours")
     args = parse(["visualize", "--block", "0", "--unit", "1", "--out", str(mine), "--steps", "1"])
-    with pytest.raises(vitops.AnalysisError, match="holds other files"):
+    with pytest.raises(vitops.OutputError, match="vitops did not write"):
         args.func(args)
     assert [p.name for p in mine.iterdir()] == ["holiday.jpg"]
     (tmp_path / "file").write_text("x")
     args = parse(["visualize", "--block", "0", "--unit", "1", "--out", str(tmp_path / "file")])
-    with pytest.raises(vitops.AnalysisError, match="is a file"):
+    with pytest.raises(vitops.OutputError, match="is not a folder"):
         args.func(args)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
 
 import vitops
-from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
 
 OUT_RTOL = 1e-4
 ATTN_ATOL = 1e-5
@@ -60,14 +60,17 @@ def test_tiny_matches_timm(tmp_path, family, size):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,arch,size", [
-    ("vit_small_patch16_224", "vit_small_patch16_224", (224, 224)),
-    ("vit_small_patch16_224", "vit_small_patch16_224", (288, 160)),
-    ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", (224, 224)),
-    ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", (320, 320)),
-    ("vit_small_patch16_224.dino", "dino_vits16", (224, 224)),
-    ("vit_small_patch16_224.dino", "vit_small_patch16_224.dino", (160, 192)),
-])
+@pytest.mark.parametrize(
+    "name,arch,size",
+    [
+        ("vit_small_patch16_224", "vit_small_patch16_224", (224, 224)),
+        ("vit_small_patch16_224", "vit_small_patch16_224", (288, 160)),
+        ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", (224, 224)),
+        ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224", (320, 320)),
+        ("vit_small_patch16_224.dino", "dino_vits16", (224, 224)),
+        ("vit_small_patch16_224.dino", "vit_small_patch16_224.dino", (160, 192)),
+    ],
+)
 def test_real_size_matches_timm(tmp_path, name, arch, size):
     ref_model = make_timm(name, seed=3)
     model = vitops.load(convert_timm(tmp_path, ref_model, arch=arch))
@@ -80,9 +83,11 @@ def dino_interpolate_pos_encoding(pos_embed, h_patches, w_patches):
     n = pos_embed.shape[1] - 1
     cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
     side = int(np.sqrt(n))
-    grid = F.interpolate(grid.reshape(1, side, side, -1).permute(0, 3, 1, 2),
-                         scale_factor=((h_patches + 0.1) / np.sqrt(n), (w_patches + 0.1) / np.sqrt(n)),
-                         mode="bicubic")
+    grid = F.interpolate(
+        grid.reshape(1, side, side, -1).permute(0, 3, 1, 2),
+        scale_factor=((h_patches + 0.1) / np.sqrt(n), (w_patches + 0.1) / np.sqrt(n)),
+        mode="bicubic",
+    )
     assert grid.shape[-2:] == (h_patches, w_patches)
     return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])], dim=1)
 
@@ -93,8 +98,13 @@ def test_dino_interpolation_option(tmp_path, size):
     path = convert_timm(tmp_path, ref_model)
     model = vitops.load(path, pos_interp="dino")
     # The reference: a timm model at the new size whose table was resampled DINO's way.
-    target = make_timm("vit_small_patch16_224.dino", **{**TINY, "img_size": size}, patch_size=16,
-                       num_classes=0, dynamic_img_size=False)
+    target = make_timm(
+        "vit_small_patch16_224.dino",
+        **{**TINY, "img_size": size},
+        patch_size=16,
+        num_classes=0,
+        dynamic_img_size=False,
+    )
     sd = dict(ref_model.state_dict())
     sd["pos_embed"] = dino_interpolate_pos_encoding(sd["pos_embed"], size[0] // 16, size[1] // 16)
     target.load_state_dict(sd)
@@ -144,10 +154,20 @@ def test_output_structure(tmp_path):
     assert [tuple(a.shape) for a in out["attention"]] == [(2, 2, t, t)] * 3
     assert [tuple(h.shape) for h in out["hidden"]] == [(2, t, 128)] * 4
     assert to_np(model(images)).shape == (2, 5)
-    assert set(model(images, return_hidden=True)) == {"logits", "logits_cls", "logits_dist", "features", "hidden"}
+    assert set(model(images, return_hidden=True)) == {
+        "logits",
+        "logits_cls",
+        "logits_dist",
+        "features",
+        "hidden",
+    }
     heads = model(images, return_dict=True)
-    np.testing.assert_allclose(to_np(heads["logits"]), (to_np(heads["logits_cls"]) + to_np(heads["logits_dist"])) / 2,
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        to_np(heads["logits"]),
+        (to_np(heads["logits_cls"]) + to_np(heads["logits_dist"])) / 2,
+        rtol=1e-6,
+        atol=1e-6,
+    )
     # attention rows are probability distributions
     np.testing.assert_allclose(to_np(out["attention"][0]).sum(-1), 1.0, atol=1e-5)
     # without hidden states the last block computes only the prefix tokens' outputs, but its
@@ -168,12 +188,15 @@ def test_predict_matches_call(tmp_path):
     assert rel_err(to_np(model.predict_on_batch(images)), expected) <= OUT_RTOL
 
 
-@pytest.mark.parametrize("shape,message", [
-    ((2, 64, 60, 3), "not a multiple of the patch size 16"),
-    ((2, 64, 64, 1), "3 channels"),
-    ((2, 64, 64, 4), "3 channels"),
-    ((64, 64, 3), "rank 4"),
-])
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((2, 64, 60, 3), "not a multiple of the patch size 16"),
+        ((2, 64, 64, 1), "3 channels"),
+        ((2, 64, 64, 4), "3 channels"),
+        ((64, 64, 3), "rank 4"),
+    ],
+)
 def test_bad_images_are_named(tmp_path, shape, message):
     ref_model = make_timm("vit_small_patch16_224", **TINY, patch_size=16, num_classes=3)
     model = vitops.load(convert_timm(tmp_path, ref_model))

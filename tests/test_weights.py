@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from reference import TINY, make_timm, save_state_dict
 from safetensors.numpy import load_file, save_file
 
 import vitops
 from vitops.io import weight_file as weights
-from reference import TINY, make_timm, save_state_dict
 
 
 @pytest.fixture
@@ -134,8 +134,8 @@ def test_interrupted_save_leaves_nothing(tmp_path, converted, monkeypatch):
 
 def test_failed_save_keeps_previous_file(tmp_path, converted, monkeypatch):
     params, config = vitops.load_params(converted[1])
-    out = tmp_path / "model.safetensors"
-    out.write_bytes(b"previous")
+    out = converted[1]  # a vitops file, which a save may replace
+    previous = out.read_bytes()
 
     def broken(tensors, filename, metadata=None):
         raise OSError("disk full")
@@ -143,5 +143,21 @@ def test_failed_save_keeps_previous_file(tmp_path, converted, monkeypatch):
     monkeypatch.setattr(weights, "save_file", broken)
     with pytest.raises(vitops.WeightFileError, match="cannot write .*model.safetensors: disk full"):
         vitops.save(out, params, config)
-    assert out.read_bytes() == b"previous"
+    assert out.read_bytes() == previous
     assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "src.safetensors"]
+
+
+def test_save_never_replaces_a_file_it_did_not_write(tmp_path, converted):
+    params, config = vitops.load_params(converted[1])
+    for content in (b"my notes", converted[0].read_bytes()):  # any file; a timm checkpoint
+        out = tmp_path / "mine.safetensors"
+        out.write_bytes(content)
+        with pytest.raises(vitops.WeightFileError, match="not a vitops weight file vitops wrote"):
+            vitops.save(out, params, config)
+        assert out.read_bytes() == content
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(converted[1])
+    before = converted[1].read_bytes()
+    with pytest.raises(vitops.WeightFileError, match="symbolic link"):
+        vitops.save(link, params, config)
+    assert link.is_symlink() and converted[1].read_bytes() == before

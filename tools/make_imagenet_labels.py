@@ -19,10 +19,12 @@ def main() -> None:
     labels = info.label_descriptions()
     assert len(labels) == 1000
     data = {
-        "source": (f"timm {timm.__version__}: timm/data/_info/imagenet_synsets.txt (class order) and "
-                   "imagenet_synset_to_lemma.txt (WordNet lemmas per synset, from ImageNet's words.txt), "
-                   "via timm.data.ImageNetInfo('imagenet-1k').label_descriptions(); "
-                   "made by tools/make_imagenet_labels.py"),
+        "source": (
+            f"timm {timm.__version__}: timm/data/_info/imagenet_synsets.txt (class order) and "
+            "imagenet_synset_to_lemma.txt (WordNet lemmas per synset, from ImageNet's words.txt), "
+            "via timm.data.ImageNetInfo('imagenet-1k').label_descriptions(); "
+            "made by tools/make_imagenet_labels.py"
+        ),
         "synsets": info.label_names(),
         "labels": labels,
     }

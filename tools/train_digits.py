@@ -20,20 +20,21 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import cv2  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import cv2
+import keras
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import vitops  # noqa: E402
-from vitops.preprocess import Preprocessing, normalize  # noqa: E402
+import vitops
+from vitops.preprocess import Preprocessing, normalize
 
 # Where the shipped models and samples live: the package data folder.
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vitops", "_data")
 SIZE, SEED = 32, 0
-CONFIG = dict(image_size=SIZE, patch_size=4, dim=64, depth=4, num_heads=2, mlp_dim=128, num_classes=10,
-              family="vit")
+CONFIG = dict(
+    image_size=SIZE, patch_size=4, dim=64, depth=4, num_heads=2, mlp_dim=128, num_classes=10, family="vit"
+)
 LABELS = [str(i) for i in range(10)]
 
 
@@ -79,7 +80,7 @@ class AugmentedDigits(keras.utils.PyDataset):
         return int(np.ceil(len(self.x) / self.batch_size))
 
     def __getitem__(self, i):
-        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
         return augment(self.x[idx], self.rng), self.y[idx]
 
     def on_epoch_end(self):
@@ -87,21 +88,30 @@ class AugmentedDigits(keras.utils.PyDataset):
 
 
 def schedule(epochs, steps, lr=2e-3):
-    return keras.optimizers.schedules.CosineDecay(lr * 0.1, epochs * steps, warmup_target=lr,
-                                                  warmup_steps=steps * 3)
+    return keras.optimizers.schedules.CosineDecay(
+        lr * 0.1, epochs * steps, warmup_target=lr, warmup_steps=steps * 3
+    )
 
 
 def train_teacher(x, y, epochs):
-    teacher = keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"), keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(10),
-    ])
+    teacher = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
     data = AugmentedDigits(x, y)
-    teacher.compile(keras.optimizers.Adam(schedule(epochs, len(data))),
-                    keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    teacher.compile(
+        keras.optimizers.Adam(schedule(epochs, len(data))),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     teacher.fit(data, epochs=epochs, verbose=2)
     return teacher
 
@@ -132,15 +142,18 @@ class DistillationData(AugmentedDigits):
 
 
 def train_vit(x, y, epochs, teacher=None):
-    config = vitops.ViTConfig(distilled=teacher is not None,
-                              name="digits_deit" if teacher is not None else "digits_vit", **CONFIG)
+    config = vitops.ViTConfig(
+        distilled=teacher is not None, name="digits_deit" if teacher is not None else "digits_vit", **CONFIG
+    )
     vit = vitops.VisionTransformer(config)
     if teacher is None:
         model, data = vit, AugmentedDigits(x, y)
     else:
         model, data = DistillationView(vit), DistillationData(x, y, teacher)
-    model.compile(keras.optimizers.AdamW(schedule(epochs, len(data)), weight_decay=0.05),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.AdamW(schedule(epochs, len(data)), weight_decay=0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     model.fit(data, epochs=epochs, verbose=2)
     return vit
 
@@ -156,10 +169,14 @@ def main():
     x_train, x_test = model_input(x_train_u8), model_input(x_test_u8)
     epochs = int(os.environ.get("DIGITS_EPOCHS", "60"))
 
-    provenance = {"source_format": "vitops-trained",
-                  "training": f"tools/train_digits.py, sklearn load_digits, seed {SEED}, {epochs} epochs"}
+    provenance = {
+        "source_format": "vitops-trained",
+        "training": f"tools/train_digits.py, sklearn load_digits, seed {SEED}, {epochs} epochs",
+    }
     # The digits are 32x32 already: no crop; Google ViT's normalisation to [-1, 1].
-    preprocessing = Preprocessing(size=32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
+    preprocessing = Preprocessing(
+        size=32, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     vit = train_vit(x_train, y_train, epochs)
     vit_acc = accuracy(vit, x_test, y_test)
     teacher = train_teacher(x_train, y_train, epochs=30)
@@ -167,15 +184,24 @@ def main():
     deit = train_vit(x_train, y_train, epochs, teacher=teacher)
     deit_acc = accuracy(deit, x_test, y_test)
     for model, acc in ((vit, vit_acc), (deit, deit_acc)):
-        vitops.save(os.path.join(HERE, f"{model.config.name}.safetensors"), model.get_params(), model.config,
-                    {**provenance, "heldout_accuracy": f"{acc:.4f}"}, labels=list(LABELS),
-                    preprocessing=preprocessing)
+        vitops.save(
+            os.path.join(HERE, f"{model.config.name}.safetensors"),
+            model.get_params(),
+            model.config,
+            {**provenance, "heldout_accuracy": f"{acc:.4f}"},
+            labels=list(LABELS),
+            preprocessing=preprocessing,
+        )
     os.makedirs(os.path.join(HERE, "samples"), exist_ok=True)
     for i in range(8):  # held-out digits, one of each of the first eight classes
         j = int(np.flatnonzero(y_test == i)[0])
-        cv2.imwrite(os.path.join(HERE, "samples", f"digit_{i}.png"), cv2.cvtColor(x_test_u8[j], cv2.COLOR_RGB2BGR))
-    print(f"held-out accuracy ({len(y_test)} images): ViT {vit_acc:.4f}, CNN teacher {teacher_acc:.4f}, "
-          f"DeiT distilled {deit_acc:.4f}")
+        cv2.imwrite(
+            os.path.join(HERE, "samples", f"digit_{i}.png"), cv2.cvtColor(x_test_u8[j], cv2.COLOR_RGB2BGR)
+        )
+    print(
+        f"held-out accuracy ({len(y_test)} images): ViT {vit_acc:.4f}, CNN teacher {teacher_acc:.4f}, "
+        f"DeiT distilled {deit_acc:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Before anything imports Keras: with KERAS_BACKEND unset and Keras' configured backend not
 # installed, use an installed one (see backend.select). Nothing below this line imports Keras
 # before the choice is made.
-from .backend.select import choose_backend as _choose_backend  # noqa: E402
+from .backend.select import choose_backend as _choose_backend
 
 _CHOSEN, _PROBLEM = _choose_backend()
 
-from .core.config import ViTConfig  # noqa: E402
-from .core.variants import VARIANTS, get_config  # noqa: E402
-from .errors import (  # noqa: E402
+from .core.config import ViTConfig
+from .core.variants import VARIANTS, get_config
+from .errors import (
     AnalysisError,
     BackendError,
     ConfigError,
@@ -46,16 +46,25 @@ from .errors import (  # noqa: E402
     VitopsError,
     WeightFileError,
 )
-
-from .preprocess import Preprocessing  # noqa: E402
+from .preprocess import Preprocessing
 
 try:
     __version__ = version("vitops")  # one source: pyproject.toml
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-_NEEDS_BACKEND = ("load", "forward", "convert", "analyze", "VisionTransformer", "param_shapes", "WeightFile",
-                  "load_params", "save", "read_labels")
+_NEEDS_BACKEND = (
+    "load",
+    "forward",
+    "convert",
+    "analyze",
+    "VisionTransformer",
+    "param_shapes",
+    "WeightFile",
+    "load_params",
+    "save",
+    "read_labels",
+)
 
 if _PROBLEM is None:
     from .app.commands import analyze
@@ -73,7 +82,18 @@ else:  # no Keras backend installed: the package imports, and using it says what
 
 
 __all__ = [
-    "ViTConfig", "VARIANTS", "get_config", "Preprocessing", *_NEEDS_BACKEND,
-    "VitopsError", "ConfigError", "WeightFileError", "ConversionError", "HubError", "ImageError",
-    "AnalysisError", "OutputError", "BackendError",
+    "ViTConfig",
+    "VARIANTS",
+    "get_config",
+    "Preprocessing",
+    *_NEEDS_BACKEND,
+    "VitopsError",
+    "ConfigError",
+    "WeightFileError",
+    "ConversionError",
+    "HubError",
+    "ImageError",
+    "AnalysisError",
+    "OutputError",
+    "BackendError",
 ]

@@ -85,13 +85,34 @@ def clip(value, limit: int = SHOWN_CHARS) -> str:
 def os_reason(error: OSError) -> str:
     """A short, accurate reason for a failed file operation ('permission denied', not the
     'no such file' a failed existence test would suggest)."""
-    reasons = {errno.ENOENT: "no such file or directory", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.EISDIR: "is a directory",
-               errno.ENOTDIR: "a parent is not a directory", errno.ENOSPC: "no space left on device",
-               errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded",
-               errno.EFBIG: "file too large", errno.ENAMETOOLONG: "file name too long"}
+    reasons = {
+        errno.ENOENT: "no such file or directory",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EISDIR: "is a directory",
+        errno.ENOTDIR: "a parent is not a directory",
+        errno.ENOSPC: "no space left on device",
+        errno.EROFS: "read-only file system",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large",
+        errno.ENAMETOOLONG: "file name too long",
+        errno.ELOOP: "too many levels of symbolic links",
+    }
     return reasons.get(error.errno, error.strerror or str(error))
 
 
-__all__ = ["VitopsError", "ConfigError", "WeightFileError", "ConversionError", "HubError",
-           "ImageError", "AnalysisError", "OutputError", "BackendError", "capped", "clip", "clip_text", "os_reason"]
+__all__ = [
+    "VitopsError",
+    "ConfigError",
+    "WeightFileError",
+    "ConversionError",
+    "HubError",
+    "ImageError",
+    "AnalysisError",
+    "OutputError",
+    "BackendError",
+    "capped",
+    "clip",
+    "clip_text",
+    "os_reason",
+]

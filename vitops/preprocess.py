@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .io.bounded_json import parse_object
 from .core.config import FAMILIES, LIMITS
 from .errors import ConfigError, ImageError, clip
+from .io.bounded_json import parse_object
 from .io.image_file import PIXEL_TYPES, _cv2, read_image, to_rgb
+from .io.schema import finite
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,13 +73,16 @@ class Preprocessing:
         if problems:
             raise ConfigError("invalid preprocessing: " + "; ".join(problems))
         size = self.size
-        object.__setattr__(self, "size", (int(size), int(size)) if isinstance(size, numbers.Integral)
-                           else (int(size[0]), int(size[1])))
+        object.__setattr__(
+            self,
+            "size",
+            (int(size), int(size)) if isinstance(size, numbers.Integral) else (int(size[0]), int(size[1])),
+        )
         object.__setattr__(self, "crop_pct", float(self.crop_pct))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
-    def replace(self, **changes) -> "Preprocessing":
+    def replace(self, **changes) -> Preprocessing:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
@@ -89,7 +93,7 @@ class Preprocessing:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
-    def for_family(cls, family: str, size=224) -> "Preprocessing":
+    def for_family(cls, family: str, size=224) -> Preprocessing:
         """The defaults of a model family (FAMILY_CROP_PCT, NORMALIZATION), bicubic."""
         if family not in FAMILIES:
             raise ConfigError(f"unknown family {clip(family)}; one of {', '.join(FAMILIES)}")
@@ -99,15 +103,17 @@ class Preprocessing:
         return cls(size=size, crop_pct=crop, interpolation="bicubic", mean=mean, std=std)
 
     @classmethod
-    def from_mapping(cls, d: Mapping, base: "Preprocessing | None" = None,
-                     source: str = "preprocessing") -> "Preprocessing":
+    def from_mapping(
+        cls, d: Mapping, base: Preprocessing | None = None, source: str = "preprocessing"
+    ) -> Preprocessing:
         """From a mapping with any of the fields (a registry entry's "preprocessing", the
         metadata JSON); missing fields come from `base`. Unknown keys are an error."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise ConfigError(f"{source}: unknown preprocessing fields {clip(unknown)}; known: "
-                              f"{', '.join(sorted(fields))}")
+            raise ConfigError(
+                f"{source}: unknown preprocessing fields {clip(unknown)}; known: {', '.join(sorted(fields))}"
+            )
         values = dataclasses.asdict(base) if base is not None else {}
         values.update(d)
         missing = sorted(fields - set(values))
@@ -119,14 +125,17 @@ class Preprocessing:
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
-    def from_json(cls, text: str, base: "Preprocessing | None" = None,
-                  source: str = "preprocessing") -> "Preprocessing":
-        return cls.from_mapping(parse_object(text, source, ConfigError, MAX_PREPROCESSING_CHARS),
-                                base, source)
+    def from_json(
+        cls, text: str, base: Preprocessing | None = None, source: str = "preprocessing"
+    ) -> Preprocessing:
+        return cls.from_mapping(
+            parse_object(text, source, ConfigError, MAX_PREPROCESSING_CHARS), base, source
+        )
 
     @classmethod
-    def for_model(cls, config, metadata: Mapping | None = None, family: str | None = None,
-                  **overrides) -> "Preprocessing":
+    def for_model(
+        cls, config, metadata: Mapping | None = None, family: str | None = None, **overrides
+    ) -> Preprocessing:
         """A model's preprocessing: the family defaults at its native size, then what its weight
         file says (metadata "preprocessing"), then the overrides
         that are not None (size, crop_pct, interpolation, mean, std). `family` replaces the
@@ -140,9 +149,7 @@ class Preprocessing:
 
 
 def _numbers(value, count):
-    return (isinstance(value, (list, tuple)) and len(value) == count
-            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in value))
+    return isinstance(value, (list, tuple)) and len(value) == count and all(finite(v) for v in value)
 
 
 def preprocessing_problems(d: Mapping) -> list[str]:
@@ -150,19 +157,24 @@ def preprocessing_problems(d: Mapping) -> list[str]:
     problems = []
     size, (low, high) = d.get("size"), LIMITS["image_side"]
     sides = [size] if isinstance(size, numbers.Integral) else size
-    if not (isinstance(sides, (list, tuple)) and len(sides) in (1, 2)
-            and (len(sides) == 2 or sides is not size)
-            and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and low <= s <= high
-                    for s in sides)):
+    if not (
+        isinstance(sides, (list, tuple))
+        and len(sides) in (1, 2)
+        and (len(sides) == 2 or sides is not size)
+        and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and low <= s <= high for s in sides
+        )
+    ):
         problems.append(f"size must be an integer or [height, width] in [{low}, {high}], got {clip(size)}")
     crop = d.get("crop_pct")
-    if not (isinstance(crop, numbers.Real) and not isinstance(crop, bool) and math.isfinite(crop)
-            and CROP_PCT_RANGE[0] <= crop <= CROP_PCT_RANGE[1]):
-        problems.append(f"crop_pct must be a number in [{CROP_PCT_RANGE[0]}, {CROP_PCT_RANGE[1]}], "
-                        f"got {clip(crop)}")
+    if not (finite(crop) and CROP_PCT_RANGE[0] <= crop <= CROP_PCT_RANGE[1]):
+        problems.append(
+            f"crop_pct must be a number in [{CROP_PCT_RANGE[0]}, {CROP_PCT_RANGE[1]}], got {clip(crop)}"
+        )
     if d.get("interpolation") not in INTERPOLATIONS:
-        problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
-                        f"{clip(d.get('interpolation'))}")
+        problems.append(
+            f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {clip(d.get('interpolation'))}"
+        )
     mean, std = d.get("mean"), d.get("std")
     if not (_numbers(mean, 3) and all(0 <= v <= 1 for v in mean)):
         problems.append(f"mean must be 3 numbers in [0, 1], got {clip(mean)}")
@@ -205,12 +217,14 @@ def _warp_crop(image, nh, nw, top, left, th, tw, flag):
     x0, x1 = max(0, math.floor(x_first) - 2), min(w, math.floor(x_last) + 3)
     window = np.ascontiguousarray(image[y0:y1, x0:x1])  # (<= th + 5, <= tw + 5, 3) when enlarging
     m = np.array([[sx, 0.0, x_first - x0], [0.0, sy, y_first - y0]])
-    return cv2.warpAffine(window, m, (tw, th), flags=flag | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        window, m, (tw, th), flags=flag | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
-def resize_and_crop(image: np.ndarray, size, crop_pct: float = DEFAULT_CROP_PCT,
-                    interpolation: str = "bicubic") -> np.ndarray:
+def resize_and_crop(
+    image: np.ndarray, size, crop_pct: float = DEFAULT_CROP_PCT, interpolation: str = "bicubic"
+) -> np.ndarray:
     """Resize the short side to size / crop_pct, then centre-crop to size ((h, w) or int).
     The pixel type is kept. Shrinking: area filter on the whole image, then the crop (memory
     of the source's size). Enlarging: only the crop is computed (memory of the crop's size,
@@ -221,11 +235,13 @@ def resize_and_crop(image: np.ndarray, size, crop_pct: float = DEFAULT_CROP_PCT,
     nh, nw, top, left, scale = crop_geometry(h, w, (th, tw), crop_pct)
     flags = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
     if interpolation not in flags:
-        raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {clip(interpolation)}")
+        raise ConfigError(
+            f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {clip(interpolation)}"
+        )
     if scale >= 1:
         return _warp_crop(image, nh, nw, top, left, th, tw, flags[interpolation])
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-    return resized[top:top + th, left:left + tw]
+    return resized[top : top + th, left : left + tw]
 
 
 def to_unit(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -244,8 +260,10 @@ def to_unit(image: np.ndarray, name: str = "image") -> np.ndarray:
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ImageError(f"{name}: has NaN or infinite pixel values")
             if lo < -1e-3 or hi > 1 + 1e-3:
-                raise ImageError(f"{name}: float pixels must lie in [0, 1] (found {lo:.4g} to {hi:.4g}); "
-                                 "a [0, 255] float image must be divided by 255")
+                raise ImageError(
+                    f"{name}: float pixels must lie in [0, 1] (found {lo:.4g} to {hi:.4g}); "
+                    "a [0, 255] float image must be divided by 255"
+                )
         return np.clip(x, 0, 1)
     raise ImageError(f"{name}: pixel type {image.dtype} is not supported")
 
@@ -271,8 +289,9 @@ def denormalize(x: np.ndarray, family="vit") -> np.ndarray:
     """Inverse of `normalize` (family name or Preprocessing), clipped to [0, 1] float RGB,
     for display."""
     p = _as_preprocessing(family)
-    return np.clip(np.asarray(x, np.float32) * np.asarray(p.std, np.float32)
-                   + np.asarray(p.mean, np.float32), 0, 1)
+    return np.clip(
+        np.asarray(x, np.float32) * np.asarray(p.std, np.float32) + np.asarray(p.mean, np.float32), 0, 1
+    )
 
 
 def prepare(rgb: np.ndarray, preprocessing: Preprocessing, name: str = "image") -> np.ndarray:
@@ -291,8 +310,14 @@ def prepare(rgb: np.ndarray, preprocessing: Preprocessing, name: str = "image") 
     return (x - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
 
 
-def preprocess(images, size=None, family: str | None = None, crop_pct: float | None = None,
-               preprocessing: Preprocessing | None = None, max_pixels: int | None = None) -> np.ndarray:
+def preprocess(
+    images,
+    size=None,
+    family: str | None = None,
+    crop_pct: float | None = None,
+    preprocessing: Preprocessing | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
     """File paths and/or RGB arrays -> (B, h, w, 3) float32, ready for the model.
 
     Either a `preprocessing` (e.g. ``Preprocessing.for_model(model.config, model.metadata)``),
@@ -319,6 +344,21 @@ def preprocess(images, size=None, family: str | None = None, crop_pct: float | N
     return np.stack(out)
 
 
-__all__ = ["Preprocessing", "preprocess", "prepare", "read_image", "to_rgb", "resize_and_crop",
-           "normalize", "denormalize", "to_unit", "crop_geometry", "IMAGENET_MEAN", "IMAGENET_STD",
-           "NORMALIZATION", "DEFAULT_CROP_PCT", "INTERPOLATIONS", "PIXEL_TYPES"]
+__all__ = [
+    "Preprocessing",
+    "preprocess",
+    "prepare",
+    "read_image",
+    "to_rgb",
+    "resize_and_crop",
+    "normalize",
+    "denormalize",
+    "to_unit",
+    "crop_geometry",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZATION",
+    "DEFAULT_CROP_PCT",
+    "INTERPOLATIONS",
+    "PIXEL_TYPES",
+]

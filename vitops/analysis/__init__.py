@@ -8,21 +8,38 @@ sums in float64 numpy.
 """
 
 from .accumulate import Accumulator, Moments, load_states, save_states
-from .reductions import Reductions
 from .cka import MinibatchCKA, linear_cka, rbf_cka
 from .distance import AttentionDistance, distance_matrix, mean_attention_distance
 from .embeddings import cls_trajectory, cosine_to_final, position_similarity, projection_filters
 from .features import TopK, feature_activation_map, unit_activations, visualize_feature
 from .gradients import gradient_rollout, input_gradients
 from .heatmap import attention_heatmaps
+from .reductions import Reductions
 from .rollout import attention_rollout, cls_rollout
 
 __all__ = [
-    "distance_matrix", "mean_attention_distance", "AttentionDistance",
-    "attention_rollout", "cls_rollout", "attention_heatmaps",
-    "linear_cka", "rbf_cka", "MinibatchCKA",
-    "position_similarity", "projection_filters", "cls_trajectory", "cosine_to_final",
-    "gradient_rollout", "input_gradients",
-    "visualize_feature", "feature_activation_map", "unit_activations", "TopK",
-    "Accumulator", "Moments", "save_states", "load_states", "Reductions",
+    "distance_matrix",
+    "mean_attention_distance",
+    "AttentionDistance",
+    "attention_rollout",
+    "cls_rollout",
+    "attention_heatmaps",
+    "linear_cka",
+    "rbf_cka",
+    "MinibatchCKA",
+    "position_similarity",
+    "projection_filters",
+    "cls_trajectory",
+    "cosine_to_final",
+    "gradient_rollout",
+    "input_gradients",
+    "visualize_feature",
+    "feature_activation_map",
+    "unit_activations",
+    "TopK",
+    "Accumulator",
+    "Moments",
+    "save_states",
+    "load_states",
+    "Reductions",
 ]

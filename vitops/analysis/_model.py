@@ -9,24 +9,33 @@ import keras
 from ..errors import AnalysisError
 
 
-def model_parts(model):
-    """(params {key: backend array}, config, compute dtype) of a loaded model, or of a name or
-    path `vitops.load` accepts (a shipped model, a registry name, a vitops file)."""
-    from ..hub.load import resolve_model
+def resolve(model):
+    """A loaded model as it is; a name or path `vitops.load` accepts (a shipped model, a registry
+    name, a vitops file), loaded; anything else an AnalysisError."""
     from ..core.model import VisionTransformer
+    from ..hub.load import resolve_model
 
-    if not isinstance(model, VisionTransformer):
-        if not isinstance(model, (str, bytes)) and not hasattr(model, "__fspath__"):
-            raise AnalysisError(f"model must be a vitops model, a model name or a path, "
-                                f"got {type(model).__name__}")
-        model = resolve_model(model)
+    if isinstance(model, VisionTransformer):
+        return model
+    if not isinstance(model, (str, bytes)) and not hasattr(model, "__fspath__"):
+        raise AnalysisError(
+            f"model must be a vitops model, a model name or a path, got {type(model).__name__}"
+        )
+    return resolve_model(model)
+
+
+def model_parts(model):
+    """(params {key: backend array}, config, compute dtype) of a model (see `resolve`)."""
+    model = resolve(model)
     return model._params(), model.config, model.compute_dtype
 
 
 def cast_params(params: dict, dtype: str) -> dict:
     """Float weights read in the compute dtype, as Keras' autocast does for call()."""
-    return {k: v if keras.backend.standardize_dtype(v.dtype) == dtype else keras.ops.cast(v, dtype)
-            for k, v in params.items()}
+    return {
+        k: v if keras.backend.standardize_dtype(v.dtype) == dtype else keras.ops.cast(v, dtype)
+        for k, v in params.items()
+    }
 
 
 def as_images(images, config, dtype: str):
@@ -49,8 +58,9 @@ def check_block(block, config) -> int:
     """A block index in [0, depth), as an int (numpy integers accepted)."""
     i = _index(block)
     if i is None or not 0 <= i < config.depth:
-        raise AnalysisError(f"block must be an int in [0, {config.depth}) for this "
-                            f"{config.depth}-block model, got {block!r}")
+        raise AnalysisError(
+            f"block must be an int in [0, {config.depth}) for this {config.depth}-block model, got {block!r}"
+        )
     return i
 
 
@@ -63,7 +73,9 @@ def check_units(unit, config) -> tuple[int, ...]:
     for u in units:
         i = _index(u)
         if i is None or not 0 <= i < config.mlp_dim:
-            raise AnalysisError(f"unit must be an int in [0, {config.mlp_dim}) (the MLP hidden "
-                                f"width of this model), got {u!r}")
+            raise AnalysisError(
+                f"unit must be an int in [0, {config.mlp_dim}) (the MLP hidden "
+                f"width of this model), got {u!r}"
+            )
         out.append(i)
     return tuple(out)

@@ -6,22 +6,21 @@ two halves of a data set merge into the one a single run over all of it would gi
 float64 summation order), so shards computed by separate processes, devices or hosts combine.
 Merging refuses another kind, or other settings, with an error naming the difference.
 
-Files are safetensors: the arrays under "<name>/<array>", and in the metadata the kind and the
-settings of each accumulator (JSON), plus whatever the caller adds (e.g. the model's identity).
+Files are safetensors (`vitops.io.state_file`): the arrays under "<name>/<array>", and in the
+metadata the kind and the settings of each accumulator (JSON), plus whatever the caller adds.
+A file read back is outside input: settings and arrays are checked before they are used.
 """
 
 from __future__ import annotations
 
-import json
 from typing import ClassVar
 
 import numpy as np
 
-from ..errors import AnalysisError
+from ..errors import AnalysisError, clip
+from ..io.state_file import read_state, write_state
 
 _KINDS: dict[str, type] = {}
-STATE_FORMAT = "vitops-analysis-state"
-STATE_VERSION = "1"
 
 
 class Accumulator:
@@ -45,7 +44,7 @@ class Accumulator:
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def _merge_state(self, other: "Accumulator") -> None:
+    def _merge_state(self, other: Accumulator) -> None:
         raise NotImplementedError
 
     @property
@@ -53,13 +52,15 @@ class Accumulator:
         raise NotImplementedError
 
     # ---- shared ----
-    def merge(self, other: "Accumulator") -> "Accumulator":
+    def merge(self, other: Accumulator) -> Accumulator:
         """Fold `other` into this accumulator (in place); returns self."""
         if type(other) is not type(self):
             raise AnalysisError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
         differ = settings_difference(self.settings(), other.settings())
         if differ:
-            raise AnalysisError(f"cannot merge {type(self).__name__} states with different settings: {differ}")
+            raise AnalysisError(
+                f"cannot merge {type(self).__name__} states with different settings: {differ}"
+            )
         if other.empty:
             return self
         if self.empty:
@@ -72,7 +73,7 @@ class Accumulator:
         save_states(path, {"state": self}, metadata)
 
     @classmethod
-    def load(cls, path) -> "Accumulator":
+    def load(cls, path) -> Accumulator:
         states, _ = load_states(path)
         if len(states) != 1:
             raise AnalysisError(f"{path} holds {len(states)} accumulators, not one: use load_states")
@@ -82,8 +83,12 @@ class Accumulator:
         return acc
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "Accumulator":
-        return cls(**settings)
+    def from_settings(cls, settings: dict) -> Accumulator:
+        """An empty accumulator with these settings (read back from a file: checked)."""
+        try:
+            return cls(**settings)
+        except TypeError:
+            raise AnalysisError(f"settings {clip(sorted(settings))} do not fit a {cls.__name__}") from None
 
 
 def settings_difference(a: dict, b: dict) -> str:
@@ -104,7 +109,10 @@ class Moments(Accumulator):
     kind = "moments"
 
     def __init__(self, shape=None, **labels):
-        self.shape = None if shape is None else tuple(int(s) for s in shape)
+        self.shape = None if shape is None else setting_shape(shape, "shape")
+        bad = [k for k, v in labels.items() if not (isinstance(v, str) and len(v) <= 200)]
+        if bad:
+            raise AnalysisError(f"Moments labels must be short strings: {clip(bad)}")
         self.labels = labels  # settings that must agree to merge (e.g. what the values are)
         self.count = 0
         self._mean = self._m2 = None
@@ -151,11 +159,13 @@ class Moments(Accumulator):
         return {"mean": self._mean, "m2": self._m2, "count": np.asarray(self.count, np.int64)}
 
     def set_state(self, arrays) -> None:
-        self.count = int(arrays["count"])
-        if self.count:
-            self._mean = np.asarray(arrays["mean"], np.float64)
-            self._m2 = np.asarray(arrays["m2"], np.float64)
+        count = state_count(arrays)
+        if count:
+            shape = self.shape if self.shape is not None else (None,) * np.ndim(arrays.get("mean", 0))
+            self._mean = state_array(arrays, "mean", "f", shape).astype(np.float64)
+            self._m2 = state_array(arrays, "m2", "f", self._mean.shape).astype(np.float64)
             self.shape = self._mean.shape
+        self.count = count
 
     def _merge_state(self, other) -> None:
         if other._mean.shape != self._mean.shape:
@@ -182,6 +192,12 @@ class Fixed(Accumulator):
     def set_state(self, arrays) -> None:
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> Fixed:
+        if settings:
+            raise AnalysisError(f"a fixed state has no settings, got {clip(sorted(settings))}")
+        return cls()
+
     def _merge_state(self, other) -> None:
         for k in sorted(set(self.arrays) | set(other.arrays)):
             a, b = self.arrays.get(k), other.arrays.get(k)
@@ -190,56 +206,83 @@ class Fixed(Accumulator):
 
 
 def save_states(path, accumulators: dict[str, Accumulator], metadata: dict | None = None) -> None:
-    """Write named accumulators (and JSON metadata) to one safetensors file, atomically."""
-    from safetensors.numpy import save_file
-
-    from ..io.temporary import atomic_output
-    from ..errors import OutputError
-
+    """Write named accumulators (and JSON metadata) to one state file, atomically
+    (`vitops.io.state_file`); an existing file there is replaced only when it is a state file."""
     tensors, kinds = {}, {}
     for name, acc in accumulators.items():
         if "/" in name:
             raise AnalysisError(f"accumulator names cannot contain '/': {name!r}")
         kinds[name] = {"kind": acc.kind, "settings": acc.settings()}
         for key, value in acc.state().items():
-            tensors[f"{name}/{key}"] = np.array(value, order="C")  # ascontiguousarray makes 0-d 1-d
-    meta = {"format": STATE_FORMAT, "format_version": STATE_VERSION,
-            "accumulators": json.dumps(kinds), "metadata": json.dumps(metadata or {})}
-    with atomic_output(path, OutputError) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+            tensors[f"{name}/{key}"] = np.asarray(value)
+    write_state(path, tensors, kinds, metadata or {})
 
 
 def load_states(path) -> tuple[dict[str, Accumulator], dict]:
-    """Read a file written by `save_states`: ({name: accumulator}, metadata)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = dict(f.metadata() or {})
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise AnalysisError(f"{path} is not a readable analysis state file: {e}") from None
-    if meta.get("format") != STATE_FORMAT:
-        raise AnalysisError(f"{path} is not a vitops analysis state file (written by --save-state)")
-    if meta.get("format_version") != STATE_VERSION:
-        raise AnalysisError(f"{path}: analysis state format version {meta.get('format_version')!r} "
-                            f"is not supported (this vitops reads {STATE_VERSION!r})")
-    try:
-        kinds = json.loads(meta["accumulators"])
-        metadata = json.loads(meta.get("metadata", "{}"))
-    except (KeyError, ValueError, RecursionError) as e:
-        raise AnalysisError(f"{path}: unreadable analysis state metadata: {e}") from None
+    """Read a file written by `save_states`: ({name: accumulator}, metadata). The file is
+    outside input: its header, JSON and every array are checked (`vitops.io.state_file`, then
+    each accumulator's settings and `set_state`); every problem is an AnalysisError naming it."""
+    arrays, kinds, metadata = read_state(path)
     out = {}
     for name, info in kinds.items():
-        cls = _KINDS.get(info.get("kind"))
+        cls = _KINDS.get(info["kind"])
         if cls is None:
-            raise AnalysisError(f"{path}: unknown accumulator kind {info.get('kind')!r} for {name!r}")
+            raise AnalysisError(f"{path}: unknown accumulator kind {clip(info['kind'])} for {clip(name)}")
         prefix = f"{name}/"
         try:
             acc = cls.from_settings(info.get("settings", {}))
-            acc.set_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-        except (KeyError, TypeError, ValueError) as e:
-            raise AnalysisError(f"{path}: {name!r} ({info.get('kind')}) cannot be read: "
-                                f"{type(e).__name__}: {e}") from None
+            acc.set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+        except AnalysisError as e:
+            raise AnalysisError(f"{path}: {clip(name)} ({info['kind']}): {e}") from None
         out[name] = acc
     return out, metadata
+
+
+# ---- checking what a state file holds ----
+
+
+def state_array(arrays, key: str, kinds: str, shape=None, ndim: int | None = None) -> np.ndarray:
+    """arrays[key], checked: present, of a dtype kind in `kinds` ("f" float, "i" int, "u"
+    unsigned), of `shape` (None entries match any size) or rank `ndim`. AnalysisError otherwise."""
+    if key not in arrays:
+        raise AnalysisError(f"the state lacks its {key!r} array")
+    a = np.asarray(arrays[key])
+    if a.dtype.kind not in kinds:
+        raise AnalysisError(f"its {key!r} array has dtype {a.dtype}, expected {' or '.join(kinds)}")
+    if shape is not None:
+        shape = tuple(shape)
+        if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise AnalysisError(f"its {key!r} array has shape {a.shape}, expected {want}")
+    elif ndim is not None and a.ndim != ndim:
+        raise AnalysisError(f"its {key!r} array has shape {a.shape}, expected rank {ndim}")
+    return a
+
+
+def state_count(arrays, key: str = "count") -> int:
+    """A count stored as one integer (a 0-d array, or shape (1,)), >= 0."""
+    a = state_array(arrays, key, "iu")
+    if a.size != 1 or int(a.reshape(-1)[0]) < 0:
+        raise AnalysisError(f"its {key!r} must be one integer >= 0, got shape {a.shape}")
+    return int(a.reshape(-1)[0])
+
+
+def setting_int(settings: dict, key: str, low: int, high: int, optional: bool = False) -> int | None:
+    """settings[key] as an int in [low, high] (None allowed when optional); AnalysisError otherwise."""
+    value = settings.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise AnalysisError(f"setting {key} must be an integer in [{low}, {high}], got {clip(value)}")
+    return value
+
+
+def setting_shape(value, key: str, max_rank: int = 8, max_side: int = 1 << 20) -> tuple[int, ...]:
+    """A list of at most max_rank sizes in [0, max_side] as a tuple; AnalysisError otherwise."""
+    if not (
+        isinstance(value, (list, tuple))
+        and len(value) <= max_rank
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= max_side for v in value)
+    ):
+        raise AnalysisError(f"setting {key} must be a list of at most {max_rank} sizes, got {clip(value)}")
+    return tuple(value)

@@ -12,15 +12,15 @@ import numpy as np
 from keras import ops
 
 from ..backend.compile import compiled
-from ..errors import AnalysisError
+from ..errors import AnalysisError, clip
 from ._checks import as_tensor
-from .accumulate import Accumulator
+from .accumulate import Accumulator, state_array, state_count
 
 
 def _features(x, name):
     x = as_tensor(x, name)
     if len(x.shape) < 2:
-        raise ValueError(f"{name} must be (examples, features...), got shape {tuple(x.shape)}")
+        raise AnalysisError(f"{name} must be (examples, features...), got shape {tuple(x.shape)}")
     x = ops.reshape(ops.cast(x, "float32"), (x.shape[0], -1))  # (n, p)
     return x - ops.mean(x, axis=0, keepdims=True)
 
@@ -28,9 +28,9 @@ def _features(x, name):
 def _pair(x, y, debiased):
     x, y = _features(x, "x"), _features(y, "y")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} != {y.shape[0]}")
+        raise AnalysisError(f"x and y must hold the same examples: {x.shape[0]} != {y.shape[0]}")
     if debiased and x.shape[0] < 4:
-        raise ValueError(f"the unbiased HSIC estimator needs at least 4 examples, got {x.shape[0]}")
+        raise AnalysisError(f"the unbiased HSIC estimator needs at least 4 examples, got {x.shape[0]}")
     return x, y
 
 
@@ -63,12 +63,13 @@ def _unbiased_hsic_matrix(ka, kb):
     return ops.matmul(ua, ops.transpose(ub)) / (n * (n - 3))
 
 
-def _cka_from_grams(k, l, debiased):
+def _cka_from_grams(kx, ky, debiased):
+    """CKA of two (n, n) Gram matrices, kx of x's features and ky of y's."""
     if debiased:
-        h = _unbiased_hsic_matrix(ops.stack([k, l]), ops.stack([k, l]))  # (2, 2)
+        h = _unbiased_hsic_matrix(ops.stack([kx, ky]), ops.stack([kx, ky]))  # (2, 2)
         return h[0, 1] / ops.sqrt(h[0, 0] * h[1, 1])
-    k, l = _center_gram(k), _center_gram(l)
-    return ops.sum(k * l) / ops.sqrt(ops.sum(k * k) * ops.sum(l * l))
+    kx, ky = _center_gram(kx), _center_gram(ky)
+    return ops.sum(kx * ky) / ops.sqrt(ops.sum(kx * kx) * ops.sum(ky * ky))
 
 
 @compiled(static_argnames=("debiased",), inference=True)
@@ -99,7 +100,7 @@ def _rbf_cka(x, y, sigma, debiased):
 def rbf_cka(x, y, sigma: float = 0.5, debiased: bool = False):
     """RBF-kernel CKA; sigma is a fraction of the median pairwise distance."""
     if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+        raise AnalysisError(f"sigma must be positive, got {sigma}")
     x, y = _pair(x, y, debiased)
     return _rbf_cka(x, y, sigma=float(sigma), debiased=bool(debiased))
 
@@ -131,14 +132,16 @@ class MinibatchCKA(Accumulator):
     @staticmethod
     def _check(features, name):
         if not isinstance(features, (list, tuple)) or not features:
-            raise ValueError(f"{name} must be a non-empty list of (n, ...) feature arrays, one per layer")
+            raise AnalysisError(f"{name} must be a non-empty list of (n, ...) feature arrays, one per layer")
         xs = [as_tensor(f, f"{name}[{i}]") for i, f in enumerate(features)]
         for i, x in enumerate(xs):
             if len(x.shape) < 2:
-                raise ValueError(f"{name}[{i}] must be (examples, features...), got shape {tuple(x.shape)}")
+                raise AnalysisError(
+                    f"{name}[{i}] must be (examples, features...), got shape {tuple(x.shape)}"
+                )
         n = {x.shape[0] for x in xs}
         if len(n) != 1:
-            raise ValueError(f"{name}: layers hold different numbers of examples {sorted(n)}")
+            raise AnalysisError(f"{name}: layers hold different numbers of examples {sorted(n)}")
         return xs, n.pop()
 
     def update(self, features_a, features_b=None) -> None:
@@ -147,8 +150,9 @@ class MinibatchCKA(Accumulator):
         if features_b is not None:
             xb, nb = self._check(features_b, "features_b")
             if nb != n:
-                raise ValueError(f"features_a and features_b hold different numbers of examples: "
-                                 f"{n} != {nb}")
+                raise AnalysisError(
+                    f"features_a and features_b hold different numbers of examples: {n} != {nb}"
+                )
         self._check_batch(n, (len(xa), len(xa) if features_b is None else len(xb)))
         ga, gb = _gram_stacks(xa) if features_b is None else _gram_stacks(xa, xb)
         self._add(_hsic_terms(ga) if gb is None else _hsic_terms(ga, gb))
@@ -160,19 +164,22 @@ class MinibatchCKA(Accumulator):
         gb = None if grams_b is None else as_tensor(grams_b, "grams_b")
         for g, name in ((ga, "grams_a"), (gb, "grams_b")):
             if g is not None and (len(g.shape) != 3 or g.shape[1] != g.shape[2]):
-                raise ValueError(f"{name} must be (layers, n, n), got shape {tuple(g.shape)}")
+                raise AnalysisError(f"{name} must be (layers, n, n), got shape {tuple(g.shape)}")
         if gb is not None and gb.shape[1] != ga.shape[1]:
-            raise ValueError(f"grams_a and grams_b hold different numbers of examples: "
-                             f"{ga.shape[1]} != {gb.shape[1]}")
+            raise AnalysisError(
+                f"grams_a and grams_b hold different numbers of examples: {ga.shape[1]} != {gb.shape[1]}"
+            )
         self._check_batch(ga.shape[1], (ga.shape[0], ga.shape[0] if gb is None else gb.shape[0]))
         self._add(_hsic_terms(ga) if gb is None else _hsic_terms(ga, gb))
 
     def _check_batch(self, n, shape):
         if n < 4:
-            raise ValueError(f"minibatch CKA needs at least 4 examples per batch (unbiased HSIC), got {n}")
+            raise AnalysisError(f"minibatch CKA needs at least 4 examples per batch (unbiased HSIC), got {n}")
         if self._xy is not None and self._xy.shape != shape:
-            raise ValueError(f"this batch has {shape[0]} x {shape[1]} layers, earlier ones had "
-                             f"{self._xy.shape[0]} x {self._xy.shape[1]}")
+            raise AnalysisError(
+                f"this batch has {shape[0]} x {shape[1]} layers, earlier ones had "
+                f"{self._xy.shape[0]} x {self._xy.shape[1]}"
+            )
 
     def _add(self, terms):
         xy, xx, yy = (ops.convert_to_numpy(v).astype(np.float64) for v in terms)
@@ -186,25 +193,36 @@ class MinibatchCKA(Accumulator):
 
     def result(self) -> np.ndarray:
         if not self.batches:
-            raise ValueError("no batches were added: call update() first")
+            raise AnalysisError("no batches were added: call update() first")
         with np.errstate(invalid="ignore", divide="ignore"):  # NaN inputs give NaN, said once by the report
             return self._xy / np.sqrt(np.outer(self._xx, self._yy))
 
     def state(self) -> dict:
         if self.empty:
             return {"batches": np.zeros((), np.int64)}
-        return {"xy": self._xy, "xx": self._xx, "yy": self._yy,
-                "batches": np.asarray(self.batches, np.int64)}
+        return {"xy": self._xy, "xx": self._xx, "yy": self._yy, "batches": np.asarray(self.batches, np.int64)}
 
     def set_state(self, arrays) -> None:
-        self.batches = int(arrays["batches"])
-        if self.batches:
-            self._xy, self._xx, self._yy = (np.asarray(arrays[k], np.float64) for k in ("xy", "xx", "yy"))
+        batches = state_count(arrays, "batches")
+        if batches:
+            xy = state_array(arrays, "xy", "f", ndim=2)
+            self._xx = state_array(arrays, "xx", "f", (xy.shape[0],)).astype(np.float64)
+            self._yy = state_array(arrays, "yy", "f", (xy.shape[1],)).astype(np.float64)
+            self._xy = xy.astype(np.float64)
+        self.batches = batches
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> MinibatchCKA:
+        if settings:
+            raise AnalysisError(f"minibatch CKA has no settings, got {clip(sorted(settings))}")
+        return cls()
 
     def _merge_state(self, other) -> None:
         if other._xy.shape != self._xy.shape:
-            raise AnalysisError(f"cannot merge CKA over {other._xy.shape[0]} x {other._xy.shape[1]} "
-                                f"layers into one over {self._xy.shape[0]} x {self._xy.shape[1]}")
+            raise AnalysisError(
+                f"cannot merge CKA over {other._xy.shape[0]} x {other._xy.shape[1]} "
+                f"layers into one over {self._xy.shape[0]} x {self._xy.shape[1]}"
+            )
         self._xy = self._xy + other._xy
         self._xx = self._xx + other._xx
         self._yy = self._yy + other._yy

@@ -15,9 +15,9 @@ from keras import ops
 
 from ..backend.compile import compiled
 from ..backend.reduce import weighted_total
-from ..errors import AnalysisError
-from .accumulate import Moments
+from ..errors import AnalysisError, clip
 from ._checks import as_grid, as_tensor, attention_list, check_rank, patch_grid
+from .accumulate import Moments, setting_int, setting_shape
 
 
 @functools.lru_cache(maxsize=32)
@@ -32,7 +32,7 @@ def distance_matrix(grid, patch_size):
     grid: int (square) or (rows, cols); patches are numbered row-major, as the model's tokens.
     """
     if patch_size <= 0:
-        raise ValueError(f"patch_size must be positive, got {patch_size}")
+        raise AnalysisError(f"patch_size must be positive, got {patch_size}")
     return ops.convert_to_tensor(_distance_matrix_np(as_grid(grid), float(patch_size)), "float32")
 
 
@@ -65,12 +65,14 @@ def mean_distance_of(attention, dist, num_prefix_tokens: int, renormalize: bool,
     return ops.mean(per_query, axis=-1)
 
 
-_mean_distance = compiled(mean_distance_of,
-                          static_argnames=("num_prefix_tokens", "renormalize", "num_patches"), inference=True)
+_mean_distance = compiled(
+    mean_distance_of, static_argnames=("num_prefix_tokens", "renormalize", "num_patches"), inference=True
+)
 
 
-def mean_attention_distance(attention, patch_size, num_prefix_tokens: int = 1,
-                            renormalize: bool = False, grid=None):
+def mean_attention_distance(
+    attention, patch_size, num_prefix_tokens: int = 1, renormalize: bool = False, grid=None
+):
     """Mean attention distance per image and head, in pixels: (B, H, T, T) -> (B, H).
 
     grid: (rows, cols) of the patch grid; inferred as square when omitted. renormalize makes
@@ -80,10 +82,15 @@ def mean_attention_distance(attention, patch_size, num_prefix_tokens: int = 1,
     check_rank(attention, 4, "attention", "(B, heads, tokens, tokens)")
     gh, gw = patch_grid(attention.shape[-1], num_prefix_tokens, grid)
     if patch_size <= 0:
-        raise ValueError(f"patch_size must be positive, got {patch_size}")
+        raise AnalysisError(f"patch_size must be positive, got {patch_size}")
     dist = _padded_distance_np((gh, gw), float(patch_size), num_prefix_tokens)
-    return _mean_distance(attention, dist, num_prefix_tokens=num_prefix_tokens,
-                          renormalize=bool(renormalize), num_patches=gh * gw)
+    return _mean_distance(
+        attention,
+        dist,
+        num_prefix_tokens=num_prefix_tokens,
+        renormalize=bool(renormalize),
+        num_patches=gh * gw,
+    )
 
 
 class AttentionDistance(Moments):
@@ -100,23 +107,52 @@ class AttentionDistance(Moments):
 
     kind = "attention_distance"
 
-    def __init__(self, patch_size, num_prefix_tokens: int = 1, renormalize: bool = False, grid=None,
-                 shape=None):
+    def __init__(
+        self, patch_size, num_prefix_tokens: int = 1, renormalize: bool = False, grid=None, shape=None
+    ):
         super().__init__(shape)
         self.patch_size, self.num_prefix_tokens = patch_size, num_prefix_tokens
         self.renormalize, self.grid = renormalize, None if grid is None else as_grid(grid)
 
     def settings(self) -> dict:
-        return {"patch_size": self.patch_size, "num_prefix_tokens": self.num_prefix_tokens,
-                "renormalize": bool(self.renormalize),
-                "grid": None if self.grid is None else list(self.grid)}
+        return {
+            "patch_size": self.patch_size,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "renormalize": bool(self.renormalize),
+            "grid": None if self.grid is None else list(self.grid),
+        }
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> AttentionDistance:
+        """From a state file's settings, each checked for its type and range."""
+        unknown = sorted(set(settings) - {"patch_size", "num_prefix_tokens", "renormalize", "grid"})
+        if unknown:
+            raise AnalysisError(f"unknown attention-distance settings {clip(unknown)}")
+        patch = setting_int(settings, "patch_size", 1, 1024)
+        prefix = setting_int(settings, "num_prefix_tokens", 0, 1024)
+        if not isinstance(settings.get("renormalize", False), bool):
+            raise AnalysisError(
+                f"setting renormalize must be true or false, got {clip(settings['renormalize'])}"
+            )
+        grid = settings.get("grid")
+        if grid is not None:
+            grid = setting_shape(grid, "grid", max_side=4096)
+            if len(grid) != 2 or min(grid) < 1:
+                raise AnalysisError(f"setting grid must be [rows, cols], got {clip(settings['grid'])}")
+        return cls(patch, prefix, settings.get("renormalize", False), grid)
 
     def update(self, attentions) -> None:
         """attentions: list of per-block (B, H, T, T), e.g. out["attention"]."""
         attentions = attention_list(attentions)
-        per_block = ops.stack([mean_attention_distance(a, self.patch_size, self.num_prefix_tokens,
-                                                       self.renormalize, self.grid)
-                               for a in attentions], axis=1)  # (B, L, H)
+        per_block = ops.stack(
+            [
+                mean_attention_distance(
+                    a, self.patch_size, self.num_prefix_tokens, self.renormalize, self.grid
+                )
+                for a in attentions
+            ],
+            axis=1,
+        )  # (B, L, H)
         self.update_distances(ops.convert_to_numpy(per_block))
 
     def update_distances(self, distances) -> None:
@@ -125,6 +161,8 @@ class AttentionDistance(Moments):
         if d.ndim != 3:
             raise AnalysisError(f"distances must be (images, blocks, heads), got shape {d.shape}")
         if self.shape is not None and d.shape[1:] != self.shape:
-            raise AnalysisError(f"this batch has {d.shape[1]} blocks x {d.shape[2]} heads, earlier "
-                                f"batches had {self.shape[0]} x {self.shape[1]}")
+            raise AnalysisError(
+                f"this batch has {d.shape[1]} blocks x {d.shape[2]} heads, earlier "
+                f"batches had {self.shape[0]} x {self.shape[1]}"
+            )
         self.update_values(d)

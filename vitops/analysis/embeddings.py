@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from ..errors import AnalysisError
 from ._checks import as_tensor
 
 
@@ -17,9 +18,11 @@ def position_similarity(pos_embed, num_prefix_tokens: int = 1):
     if len(p.shape) == 3 and p.shape[0] == 1:
         p = p[0]
     if len(p.shape) != 2:
-        raise ValueError(f"pos_embed must be (tokens, dim) or (1, tokens, dim), got {tuple(p.shape)}")
+        raise AnalysisError(f"pos_embed must be (tokens, dim) or (1, tokens, dim), got {tuple(p.shape)}")
     if not 0 <= num_prefix_tokens < p.shape[0]:
-        raise ValueError(f"num_prefix_tokens {num_prefix_tokens} leaves no patch positions of {p.shape[0]}")
+        raise AnalysisError(
+            f"num_prefix_tokens {num_prefix_tokens} leaves no patch positions of {p.shape[0]}"
+        )
     p = ops.cast(p[num_prefix_tokens:], "float32")
     p = p / ops.sqrt(ops.sum(p * p, axis=-1, keepdims=True))
     return ops.matmul(p, ops.transpose(p))  # (N, N)
@@ -35,7 +38,7 @@ def projection_filters(params):
     kernel = params["patch_embed.kernel"] if hasattr(params, "keys") else params
     k = as_tensor(kernel, "patch_embed.kernel")
     if len(k.shape) != 4 or k.shape[2] != 3 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"patch_embed.kernel must be (P, P, 3, D), got {tuple(k.shape)}")
+        raise AnalysisError(f"patch_embed.kernel must be (P, P, 3, D), got {tuple(k.shape)}")
     k = ops.transpose(ops.cast(k, "float32"), (3, 0, 1, 2))  # (D, P, P, 3)
     lo = ops.min(k, axis=(1, 2, 3), keepdims=True)
     hi = ops.max(k, axis=(1, 2, 3), keepdims=True)
@@ -49,11 +52,11 @@ def cls_trajectory(hidden, token: int = 0):
     last entry is 1. hidden is out["hidden"]: the embeddings, then each block's output.
     """
     if not isinstance(hidden, (list, tuple)) or not hidden:
-        raise ValueError("hidden must be a non-empty list of (B, T, D) arrays, e.g. out['hidden']")
+        raise AnalysisError("hidden must be a non-empty list of (B, T, D) arrays, e.g. out['hidden']")
     hs = [as_tensor(h, "hidden") for h in hidden]
     for h in hs:
         if len(h.shape) != 3:
-            raise ValueError(f"hidden states must be (B, T, D), got {tuple(h.shape)}")
+            raise AnalysisError(f"hidden states must be (B, T, D), got {tuple(h.shape)}")
     tokens = ops.stack([ops.cast(h[:, token], "float32") for h in hs], axis=1)  # (B, L, D)
     return tokens, cosine_to_final(tokens)
 

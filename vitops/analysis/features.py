@@ -20,18 +20,25 @@ Shapes: U units (one image each), K augmented copies per image, B images, T toke
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 from keras import ops
 
 from ..backend.compile import compiled
 from ..backend.grad import value_and_grad
-from ..errors import AnalysisError
+from ..core.config import LIMITS
 from ..core.ops import matmul, mean  # float64 stays float64 (numerical checks)
-from ..preprocess import NORMALIZATION
 from ..core.vit import block as vit_block
 from ..core.vit import check_images, embed
+from ..errors import AnalysisError, clip
+from ..preprocess import Preprocessing
+from ._model import as_images, cast_params, check_block, check_units, model_parts, resolve
 from .accumulate import Accumulator
-from ._model import as_images, cast_params, check_block, check_units, model_parts
+
+# Bounds on what a caller's numbers make vitops allocate: one batch of U units x K copies.
+MAX_BATCH = 1024
+MAX_STEPS = 100_000
 
 
 def mlp_hidden_states(params, config, images, blocks) -> dict:
@@ -49,14 +56,14 @@ def mlp_hidden_states(params, config, images, blocks) -> dict:
 
 def _unit_maps(params, images, *, config, pairs, compute_dtype):
     """(B, len(pairs), N) float32: each (block, unit)'s activation on every patch token."""
-    hidden = mlp_hidden_states(cast_params(params, compute_dtype), config, images,
-                               {b for b, _ in pairs})
+    hidden = mlp_hidden_states(cast_params(params, compute_dtype), config, images, {b for b, _ in pairs})
     p = config.num_prefix_tokens
     return ops.stack([ops.cast(hidden[b][:, p:, u], "float32") for b, u in pairs], axis=1)
 
 
-_compiled_unit_maps = compiled(_unit_maps, static_argnames=("config", "pairs", "compute_dtype"),
-                                        inference=True)
+_compiled_unit_maps = compiled(
+    _unit_maps, static_argnames=("config", "pairs", "compute_dtype"), inference=True
+)
 
 
 def check_pairs(pairs, config) -> tuple[tuple[int, int], ...]:
@@ -101,6 +108,7 @@ def feature_activation_map(model, images, block: int, unit):
 
 # ---- feature visualisation ----
 
+
 def total_variation(x):
     """(U, H, W, C) -> (U,): mean squared difference of vertically and of horizontally adjacent
     pixels (the beta = 2 total variation of Mahendran & Vedaldi 2015), so a smooth image costs
@@ -110,8 +118,9 @@ def total_variation(x):
     return dv + dh
 
 
-def _objective(image, params, index, scale, shift, selector, tv_weight, *, config, block, ensemble,
-               compute_dtype):
+def _objective(
+    image, params, index, scale, shift, selector, tv_weight, *, config, block, ensemble, compute_dtype
+):
     """Sum over units of (mean activation over the K augmented copies - tv_weight * TV): a scalar,
     with each copy's activation (U * K,) as aux.
 
@@ -122,17 +131,18 @@ def _objective(image, params, index, scale, shift, selector, tv_weight, *, confi
     u, h, w, c = image.shape
     x = ops.take(ops.reshape(image, (u * h * w, c)), index, axis=0)  # (U * K, H, W, 3)
     x = x * scale[:, None, None, :] + shift[:, None, None, :]
-    hidden = mlp_hidden_states(cast_params(params, compute_dtype), config,
-                               ops.cast(x, compute_dtype), (block,))[block]  # (U * K, T, M)
-    patches = ops.cast(hidden[:, config.num_prefix_tokens:], image.dtype)  # (U * K, N, M)
+    hidden = mlp_hidden_states(
+        cast_params(params, compute_dtype), config, ops.cast(x, compute_dtype), (block,)
+    )[block]  # (U * K, T, M)
+    patches = ops.cast(hidden[:, config.num_prefix_tokens :], image.dtype)  # (U * K, N, M)
     act = mean(matmul(patches, selector[:, :, None])[:, :, 0], 1)  # (U * K,)
     per_unit = mean(ops.reshape(act, (u, ensemble)), 1)  # (U,)
     return ops.sum(per_unit - tv_weight * total_variation(image)), act
 
 
 _ascent_step = value_and_grad(
-    _objective, 0, has_aux=True,
-    static_argnames=("config", "block", "ensemble", "compute_dtype"))
+    _objective, 0, has_aux=True, static_argnames=("config", "block", "ensemble", "compute_dtype")
+)
 
 
 def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -169,16 +179,38 @@ def _augmentations(rng, units: int, size, ensemble: int, jitter: int, colour: fl
     return index, scale, shift
 
 
+def _image_size(value) -> tuple[int, int]:
+    """(Y, X) from a caller's image_size, or an AnalysisError."""
+    try:
+        h, w = (int(operator.index(s)) for s in value)
+    except (TypeError, ValueError):
+        raise AnalysisError(f"image_size must be (height, width) integers, got {clip(value)}") from None
+    return h, w
+
+
 def _decay(step: int, steps: int, floor: float = 0.1) -> float:
     """Cosine decay of the step size from 1 to `floor` (Loshchilov & Hutter 2017): large steps
     find the pattern, small ones settle it instead of hopping around the optimum."""
     return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * step / max(steps - 1, 1)))
 
 
-def visualize_feature(model, block: int, unit, *, steps: int = 200, seed: int = 0, lr: float = 0.05,
-                      ensemble: int = 4, jitter: int | None = None, colour_shift: float = 0.1,
-                      tv_weight: float = 0.5, blur: float | None = None, init_std: float = 0.1,
-                      image_size=None, callback=None):
+def visualize_feature(
+    model,
+    block: int,
+    unit,
+    *,
+    steps: int = 200,
+    seed: int = 0,
+    lr: float = 0.05,
+    ensemble: int = 4,
+    jitter: int | None = None,
+    colour_shift: float = 0.1,
+    tv_weight: float = 0.5,
+    blur: float | None = None,
+    init_std: float = 0.1,
+    image_size=None,
+    callback=None,
+):
     """Images that maximise MLP units of one block (Ghiasi et al. 2022): one image per unit,
     all optimised together in one batch.
 
@@ -197,24 +229,41 @@ def visualize_feature(model, block: int, unit, *, steps: int = 200, seed: int = 
     activations (U,)) is called after each step with the mean activation over the copies.
     image_size: (H, W), default the model's; multiples of the patch size.
     """
+    model = resolve(model)
     params, config, dtype = model_parts(model)
     block = check_block(block, config)
     units = check_units(unit, config)
-    for label, v in (("steps", steps), ("ensemble", ensemble)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if label == "steps" else 1):
-            raise AnalysisError(f"{label} must be an int >= {0 if label == 'steps' else 1}, got {v!r}")
-    h, w = config.image_size if image_size is None else tuple(int(s) for s in image_size)
-    if h % config.patch_size or w % config.patch_size or h <= 0 or w <= 0:
-        raise AnalysisError(f"image_size {h}x{w} is not a positive multiple of the patch size "
-                            f"{config.patch_size}")
+    for label, v, low, high in (("steps", steps, 0, MAX_STEPS), ("ensemble", ensemble, 1, MAX_BATCH)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+            raise AnalysisError(f"{label} must be an int in [{low}, {high}], got {clip(v)}")
+    if len(units) * ensemble > MAX_BATCH:
+        raise AnalysisError(
+            f"{len(units)} units x {ensemble} copies make a batch of {len(units) * ensemble} "
+            f"images, more than {MAX_BATCH}: fewer units per call, or a smaller ensemble"
+        )
+    h, w = config.image_size if image_size is None else _image_size(image_size)
+    side = LIMITS["image_side"][1]
+    if h % config.patch_size or w % config.patch_size or not (0 < h <= side and 0 < w <= side):
+        raise AnalysisError(
+            f"image_size {h}x{w} must be a multiple of the patch size {config.patch_size} and at most "
+            f"{side} pixels a side"
+        )
     jitter = max(1, round(h / 32)) if jitter is None else int(jitter)
     blur = h / 64 if blur is None else float(blur)
-    for label, v in (("lr", lr), ("tv_weight", tv_weight), ("colour_shift", colour_shift),
-                     ("jitter", jitter), ("blur", blur), ("init_std", init_std)):
+    for label, v in (
+        ("lr", lr),
+        ("tv_weight", tv_weight),
+        ("colour_shift", colour_shift),
+        ("jitter", jitter),
+        ("blur", blur),
+        ("init_std", init_std),
+    ):
         if not np.isfinite(v) or v < 0:
             raise AnalysisError(f"{label} must be a finite number >= 0, got {v!r}")
 
-    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATION[config.family])
+    # the model's own normalisation, as its weight file records it (`Preprocessing.for_model`)
+    pre = Preprocessing.for_model(config, model.metadata)
+    mean, std = np.asarray(pre.mean, np.float32), np.asarray(pre.std, np.float32)
     lo, hi = (0 - mean) / std, (1 - mean) / std  # the normalised image of pixels 0 and 1
     rng = np.random.default_rng(seed)
     u = len(units)
@@ -225,8 +274,19 @@ def visualize_feature(model, block: int, unit, *, steps: int = 200, seed: int = 
     tv = np.asarray(tv_weight, np.float32)  # an input, not a constant: no recompilation per value
     for step in range(steps):
         index, scale, shift = _augmentations(rng, u, (h, w), ensemble, jitter, colour_shift)
-        (_, act), g = _ascent_step(x, params, index, scale, shift, selector, tv,
-                                   config=config, block=block, ensemble=ensemble, compute_dtype=dtype)
+        (_, act), g = _ascent_step(
+            x,
+            params,
+            index,
+            scale,
+            shift,
+            selector,
+            tv,
+            config=config,
+            block=block,
+            ensemble=ensemble,
+            compute_dtype=dtype,
+        )
         g = np.asarray(ops.convert_to_numpy(g), np.float32)
         rms = np.sqrt(np.mean(np.square(g), axis=(1, 2, 3), keepdims=True))
         x = x + lr * _decay(step, steps) * g / np.maximum(rms, 1e-12)
@@ -239,6 +299,7 @@ def visualize_feature(model, block: int, unit, *, steps: int = 200, seed: int = 
 
 
 # ---- the most activating images of a data set ----
+
 
 class TopK(Accumulator):
     """The k images of a data set that most activate each (block, unit), streaming.
@@ -275,8 +336,8 @@ class TopK(Accumulator):
         return {"pairs": [list(p) for p in self.pairs], "k": self.k, "maps": self.keep_maps}
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "TopK":
-        return cls(settings["pairs"], settings["k"], settings["maps"])
+    def from_settings(cls, settings: dict) -> TopK:
+        return cls(settings.get("pairs"), settings.get("k"), settings.get("maps", True))
 
     @property
     def empty(self) -> bool:
@@ -286,8 +347,9 @@ class TopK(Accumulator):
         """Score images (B, H, W, 3) with the model (one forward pass, up to the deepest block
         asked for) and keep the best; ids: (B,) integers naming them."""
         scores, maps = unit_activations(model, images, self.pairs)
-        self.update_scores(ops.convert_to_numpy(scores), ids,
-                           ops.convert_to_numpy(maps) if self.keep_maps else None)
+        self.update_scores(
+            ops.convert_to_numpy(scores), ids, ops.convert_to_numpy(maps) if self.keep_maps else None
+        )
 
     def update_scores(self, scores, ids, maps=None) -> None:
         """scores (B, P) and, with maps=True, maps (B, P, rows, cols), computed elsewhere."""
@@ -295,8 +357,9 @@ class TopK(Accumulator):
         i = np.asarray(ids)
         p = len(self.pairs)
         if s.ndim != 2 or s.shape[1] != p:
-            raise AnalysisError(f"scores must be (images, {p}) for {p} (block, unit) pairs, "
-                                f"got shape {s.shape}")
+            raise AnalysisError(
+                f"scores must be (images, {p}) for {p} (block, unit) pairs, got shape {s.shape}"
+            )
         if i.shape != (s.shape[0],) or (i.size and i.dtype.kind not in "iu"):
             raise AnalysisError(f"ids must be {s.shape[0]} integers, one per image, got {ids!r}")
         if not np.all(np.isfinite(s)):
@@ -311,12 +374,18 @@ class TopK(Accumulator):
             if m.ndim != 4 or m.shape[:2] != s.shape:
                 raise AnalysisError(f"maps must be (images, {p}, rows, cols), got shape {m.shape}")
             if self._maps is not None and m.shape[2:] != self._maps.shape[2:]:
-                raise AnalysisError(f"maps of {m.shape[2]}x{m.shape[3]} patches, earlier ones "
-                                    f"{self._maps.shape[2]}x{self._maps.shape[3]}")
+                raise AnalysisError(
+                    f"maps of {m.shape[2]}x{m.shape[3]} patches, earlier ones "
+                    f"{self._maps.shape[2]}x{self._maps.shape[3]}"
+                )
         if s.shape[0] == 0:
             return
-        self._fold(s.T, np.broadcast_to(i.astype(np.int64), (p, len(i))),
-                   None if m is None else m.transpose(1, 0, 2, 3), s.shape[0])
+        self._fold(
+            s.T,
+            np.broadcast_to(i.astype(np.int64), (p, len(i))),
+            None if m is None else m.transpose(1, 0, 2, 3),
+            s.shape[0],
+        )
 
     def _fold(self, scores, ids, maps, count) -> None:
         """Keep the best k of the current and the new entries, per pair: (P, n) each."""
@@ -326,7 +395,7 @@ class TopK(Accumulator):
             if maps is not None:
                 maps = np.concatenate([self._maps, maps], axis=1)
         # Highest score first; among equal scores the smaller id: a total order on distinct ids.
-        order = np.lexsort((ids, -scores), axis=1)[:, :self.k]  # (P, <= k)
+        order = np.lexsort((ids, -scores), axis=1)[:, : self.k]  # (P, <= k)
         self._scores = np.take_along_axis(scores, order, axis=1)
         self._ids = np.take_along_axis(ids, order, axis=1)
         if maps is not None:
@@ -338,8 +407,13 @@ class TopK(Accumulator):
         cols) float32 or None, "count"}, n = min(k, images seen)."""
         if self.empty:
             raise AnalysisError("nothing was added: call update() first")
-        return {"pairs": list(self.pairs), "scores": self._scores.copy(), "ids": self._ids.copy(),
-                "maps": None if self._maps is None else self._maps.copy(), "count": self.count}
+        return {
+            "pairs": list(self.pairs),
+            "scores": self._scores.copy(),
+            "ids": self._ids.copy(),
+            "maps": None if self._maps is None else self._maps.copy(),
+            "count": self.count,
+        }
 
     def state(self) -> dict[str, np.ndarray]:
         if self.empty:
@@ -363,8 +437,9 @@ class TopK(Accumulator):
         s, i = np.asarray(arrays["scores"], np.float64), np.asarray(arrays["ids"], np.int64)
         p = len(self.pairs)
         if s.ndim != 2 or s.shape[0] != p or i.shape != s.shape or s.shape[1] > self.k:
-            raise AnalysisError(f"top-k state of shape {s.shape} / {i.shape} does not fit {p} pairs, "
-                                f"k={self.k}")
+            raise AnalysisError(
+                f"top-k state of shape {s.shape} / {i.shape} does not fit {p} pairs, k={self.k}"
+            )
         m = arrays.get("maps")
         if self.keep_maps and (m is None or np.ndim(m) != 4 or np.shape(m)[:2] != s.shape):
             raise AnalysisError("top-k state without maps of the kept images, but maps=True")
@@ -373,6 +448,7 @@ class TopK(Accumulator):
 
     def _merge_state(self, other) -> None:
         if self.keep_maps and other._maps.shape[2:] != self._maps.shape[2:]:
-            raise AnalysisError(f"cannot merge maps of {other._maps.shape[2:]} patches into "
-                                f"{self._maps.shape[2:]}")
+            raise AnalysisError(
+                f"cannot merge maps of {other._maps.shape[2:]} patches into {self._maps.shape[2:]}"
+            )
         self._fold(other._scores, other._ids, other._maps, other.count)

@@ -28,9 +28,9 @@ from keras import ops
 
 from ..backend.compile import compiled
 from ..backend.grad import value_and_grad
-from ..errors import AnalysisError
 from ..core.ops import matmul, mean  # float64 stays float64 (numerical checks)
 from ..core.vit import check_images, forward
+from ..errors import AnalysisError
 from ._model import as_images, cast_params, model_parts
 
 
@@ -40,8 +40,9 @@ def _scores(out, classes, target):
     if target is not None:
         s = target(out)
         if len(s.shape) != 1:
-            raise AnalysisError(f"target(out) must return one score per image, shape (B,), "
-                                f"got shape {tuple(s.shape)}")
+            raise AnalysisError(
+                f"target(out) must return one score per image, shape (B,), got shape {tuple(s.shape)}"
+            )
         return s, classes
     logits = out["logits"]  # (B, C); DeiT distilled: the mean of both heads
     predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
@@ -84,7 +85,8 @@ def _relevance(params, images, classes, *, config, target, compute_dtype):
 # autograph=False: the caller's target runs while tracing, and its errors (or ours about it)
 # should reach the caller unwrapped
 _compiled_relevance = compiled(
-    _relevance, static_argnames=("config", "target", "compute_dtype"), autograph=False)
+    _relevance, static_argnames=("config", "target", "compute_dtype"), autograph=False
+)
 
 
 def _input_gradient(params, images, classes, *, config, target, compute_dtype):
@@ -106,7 +108,8 @@ def _input_gradient(params, images, classes, *, config, target, compute_dtype):
 
 
 _compiled_input_gradient = compiled(
-    _input_gradient, static_argnames=("config", "target", "compute_dtype"), autograph=False)
+    _input_gradient, static_argnames=("config", "target", "compute_dtype"), autograph=False
+)
 
 
 def _classes(config, batch: int, class_index, target) -> np.ndarray:
@@ -122,7 +125,8 @@ def _classes(config, batch: int, class_index, target) -> np.ndarray:
         raise AnalysisError(
             f"{config.name or 'this model'} has no classification head (a DINO backbone?), so there "
             "is no class score to explain: pass target, a function of vitops.forward's output "
-            "returning one score per image, e.g. target=lambda out: out['features'][:, 0]")
+            "returning one score per image, e.g. target=lambda out: out['features'][:, 0]"
+        )
     if class_index is None:
         return np.full((batch,), -1, np.int32)
     c = np.asarray(class_index)
@@ -164,8 +168,9 @@ def gradient_rollout(model, images, class_index=None, *, target=None):
     return ops.reshape(row, (-1, *_grid(images, parts[1])))
 
 
-def input_gradients(model, images, class_index=None, *, target=None, smoothgrad: int = 0,
-                    noise: float = 0.15, seed: int = 0):
+def input_gradients(
+    model, images, class_index=None, *, target=None, smoothgrad: int = 0, noise: float = 0.15, seed: int = 0
+):
     """Gradient x input per patch: -> (B, rows, cols), a backend tensor.
 
     d score / d pixel times the pixel, summed over channels and averaged over each patch. The
@@ -186,15 +191,22 @@ def input_gradients(model, images, class_index=None, *, target=None, smoothgrad:
     classes = _classes(config, x.shape[0], class_index, target)
     if target is None and (classes < 0).any():
         # one class per image for every noisy copy: the clean image's prediction
-        _, classes = _compiled_input_gradient(params, x, classes, config=config, target=None,
-                                              compute_dtype=dtype)
+        _, classes = _compiled_input_gradient(
+            params, x, classes, config=config, target=None, compute_dtype=dtype
+        )
     rng = np.random.default_rng(seed)
     sigma = noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))  # (B,)
     total = None
     for _ in range(smoothgrad):
         noisy = x + sigma[:, None, None, None] * rng.standard_normal(x.shape).astype(np.float32)
-        m, _ = _compiled_input_gradient(params, ops.convert_to_tensor(noisy, dtype), classes,
-                                        config=config, target=target, compute_dtype=dtype)
+        m, _ = _compiled_input_gradient(
+            params,
+            ops.convert_to_tensor(noisy, dtype),
+            classes,
+            config=config,
+            target=target,
+            compute_dtype=dtype,
+        )
         total = m if total is None else total + m
     return total / smoothgrad
 
@@ -204,12 +216,14 @@ def relevance_for_report(model, images, batch_size: int = 8):
     -> (maps (B, rows, cols) float32, classes (B,) int). The model needs a head."""
     params, config, dtype = model_parts(model)
     if not config.num_classes:
-        raise AnalysisError(f"{config.name or 'this model'} has no classification head: "
-                            "relevance for the top class needs logits")
+        raise AnalysisError(
+            f"{config.name or 'this model'} has no classification head: "
+            "relevance for the top class needs logits"
+        )
     images = np.asarray(images)
     maps, classes = [], []
     for start in range(0, len(images), batch_size):
-        x = as_images(images[start:start + batch_size], config, dtype)
+        x = as_images(images[start : start + batch_size], config, dtype)
         c = _classes(config, x.shape[0], None, None)
         row, chosen = _compiled_relevance(params, x, c, config=config, target=None, compute_dtype=dtype)
         maps.append(np.asarray(ops.convert_to_numpy(row), np.float32).reshape(-1, *_grid(x, config)))

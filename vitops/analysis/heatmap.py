@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from ..errors import AnalysisError
 from ._checks import as_tensor, check_rank, patch_grid
 
 
@@ -21,7 +22,7 @@ def attention_heatmaps(attention, grid=None, num_prefix_tokens: int = 1, thresho
     """
     if isinstance(attention, (list, tuple)):
         if not attention:
-            raise ValueError("attention is an empty list")
+            raise AnalysisError("attention is an empty list")
         attention = attention[-1]
     attention = as_tensor(attention, "attention")
     check_rank(attention, 4, "attention", "(B, heads, tokens, tokens)")
@@ -36,7 +37,7 @@ def mass_masks(maps, threshold: float):
     """(..., N) non-negative weights -> boolean masks (..., N) of the smallest set of entries that
     holds a share `threshold` of each map's mass, largest weights first (DINO's --threshold)."""
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        raise AnalysisError(f"threshold must be in (0, 1], got {threshold}")
     maps = as_tensor(maps, "maps")
     # DINO: sort ascending, cumulative share, keep where it exceeds 1 - threshold.
     order = ops.argsort(maps, axis=-1)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from keras import ops
 
 from ..backend.distribute import whole_batch
+from ..errors import AnalysisError, clip
 from .cka import centred_gram
 from .distance import mean_distance_of, padded_distance
-from .rollout import _fused, rollout_options
-from ..errors import AnalysisError, clip
 from .embeddings import cosine_to_final
+from .rollout import _fused, rollout_options
 
 ROLLOUTS = ("cls", "full")
 
@@ -73,7 +73,7 @@ class Reductions:
         """The last block's output for every token (not only the prefix tokens) is read."""
         return self.grams
 
-    def replace(self, **changes) -> "Reductions":
+    def replace(self, **changes) -> Reductions:
         return dataclasses.replace(self, **changes)
 
     # ---- the pass itself: start, one step per block, finish ----
@@ -88,7 +88,8 @@ class Reductions:
         if self.distance:
             state["distance"] = []
             state["_dist"] = ops.convert_to_tensor(
-                padded_distance(grid, config.patch_size, config.num_prefix_tokens), "float32")
+                padded_distance(grid, config.patch_size, config.num_prefix_tokens), "float32"
+            )
         state["_prefix"], state["_patches"] = config.num_prefix_tokens, grid[0] * grid[1]
         return state
 
@@ -103,8 +104,9 @@ class Reductions:
             return state
         a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
         if self.distance:
-            state["distance"].append(mean_distance_of(a, state["_dist"], prefix, self.renormalize,
-                                                      state["_patches"]))  # (B, H)
+            state["distance"].append(
+                mean_distance_of(a, state["_dist"], prefix, self.renormalize, state["_patches"])
+            )  # (B, H)
         if self.rollout is not None:
             f = _fused(a, self.head_fusion, self.discard_ratio)  # (B, T, T)
             joint = state.get("rollout")
@@ -127,7 +129,7 @@ class Reductions:
             row = state["rollout"]
             if len(row.shape) == 3:  # a single block: its factor's CLS row
                 row = row[:, 0]
-            out["rollout"] = row[:, state["_prefix"]:]  # (B, N)
+            out["rollout"] = row[:, state["_prefix"] :]  # (B, N)
         elif self.rollout == "full":
             out["rollout"] = state["rollout"]  # (B, T, T)
         if self.cls_attention:

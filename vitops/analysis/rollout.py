@@ -25,8 +25,11 @@ def rollout_options(head_fusion, discard_ratio) -> tuple[str, float]:
     every caller shares (the kernels, the in-forward reductions, the run settings)."""
     if not isinstance(head_fusion, str) or head_fusion not in HEAD_FUSIONS:
         raise AnalysisError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {clip(head_fusion)}")
-    if (isinstance(discard_ratio, bool) or not isinstance(discard_ratio, numbers.Real)
-            or not 0.0 <= discard_ratio < 1.0):
+    if (
+        isinstance(discard_ratio, bool)
+        or not isinstance(discard_ratio, numbers.Real)
+        or not 0.0 <= discard_ratio < 1.0
+    ):
         raise AnalysisError(f"discard_ratio must be a number in [0, 1), got {clip(discard_ratio)}")
     return head_fusion, float(discard_ratio)
 
@@ -101,8 +104,9 @@ def _cls_row(attentions, head_fusion, discard_ratio):
     return row
 
 
-def cls_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                num_prefix_tokens: int = 1, grid=None):
+def cls_rollout(
+    attentions, head_fusion: str = "mean", discard_ratio: float = 0.0, num_prefix_tokens: int = 1, grid=None
+):
     """The CLS row of the rollout as a map over patches: list of (B, H, T, T) -> (B, rows, cols).
 
     e_0^T A_L ... A_1 evaluated from the CLS vector down: vector-matrix products only, O(L T^2)

@@ -19,15 +19,20 @@ DEFAULT_OUT = "vitops-report"
 def _convert(args) -> int:
     from ..converters import convert
 
-    config = convert(args.src, args.dst, arch=args.arch, format=args.format, which=args.which,
-                     labels=args.labels)
+    config = convert(
+        args.src, args.dst, arch=args.arch, format=args.format, which=args.which, labels=args.labels
+    )
     head = f"{config.num_classes} classes" if config.num_classes else "headless (features)"
-    print(f"wrote {args.dst}: {config.name or 'custom ViT'} ({config.family}), "
-          f"{config.image_size[0]}x{config.image_size[1]} px, patch {config.patch_size}, "
-          f"dim {config.dim}, depth {config.depth}, {config.num_heads} heads, {head}")
+    print(
+        f"wrote {args.dst}: {config.name or 'custom ViT'} ({config.family}), "
+        f"{config.image_size[0]}x{config.image_size[1]} px, patch {config.patch_size}, "
+        f"dim {config.dim}, depth {config.depth}, {config.num_heads} heads, {head}"
+    )
     if not args.arch:
-        print(f"architecture inferred from tensor shapes; family {config.family!r} sets the "
-              "preprocessing; pass --arch to name it explicitly")
+        print(
+            f"architecture inferred from tensor shapes; family {config.family!r} sets the "
+            "preprocessing; pass --arch to name it explicitly"
+        )
     return 0
 
 
@@ -44,27 +49,35 @@ def _models(args) -> int:
     print(f"\nRegistry models (vitops.load(NAME) downloads, verifies and converts once; cache: {cache}):")
     for name, e in entries.items():
         pub = e.get("published") or {}
-        score = (f"top-1 {pub['imagenet_top1']}" if pub.get("imagenet_top1") else
-                 f"k-NN {pub.get('imagenet_knn')} / linear {pub.get('imagenet_linear')}" if "imagenet_knn" in pub
-                 else "top-1 n/a")
+        score = (
+            f"top-1 {pub['imagenet_top1']}"
+            if pub.get("imagenet_top1")
+            else f"k-NN {pub.get('imagenet_knn')} / linear {pub.get('imagenet_linear')}"
+            if "imagenet_knn" in pub
+            else "top-1 n/a"
+        )
         try:
             cached = "cached" if hub.cached_path(name).exists() else ""
         except (VitopsError, OSError):
             cached = ""
         print(f"  {name:34s} {str(e.get('arch') or '-'):34s} {score:26s} {cached}")
     print("\nArchitectures (for --arch):")
-    print(f"{'name':34s} {'family':6s} {'size':>7s} {'patch':>5s} {'dim':>5s} {'depth':>5s} "
-          f"{'heads':>5s} {'classes':>7s}")
+    print(
+        f"{'name':34s} {'family':6s} {'size':>7s} {'patch':>5s} {'dim':>5s} {'depth':>5s} "
+        f"{'heads':>5s} {'classes':>7s}"
+    )
     for name, c in VARIANTS.items():
-        print(f"{name:34s} {c.family:6s} {c.image_size[0]:>7d} {c.patch_size:>5d} {c.dim:>5d} "
-              f"{c.depth:>5d} {c.num_heads:>5d} {c.num_classes:>7d}")
+        print(
+            f"{name:34s} {c.family:6s} {c.image_size[0]:>7d} {c.patch_size:>5d} {c.dim:>5d} "
+            f"{c.depth:>5d} {c.num_heads:>5d} {c.num_classes:>7d}"
+        )
     return 0
 
 
 def _analyze(args) -> int:
     from ..hub import shipped
-    from .inputs import parse_shard
     from .commands import analyze
+    from .inputs import parse_shard
 
     images = args.images
     if not images:
@@ -77,15 +90,24 @@ def _analyze(args) -> int:
     from .settings import RunSettings
 
     settings = {f: getattr(args, f) for f in RunSettings.__dataclass_fields__}
-    summary = analyze(args.model or [DEFAULT_MODEL], images, out, preprocessing=overrides or None,
-                      shard=parse_shard(args.shard) if args.shard else None, devices=args.devices,
-                      save_state=args.save_state, **settings)
+    summary = analyze(
+        args.model or [DEFAULT_MODEL],
+        images,
+        out,
+        preprocessing=overrides or None,
+        shard=parse_shard(args.shard) if args.shard else None,
+        devices=args.devices,
+        save_state=args.save_state,
+        **settings,
+    )
     if out is not None:
         _print_summary(summary, out)
     if args.save_state:
         im = summary["images"]
-        print(f"analysed {im['analysed']} image(s) ({len(im['skipped'])} skipped); wrote the analysis state to "
-              f"{args.save_state} (merge shards with `vitops report`)")
+        print(
+            f"analysed {im['analysed']} image(s) ({len(im['skipped'])} skipped); wrote the analysis state to "
+            f"{args.save_state} (merge shards with `vitops report`)"
+        )
     return 0
 
 
@@ -104,72 +126,138 @@ def _print_summary(summary, out) -> None:
     if len(im["skipped"]) > 20:
         print(f"skipped {len(im['skipped']) - 20} more image(s) (metrics.json lists them)", file=sys.stderr)
     if summary.get("non_finite_values"):
-        print(f"warning: {summary['non_finite_values']} value(s) were not finite (NaN/inf inputs?); "
-              "metrics.json holds null for them", file=sys.stderr)
-    print(f"analysed {im['analysed']} of {im['total']} image(s) with {', '.join(summary['models'])} in "
-          f"{summary['seconds']:.1f} s; wrote {out}/report.html, metrics.json, {len(summary['figures'])} "
-          "figures and per_image/")
+        print(
+            f"warning: {summary['non_finite_values']} value(s) were not finite (NaN/inf inputs?); "
+            "metrics.json holds null for them",
+            file=sys.stderr,
+        )
+    print(
+        f"analysed {im['analysed']} of {im['total']} image(s) with {', '.join(summary['models'])} in "
+        f"{summary['seconds']:.1f} s; wrote {out}/report.html, metrics.json, {len(summary['figures'])} "
+        "figures and per_image/"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..analysis.rollout import HEAD_FUSIONS
     from .settings import DEFAULTS
 
-    parser = argparse.ArgumentParser(prog="vitops", description=__doc__.split("\n")[0],
-                                     epilog="--debug (anywhere): show tracebacks instead of one-line errors")
+    parser = argparse.ArgumentParser(
+        prog="vitops",
+        description=__doc__.split("\n")[0],
+        epilog="--debug (anywhere): show tracebacks instead of one-line errors",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     from ..converters import FORMATS
     from ..converters.releases import WHICH
 
     p = sub.add_parser("convert", help="convert a checkpoint into a vitops .safetensors file")
-    p.add_argument("src", help="checkpoint: timm .safetensors/.pth, DeiT or DINO release .pth, "
-                   "Hugging Face directory (or its weight file), Google .npz")
+    p.add_argument(
+        "src",
+        help="checkpoint: timm .safetensors/.pth, DeiT or DINO release .pth, "
+        "Hugging Face directory (or its weight file), Google .npz",
+    )
     p.add_argument("dst", help="output vitops .safetensors file (written atomically)")
-    p.add_argument("--arch", help="architecture name, e.g. vit_small_patch16_224 or "
-                   "deit_small_distilled_patch16_224 (default: inferred from shapes)")
-    p.add_argument("--format", choices=FORMATS,
-                   help="source format (default: detected from the file and its keys)")
-    p.add_argument("--which", default=WHICH[0], choices=WHICH,
-                   help="for DINO training checkpoints: which network to convert")
-    p.add_argument("--labels", metavar="FILE",
-                   help="class names, one per line, as many as the head has classes (default: the "
-                   "checkpoint's own, or ImageNet-1k's for a 1000-class timm/DeiT/Google head)")
+    p.add_argument(
+        "--arch",
+        help="architecture name, e.g. vit_small_patch16_224 or "
+        "deit_small_distilled_patch16_224 (default: inferred from shapes)",
+    )
+    p.add_argument(
+        "--format", choices=FORMATS, help="source format (default: detected from the file and its keys)"
+    )
+    p.add_argument(
+        "--which",
+        default=WHICH[0],
+        choices=WHICH,
+        help="for DINO training checkpoints: which network to convert",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line, as many as the head has classes (default: the "
+        "checkpoint's own, or ImageNet-1k's for a 1000-class timm/DeiT/Google head)",
+    )
     p.set_defaults(func=_convert)
-    p = sub.add_parser("analyze", help="analyse models on images: figures, metrics.json, report.html",
-                       description="Analyse one or more models over images, streaming: every analysis is "
-                       "computed inside the compiled forward pass, and memory does not grow with the number "
-                       "of images.")
+    p = sub.add_parser(
+        "analyze",
+        help="analyse models on images: figures, metrics.json, report.html",
+        description="Analyse one or more models over images, streaming: every analysis is "
+        "computed inside the compiled forward pass, and memory does not grow with the number "
+        "of images.",
+    )
     p.add_argument("images", nargs="*", help="image files or folders (default: the shipped sample digits)")
-    p.add_argument("--model", action="append",
-                   help="vitops file, registry name or shipped model; repeat to compare models side by "
-                   f"side (default: {DEFAULT_MODEL}, shipped)")
-    p.add_argument("--out", default=None, help=f"output folder (default: {DEFAULT_OUT}, or none when "
-                   "--save-state is given); replaced only when the run succeeds")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="vitops file, registry name or shipped model; repeat to compare models side by "
+        f"side (default: {DEFAULT_MODEL}, shipped)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: {DEFAULT_OUT}, or none when "
+        "--save-state is given); replaced only when the run succeeds",
+    )
     d = DEFAULTS
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per batch (default {d.batch_size})")
-    p.add_argument("--show", type=int, default=d.show, help="sample images drawn in the report "
-                   f"(default {d.show}, spread evenly over the list)")
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help="DINO heat-map masks keeping this share of attention mass, e.g. 0.6")
-    p.add_argument("--head-fusion", default=d.head_fusion, choices=HEAD_FUSIONS,
-                   help=f"how the rollout fuses heads (default {d.head_fusion})")
-    p.add_argument("--discard-ratio", type=float, default=d.discard_ratio,
-                   help=f"share of the weakest attention the rollout drops (default {d.discard_ratio})")
-    p.add_argument("--family", choices=FAMILIES, default=None,
-                   help="override the preprocessing family the model file names")
-    p.add_argument("--crop-pct", type=float, default=None,
-                   help="override the centre-crop fraction the model file records")
-    p.add_argument("--explain", action="store_true",
-                   help="also draw each sample image's relevance for its top class (Chefer et al. 2021, "
-                   "gradient-weighted attention), beside the rollout")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"images per batch (default {d.batch_size})"
+    )
+    p.add_argument(
+        "--show",
+        type=int,
+        default=d.show,
+        help=f"sample images drawn in the report (default {d.show}, spread evenly over the list)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        help="DINO heat-map masks keeping this share of attention mass, e.g. 0.6",
+    )
+    p.add_argument(
+        "--head-fusion",
+        default=d.head_fusion,
+        choices=HEAD_FUSIONS,
+        help=f"how the rollout fuses heads (default {d.head_fusion})",
+    )
+    p.add_argument(
+        "--discard-ratio",
+        type=float,
+        default=d.discard_ratio,
+        help=f"share of the weakest attention the rollout drops (default {d.discard_ratio})",
+    )
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default=None,
+        help="override the preprocessing family the model file names",
+    )
+    p.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        help="override the centre-crop fraction the model file records",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also draw each sample image's relevance for its top class (Chefer et al. 2021, "
+        "gradient-weighted attention), beside the rollout",
+    )
     p.add_argument("--shard", help="I/N: analyse the I-th of N slices of the image list (0-based)")
     p.add_argument("--save-state", help="also write every accumulator to this file, for `vitops report`")
     p.add_argument("--devices", default=None, help="data-parallel devices on JAX: 'all' or a count")
-    p.add_argument("--workers", type=int, default=d.workers, help=f"image decoding threads (default {d.workers})")
+    p.add_argument(
+        "--workers", type=int, default=d.workers, help=f"image decoding threads (default {d.workers})"
+    )
     p.set_defaults(func=_analyze)
-    p = sub.add_parser("report", help="merge analysis states of shards into one report",
-                       description="Merge the --save-state files of `vitops analyze --shard I/N` runs into "
-                       "the report one run over all their images would write.")
+    p = sub.add_parser(
+        "report",
+        help="merge analysis states of shards into one report",
+        description="Merge the --save-state files of `vitops analyze --shard I/N` runs into "
+        "the report one run over all their images would write.",
+    )
     p.add_argument("states", nargs="+", help="state files written by `vitops analyze --save-state`")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p.set_defaults(func=_report)
@@ -195,8 +283,11 @@ def main(argv=None) -> int:
         print(f"vitops: error: {problem}", file=sys.stderr)
         return 2
     if chosen:
-        print(f"vitops: KERAS_BACKEND is not set and Keras' configured backend is not installed; "
-              f"using {chosen}", file=sys.stderr)
+        print(
+            f"vitops: KERAS_BACKEND is not set and Keras' configured backend is not installed; "
+            f"using {chosen}",
+            file=sys.stderr,
+        )
     args = build_parser().parse_args(argv)
     command = f"vitops {args.command}"
     try:
@@ -215,11 +306,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and how to see more
+    except Exception as e:
         if debug:
             raise
-        print(f"{command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"{command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

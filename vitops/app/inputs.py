@@ -2,7 +2,7 @@
 
 Batches are fixed by position in the image list, not by which images decode: an image that
 fails leaves a smaller batch behind it, never shifts the next ones. So a run over the whole list
-and runs over shards of it (`shard_batches`) see the same batches, and their statistics merge
+and runs over shards of it (`batches(n, size, shard)`) see the same batches, and their statistics merge
 into exactly the numbers one run gives.
 """
 
@@ -16,15 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AnalysisError, VitopsError
+from ..errors import AnalysisError, VitopsError, clip_text
+from ..io.names import display_name
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# What a folder's images are. OpenCV decodes GIF from 5.0 on; an older OpenCV names the file as
+# undecodable, and it is listed as skipped (not silently left out).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 MIN_CKA_BATCH = 4  # the unbiased HSIC estimator needs n >= 4
+MAX_REASON_CHARS = 2000  # why an image was skipped, as metrics.json and the report say it
 
 
 def expand_images(items) -> list:
-    """Paths (files, or folders whose image files are taken in name order) and arrays: one
-    image (H, W[, C]) each, or a stack (B, H, W, C) of them."""
+    """Paths (files, or folders whose entries with an image extension are taken in name order)
+    and arrays: one image (H, W[, C]) each, or a stack (B, H, W, C) of them. An entry that is not
+    a regular file (a FIFO, a device) is listed, and skipped with its reason when read."""
     if isinstance(items, (str, os.PathLike, np.ndarray)):
         items = [items]
     out = []
@@ -42,7 +47,10 @@ def image_names(items) -> list[str]:
     """A distinct display name per item: its file name, numbered where two share one."""
     names, seen = [], set()
     for i, item in enumerate(items):
-        name = os.path.basename(os.fspath(item)) if isinstance(item, (str, os.PathLike)) else f"array_{i}"
+        if isinstance(item, (str, os.PathLike)):
+            name = display_name(os.path.basename(os.fsdecode(item)))
+        else:
+            name = f"array_{i}"
         if name in seen:
             name = f"{name} (#{i + 1})"
         seen.add(name)
@@ -50,15 +58,37 @@ def image_names(items) -> list[str]:
     return names
 
 
-def batches(n: int, size: int) -> list[range]:
-    """Batches of image positions; a last batch under 4 images joins the one before, so every
-    batch can feed the unbiased CKA estimator (when all its images decode)."""
+def batch_count(n: int, size: int) -> int:
+    """How many batches `batches` makes of n images: ceil(n / size), one fewer when the last
+    would hold under MIN_CKA_BATCH images (it joins the one before)."""
     if size < 1:
         raise AnalysisError(f"batch size must be at least 1, got {size}")
-    edges = list(range(0, n, size)) + [n]
-    if len(edges) > 2 and edges[-1] - edges[-2] < MIN_CKA_BATCH:
-        edges.pop(-2)
-    return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    k = -(-n // size)
+    if k >= 2 and n - (k - 1) * size < MIN_CKA_BATCH:
+        k -= 1
+    return k
+
+
+def _edge(j: int, n: int, size: int, k: int) -> int:
+    """Where batch j starts (j = k: the end of the list)."""
+    return n if j >= k else j * size
+
+
+def batches(n: int, size: int, shard: tuple[int, int] | None = None) -> list[range]:
+    """Batches of image positions; a last batch under 4 images joins the one before, so every
+    batch can feed the unbiased CKA estimator (when all its images decode). With shard (I, N):
+    only the I-th of N contiguous runs of these batches, so shards see exactly the batches a
+    single run makes. Computed, not listed: O(batches of the shard) whatever n is."""
+    k = batch_count(n, size)
+    first, last = (0, k) if shard is None else (shard[0] * k // shard[1], (shard[0] + 1) * k // shard[1])
+    return [range(_edge(j, n, size, k), _edge(j + 1, n, size, k)) for j in range(first, last)]
+
+
+def shard_span(n: int, size: int, shard: tuple[int, int]) -> range:
+    """The image positions shard (I, N) covers in a list of n images at this batch size."""
+    k = batch_count(n, size)
+    i, count = shard
+    return range(_edge(i * k // count, n, size, k), _edge((i + 1) * k // count, n, size, k))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -70,15 +100,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise AnalysisError(f"--shard {text}: need 0 <= I < N")
     return i, n
-
-
-def shard_batches(all_batches: Sequence[range], shard: tuple[int, int] | None) -> list[range]:
-    """The I-th of N contiguous runs of whole batches (the same batches a single run makes)."""
-    if shard is None:
-        return list(all_batches)
-    i, n = shard
-    k = len(all_batches)
-    return list(all_batches[i * k // n:(i + 1) * k // n])
 
 
 def sample_positions(n: int, k: int) -> list[int]:
@@ -125,6 +146,7 @@ def decoder(items, preparers: Sequence[Callable], read: Callable) -> Callable[[r
     (read(item) -> RGB array) and prepared once per model (preparers[m](rgb) -> (H, W, 3)).
     Whatever fails on one image (unreadable, undecodable, too large) names it and skips it; the
     batch goes on."""
+
     def work(batch: range) -> DecodedBatch:
         positions, per_model, failed = [], [[] for _ in preparers], []
         for pos in batch:
@@ -133,10 +155,10 @@ def decoder(items, preparers: Sequence[Callable], read: Callable) -> Callable[[r
                 rgb = read(item)
                 prepared = [prep(rgb) for prep in preparers]
             except VitopsError as e:
-                failed.append((pos, str(e)))
+                failed.append((pos, display_name(clip_text(str(e), MAX_REASON_CHARS))))
                 continue
             except Exception as e:  # noqa: BLE001 - any failure of one image skips that image only
-                failed.append((pos, f"{type(e).__name__}: {e}"))
+                failed.append((pos, display_name(clip_text(f"{type(e).__name__}: {e}", MAX_REASON_CHARS))))
                 continue
             positions.append(pos)
             for m, x in enumerate(prepared):

@@ -33,8 +33,9 @@ def _upsample(m: np.ndarray, shape) -> np.ndarray:
     return cv2.resize(np.asarray(m, np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def mean_attention_distance(mean: np.ndarray, std: np.ndarray | None = None, title: str = "",
-                            fig=None, ylim=None):
+def mean_attention_distance(
+    mean: np.ndarray, std: np.ndarray | None = None, title: str = "", fig=None, ylim=None
+):
     """ViT paper Fig. 7 (left): one dot per head, blocks along x. mean, std: (blocks, heads)."""
     blocks, heads = mean.shape
     fig = fig if fig is not None else Figure(figsize=(7, 4.5), layout="constrained")
@@ -86,8 +87,9 @@ def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None
     return fig
 
 
-def attention_heatmaps(image: np.ndarray, maps: np.ndarray, masks: np.ndarray | None = None,
-                       title: str = "", fig=None):
+def attention_heatmaps(
+    image: np.ndarray, maps: np.ndarray, masks: np.ndarray | None = None, title: str = "", fig=None
+):
     """Last block, CLS to patches, one panel per head. maps (heads, gh, gw); masks likewise."""
     heads = maps.shape[0]
     rows, cols = _grid(heads, 6)
@@ -125,7 +127,7 @@ def position_similarity(sim: np.ndarray, grid, fig=None, title: str = ""):
     mosaic = np.full((gh * (gh + 1), gw * (gw + 1)), np.nan, np.float32)
     for r in range(gh):
         for c in range(gw):
-            mosaic[r * (gh + 1):r * (gh + 1) + gh, c * (gw + 1):c * (gw + 1) + gw] = tiles[r, c]
+            mosaic[r * (gh + 1) : r * (gh + 1) + gh, c * (gw + 1) : c * (gw + 1) + gw] = tiles[r, c]
     fig = fig if fig is not None else Figure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(mosaic, cmap="viridis", vmin=-1, vmax=1)
@@ -143,7 +145,7 @@ def filter_mosaic(filters: np.ndarray, cols: int = 8) -> np.ndarray:
     mosaic = np.ones((rows * (p + 1) - 1, cols * (p + 1) - 1, 3), np.float32)
     for i in range(k):
         r, c = divmod(i, cols)
-        mosaic[r * (p + 1):r * (p + 1) + p, c * (p + 1):c * (p + 1) + p] = filters[i]
+        mosaic[r * (p + 1) : r * (p + 1) + p, c * (p + 1) : c * (p + 1) + p] = filters[i]
     return mosaic
 
 
@@ -180,8 +182,13 @@ def cls_trajectory(cos: np.ndarray, names, fig=None, mean=None, std=None, title:
     return fig
 
 
-def cka_matrix(matrix: np.ndarray, title: str = "", fig=None, xlabel: str = "layer (0 = embeddings)",
-               ylabel: str = "layer (0 = embeddings)"):
+def cka_matrix(
+    matrix: np.ndarray,
+    title: str = "",
+    fig=None,
+    xlabel: str = "layer (0 = embeddings)",
+    ylabel: str = "layer (0 = embeddings)",
+):
     """CKA heat map between layers. matrix: (layers_y, layers_x)."""
     fig = fig if fig is not None else Figure(figsize=(5.5, 4.8), layout="constrained")
     ax = fig.add_subplot()

@@ -11,10 +11,13 @@ import io
 import json
 from pathlib import Path
 
+import matplotlib
+
 from ..io.output_folder import OutputFolder
 from .figures import CAPTIONS, figures
 from .page import page
 from .summary import strict_json, summary_of
+
 
 def write_report(study, out_dir) -> dict:
     """Figures, metrics.json and report.html of a study, into out_dir (whole or not at all)."""
@@ -32,7 +35,10 @@ def write_into(study, folder: Path) -> dict:
     """Write the report into an existing folder (the caller's temporary one); returns the
     summary as metrics.json holds it."""
     summary = summary_of(study)
-    pngs = {key: _png(fig) for key, fig in figures(study, summary).items()}
+    # File names, class names and model labels are text, not mathtext: "$\\nosuch$.png" is a
+    # name to show, not a formula for matplotlib to parse (and fail on, ending the run).
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        pngs = {key: _png(fig) for key, fig in figures(study, summary).items()}
     for key, data in pngs.items():
         (folder / f"{key}.png").write_bytes(data)
     per_image = folder / "per_image"

@@ -45,10 +45,10 @@ class Preparer:
         self.preprocessing = preprocessing
 
     @classmethod
-    def for_model(cls, model, overrides=None) -> "Preparer":
+    def for_model(cls, model, overrides=None) -> Preparer:
         overrides = dict(overrides or {})
         family = overrides.pop("family", None)
-        meta = getattr(model, "metadata", {}) or {}
+        meta = model.metadata
         return cls(Preprocessing.for_model(model.config, meta, family=family, **overrides))
 
     def prepare(self, rgb):
@@ -87,9 +87,18 @@ def _top(probs: np.ndarray):
     return top, prob
 
 
-def run_study(models, images, *, settings: RunSettings | None = None, per_image_dir=None,
-              keep_per_image: bool = False, shard: tuple[int, int] | None = None, devices=None,
-              preprocessing=None, progress: bool = True) -> Study:
+def run_study(
+    models,
+    images,
+    *,
+    settings: RunSettings | None = None,
+    per_image_dir=None,
+    keep_per_image: bool = False,
+    shard: tuple[int, int] | None = None,
+    devices=None,
+    preprocessing=None,
+    progress: bool = True,
+) -> Study:
     """Analyse every model over the images, streaming. Returns the Study.
 
     models: loaded models, files, shipped or registry names (one or a list). images: files,
@@ -120,27 +129,42 @@ def run_study(models, images, *, settings: RunSettings | None = None, per_image_
         raise AnalysisError("no images to analyse")
     n = len(items)
     names = inputs.image_names(items)
-    batches = inputs.shard_batches(inputs.batches(n, settings.batch_size), shard)
+    batches = inputs.batches(n, settings.batch_size, shard)
     samples = set(inputs.sample_positions(n, settings.show))
 
     studies = []
     for label, model, prep in zip(labels, loaded, preparers):
-        info = {"name": model.config.name, "family": model.config.family,
-                "fingerprint": model_fingerprint(model), "labels": read_labels(getattr(model, "metadata", {}) or {}),
-                "source_sha256": (getattr(model, "metadata", {}) or {}).get("source_sha256"),
-                "preprocessing": prep.describe()}
+        info = {
+            "name": model.config.name,
+            "family": model.config.family,
+            "fingerprint": model_fingerprint(model),
+            "labels": read_labels(model.metadata),
+            "source_sha256": model.metadata.get("source_sha256"),
+            "preprocessing": prep.describe(),
+        }
         studies.append(ModelStudy(label, info, model.config))
         studies[-1].probe_weights(model)
     study = Study(studies, settings, n, [list(shard)] if shard else [[0, 1]])
     writers = []
     if per_image_dir is not None:
-        writers = [PerImageWriter(per_image_dir, ms.label, n, ms.config.depth, ms.config.num_heads,
-                                  ms.grid, ms.info["labels"], bool(ms.config.num_classes))
-                   for ms in studies]
+        writers = [
+            PerImageWriter(
+                per_image_dir,
+                ms.label,
+                n,
+                ms.config.depth,
+                ms.config.num_heads,
+                ms.grid,
+                ms.info["labels"],
+                bool(ms.config.num_classes),
+            )
+            for ms in studies
+        ]
     spec = settings.reductions()
     total = sum(len(b) for b in batches)
-    bar = keras.utils.Progbar(total, unit_name="image", verbose=1 if progress else 0,
-                              stateful_metrics=["images/s"])
+    bar = keras.utils.Progbar(
+        total, unit_name="image", verbose=1 if progress else 0, stateful_metrics=["images/s"]
+    )
     done, t0 = 0, time.perf_counter()
     decode = inputs.decoder(items, [p.prepare for p in preparers], _read)
     try:
@@ -173,7 +197,9 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
     for m, (ms, model, prep) in enumerate(zip(study.models, models, preparers)):
         x = batch.inputs[m]
         if distribution is not None:
-            with distribution.scope():  # traced with the mesh in view (see vitops.backend.distribute.whole_batch)
+            with (
+                distribution.scope()
+            ):  # traced with the mesh in view (see vitops.backend.distribute.whole_batch)
                 out = model.infer(distribute.distribute_batch(x, distribution), reductions=spec)
         else:
             out = model.infer(x, reductions=spec)
@@ -201,11 +227,17 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
             relevance = relevance_for_report(model, np.asarray(x)[shown])[0]
         for j, r in zip(shown, relevance):
             pos = batch.positions[j]
-            ms.samples.add(pos, names[pos], display=prep.display(x=batch.inputs[m][j]),
-                           rollout=rollout[j], cls_attention=cls_attention[j], cls_trajectory=trajectory[j],
-                           top=top[j] if top is not None else np.full(TOP_K, -1, np.int32),
-                           prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32),
-                           relevance=r)
+            ms.samples.add(
+                pos,
+                names[pos],
+                display=prep.display(x=batch.inputs[m][j]),
+                rollout=rollout[j],
+                cls_attention=cls_attention[j],
+                cls_trajectory=trajectory[j],
+                top=top[j] if top is not None else np.full(TOP_K, -1, np.int32),
+                prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32),
+                relevance=r,
+            )
         grams.append(red["grams"])
     if b >= inputs.MIN_CKA_BATCH:
         for ms, g in zip(study.models, grams):

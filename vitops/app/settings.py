@@ -69,7 +69,7 @@ class RunSettings:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in self._SPEED_ONLY}
 
     @classmethod
-    def from_recorded(cls, fields, source: str = "settings") -> "RunSettings":
+    def from_recorded(cls, fields, source: str = "settings") -> RunSettings:
         """From `recorded()` as read back from a file: unknown fields are an error."""
         if not isinstance(fields, dict):
             raise AnalysisError(f"{source}: settings must be an object, got {type(fields).__name__}")
@@ -81,9 +81,15 @@ class RunSettings:
 
     def reductions(self) -> Reductions:
         """What each model's compiled forward pass computes block by block."""
-        return Reductions(distance=True, rollout="cls", head_fusion=self.head_fusion,
-                          discard_ratio=self.discard_ratio, cls_attention=True, cls_trajectory=True,
-                          grams=True)
+        return Reductions(
+            distance=True,
+            rollout="cls",
+            head_fusion=self.head_fusion,
+            discard_ratio=self.discard_ratio,
+            cls_attention=True,
+            cls_trajectory=True,
+            grams=True,
+        )
 
 
 DEFAULTS = RunSettings()

@@ -14,9 +14,9 @@ import keras
 import numpy as np
 
 from .. import analysis
-from ..analysis.accumulate import Accumulator, Fixed, Moments, load_states, save_states, settings_difference
+from ..analysis.accumulate import Accumulator, Fixed, Moments, save_states, settings_difference, state_array
 from ..backend import name as backend_name
-from ..errors import AnalysisError
+from ..errors import AnalysisError, clip
 from .per_image import PerImage, names_from_bytes, names_to_bytes
 from .settings import RunSettings
 
@@ -49,10 +49,29 @@ class Samples(Accumulator):
     def state(self) -> dict:
         return {"positions": self.positions, "names": names_to_bytes(self.names), **self.arrays}
 
+    # the dtype kind of each field ("u" uint8 display, "i" classes, "f" maps and probabilities)
+    KINDS = {"display": "u", "top": "i"}
+
     def set_state(self, arrays) -> None:
-        self.positions = np.asarray(arrays["positions"], np.int64)
-        self.names = names_from_bytes(arrays["names"], len(self.positions))
-        self.arrays = {k: np.asarray(arrays[k]) for k in self.FIELDS if k in arrays}
+        positions = state_array(arrays, "positions", "iu", ndim=1).astype(np.int64)
+        k = len(positions)
+        if k and (positions.min() < 0 or len(np.unique(positions)) != k):
+            raise AnalysisError("its sample positions are negative or repeat")
+        fields = {}
+        if k:  # each field: one row per sample image (their shapes the study checks)
+            for f in self.FIELDS:
+                a = state_array(arrays, f, self.KINDS.get(f, "f"))
+                if a.ndim < 1 or a.shape[0] != k:
+                    raise AnalysisError(f"its {f!r} array has {a.shape[:1]} rows for {k} sample images")
+                fields[f] = a
+        self.names = names_from_bytes(state_array(arrays, "names", "u", ndim=1), k)
+        self.positions, self.arrays = positions, fields
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Samples:
+        if settings:
+            raise AnalysisError(f"samples have no settings, got {clip(sorted(settings))}")
+        return cls()
 
     def _merge_state(self, other) -> None:
         if np.intersect1d(self.positions, other.positions).size:
@@ -81,6 +100,7 @@ class ModelStudy:
         # the patch grid of the images analysed: the preprocessing's size, which may differ from
         # the model's native one (position embeddings are resampled)
         size = (info.get("preprocessing") or {}).get("size") or config.image_size
+        self.image_size = (int(size[0]), int(size[1]))  # (Y, X) of the images as the model saw them
         self.grid = grid = (size[0] // config.patch_size, size[1] // config.patch_size)
         depth, heads = config.depth, config.num_heads
         self.distance = analysis.AttentionDistance(config.patch_size, config.num_prefix_tokens, grid=grid)
@@ -93,7 +113,16 @@ class ModelStudy:
         self.probes = Fixed()  # of the weights: position similarity, patch filters
 
     # The accumulators by name: the names a state file stores them under.
-    NAMES = ("distance", "rollout", "cls_attention", "cls_trajectory", "cka", "samples", "per_image", "probes")
+    NAMES = (
+        "distance",
+        "rollout",
+        "cls_attention",
+        "cls_trajectory",
+        "cka",
+        "samples",
+        "per_image",
+        "probes",
+    )
 
     def accumulators(self) -> dict[str, Accumulator]:
         return {name: getattr(self, name) for name in self.NAMES}
@@ -103,18 +132,22 @@ class ModelStudy:
         params = model.variables_by_key
         sim = analysis.position_similarity(params["pos_embed"], self.config.num_prefix_tokens)
         filters = analysis.projection_filters(params)[:max_filters]
-        self.probes = Fixed(position_similarity=keras.ops.convert_to_numpy(sim),
-                            projection_filters=keras.ops.convert_to_numpy(filters))
+        self.probes = Fixed(
+            position_similarity=keras.ops.convert_to_numpy(sim),
+            projection_filters=keras.ops.convert_to_numpy(filters),
+        )
 
 
 class Study:
     """Every model's accumulators, the cross-model CKA of each pair, and what was analysed."""
 
-    def __init__(self, models: list[ModelStudy], settings: RunSettings, n_images: int,
-                 shards: list | None = None):
+    def __init__(
+        self, models: list[ModelStudy], settings: RunSettings, n_images: int, shards: list | None = None
+    ):
         self.models, self.settings, self.n_images = models, settings, n_images
-        self.cross = {(a.label, b.label): analysis.MinibatchCKA()
-                      for i, a in enumerate(models) for b in models[i + 1:]}
+        self.cross = {
+            (a.label, b.label): analysis.MinibatchCKA() for i, a in enumerate(models) for b in models[i + 1 :]
+        }
         self.skipped: list[dict] = []  # {"position", "image", "reason"}
         self.analysed = 0
         self.cka_batches_skipped = 0  # batches with fewer than 4 readable images
@@ -124,11 +157,17 @@ class Study:
 
     # ---- merge, save, load ----
     def metadata(self) -> dict:
-        return {"settings": self.settings.recorded(), "n_images": self.n_images,
-                "models": [{"label": m.label, "info": m.info, "config": m.config.to_json()} for m in self.models],
-                "skipped": self.skipped, "analysed": self.analysed, "shards": self.shards,
-                "cka_batches_skipped": self.cka_batches_skipped, "seconds": self.seconds,
-                "backend": self.backend}
+        return {
+            "settings": self.settings.recorded(),
+            "n_images": self.n_images,
+            "models": [{"label": m.label, "info": m.info, "config": m.config.to_json()} for m in self.models],
+            "skipped": self.skipped,
+            "analysed": self.analysed,
+            "shards": self.shards,
+            "cka_batches_skipped": self.cka_batches_skipped,
+            "seconds": self.seconds,
+            "backend": self.backend,
+        }
 
     def save(self, path) -> None:
         """Every accumulator and the study's metadata in one safetensors file (atomic)."""
@@ -140,44 +179,21 @@ class Study:
             accs[f"cross{i}"] = acc
         save_states(path, accs, {"study": self.metadata()})
 
-    @classmethod
-    def load(cls, path) -> "Study":
-        from ..core.config import ViTConfig
-
-        accs, meta = load_states(path)
-        try:
-            m = meta["study"]
-            settings = RunSettings.from_recorded(m["settings"], f"{path}: settings")
-            models = [ModelStudy(e["label"], e["info"], ViTConfig.from_json(e["config"])) for e in m["models"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise AnalysisError(f"{path}: not a study state (written by `vitops analyze --save-state`): {e}") from None
-        study = cls(models, settings, int(m["n_images"]), m.get("shards"))
-        for i, ms in enumerate(models):
-            for name in ms.accumulators():
-                acc = accs.get(f"m{i}.{name}")
-                if acc is None:
-                    raise AnalysisError(f"{path}: the state lacks {ms.label}'s {name}")
-                setattr(ms, name, acc)
-        for i, key in enumerate(study.cross):
-            study.cross[key] = accs[f"cross{i}"]
-        study.skipped, study.analysed = m["skipped"], int(m["analysed"])
-        study.cka_batches_skipped, study.seconds = int(m["cka_batches_skipped"]), float(m["seconds"])
-        study.backend = m.get("backend", study.backend)
-        return study
-
-    def merge(self, other: "Study") -> "Study":
+    def merge(self, other: Study) -> Study:
         """Fold another shard's study into this one; refuses other models or settings."""
         differ = settings_difference(self.settings.recorded(), other.settings.recorded())
         if differ:
             raise AnalysisError(f"cannot merge studies with different settings: {differ}")
         if self.n_images != other.n_images:
-            raise AnalysisError(f"cannot merge studies of different image lists: {self.n_images} "
-                                f"images != {other.n_images}")
+            raise AnalysisError(
+                f"cannot merge studies of different image lists: {self.n_images} images != {other.n_images}"
+            )
         mine = [(m.label, m.info.get("fingerprint")) for m in self.models]
         theirs = [(m.label, m.info.get("fingerprint")) for m in other.models]
         if mine != theirs:
-            raise AnalysisError(f"cannot merge studies of different models: {self._describe()} != "
-                                f"{other._describe()}")
+            raise AnalysisError(
+                f"cannot merge studies of different models: {self._describe()} != {other._describe()}"
+            )
         for a, b in zip(self.models, other.models):
             for name, acc in a.accumulators().items():
                 acc.merge(b.accumulators()[name])
@@ -191,16 +207,7 @@ class Study:
         return self
 
     def _describe(self) -> str:
-        return ", ".join(f"{m.label} ({m.info.get('name') or 'model'}, weights "
-                         f"{str(m.info.get('fingerprint'))[:12]})" for m in self.models)
-
-
-def load_studies(paths) -> Study:
-    """Load state files and merge them into one study."""
-    paths = list(paths)
-    if not paths:
-        raise AnalysisError("no state files given")
-    study = Study.load(paths[0])
-    for p in paths[1:]:
-        study.merge(Study.load(p))
-    return study
+        return ", ".join(
+            f"{m.label} ({m.info.get('name') or 'model'}, weights {str(m.info.get('fingerprint'))[:12]})"
+            for m in self.models
+        )

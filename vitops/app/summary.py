@@ -8,14 +8,18 @@ import numpy as np
 
 from ..analysis.heatmap import mass_masks
 
+
 def _label(info, cls: int) -> str:
     labels = info.get("labels")
     return labels[cls] if labels and 0 <= cls < len(labels) else str(cls)
 
 
 def _predictions(info, top, prob):
-    return [{"class": int(c), "label": _label(info, int(c)), "probability": float(p)}
-            for c, p in zip(top, prob) if c >= 0]
+    return [
+        {"class": int(c), "label": _label(info, int(c)), "probability": float(p)}
+        for c, p in zip(top, prob)
+        if c >= 0
+    ]
 
 
 def _model_summary(ms, settings) -> dict:
@@ -23,31 +27,50 @@ def _model_summary(ms, settings) -> dict:
     dist = ms.distance.result()
     cos = ms.cls_trajectory.result()
     out = {
-        "name": c.name, "family": c.family, "image_size": list(c.image_size), "patch_size": c.patch_size,
-        "depth": c.depth, "heads": c.num_heads, "dim": c.dim, "num_classes": c.num_classes,
-        "source_sha256": ms.info.get("source_sha256"), "weights_sha256": ms.info.get("fingerprint"),
+        "name": c.name,
+        "family": c.family,
+        "image_size": list(c.image_size),
+        "patch_size": c.patch_size,
+        "depth": c.depth,
+        "heads": c.num_heads,
+        "dim": c.dim,
+        "num_classes": c.num_classes,
+        "source_sha256": ms.info.get("source_sha256"),
+        "weights_sha256": ms.info.get("fingerprint"),
         "preprocessing": ms.info.get("preprocessing"),
         "distance": {"mean": dist["mean"], "std": dist["std"], "count": dist["count"], "unit": "pixels"},
         "rollout": {"mean": ms.rollout.result()["mean"]},
         "cls_attention": {"mean": ms.cls_attention.result()["mean"]},
         "cls_trajectory": {"mean": cos["mean"], "std": cos["std"]},
-        "cka": None, "samples": {},
+        "cka": None,
+        "samples": {},
         "position_similarity": ms.probes.arrays["position_similarity"],
         "projection_filters": ms.probes.arrays["projection_filters"],
     }
     if not ms.cka.empty:
-        out["cka"] = {"matrix": ms.cka.result(), "estimator": "minibatch (unbiased HSIC)",
-                      "batches": ms.cka.batches}
+        out["cka"] = {
+            "matrix": ms.cka.result(),
+            "estimator": "minibatch (unbiased HSIC)",
+            "batches": ms.cka.batches,
+        }
     s = ms.samples
     for j, name in enumerate(s.names):
-        entry = {"position": int(s.positions[j]), "rollout": s.arrays["rollout"][j],
-                 "cls_attention": s.arrays["cls_attention"][j], "cls_trajectory": s.arrays["cls_trajectory"][j]}
+        entry = {
+            "position": int(s.positions[j]),
+            "rollout": s.arrays["rollout"][j],
+            "cls_attention": s.arrays["cls_attention"][j],
+            "cls_trajectory": s.arrays["cls_trajectory"][j],
+        }
         if c.num_classes:
             entry["predictions"] = _predictions(ms.info, s.arrays["top"][j], s.arrays["prob"][j])
         if settings.explain and c.num_classes:
             top1 = int(s.arrays["top"][j][0])  # the class explained: the model's prediction
-            entry["relevance"] = {"map": s.arrays["relevance"][j], "class": top1, "label": _label(ms.info, top1),
-                                  "method": "gradient-weighted attention rollout (Chefer et al. 2021)"}
+            entry["relevance"] = {
+                "map": s.arrays["relevance"][j],
+                "class": top1,
+                "label": _label(ms.info, top1),
+                "method": "gradient-weighted attention rollout (Chefer et al. 2021)",
+            }
         if settings.threshold is not None:
             maps = s.arrays["cls_attention"][j]  # (H, I, J)
             masks = np.asarray(mass_masks(maps.reshape(maps.shape[0], -1), settings.threshold))
@@ -60,11 +83,23 @@ def summary_of(study) -> dict:
     """Every number behind the figures: what metrics.json holds (before `strict_json`)."""
     return {
         "models": {ms.label: _model_summary(ms, study.settings) for ms in study.models},
-        "cross_model_cka": [{"models": [a, b], "matrix": acc.result(), "batches": acc.batches,
-                             "estimator": "minibatch (unbiased HSIC)"}
-                            for (a, b), acc in study.cross.items() if not acc.empty],
-        "images": {"total": study.n_images, "analysed": study.analysed, "skipped": study.skipped,
-                   "cka_batches_skipped": study.cka_batches_skipped, "shards": study.shards},
+        "cross_model_cka": [
+            {
+                "models": [a, b],
+                "matrix": acc.result(),
+                "batches": acc.batches,
+                "estimator": "minibatch (unbiased HSIC)",
+            }
+            for (a, b), acc in study.cross.items()
+            if not acc.empty
+        ],
+        "images": {
+            "total": study.n_images,
+            "analysed": study.analysed,
+            "skipped": study.skipped,
+            "cka_batches_skipped": study.cka_batches_skipped,
+            "shards": study.shards,
+        },
         "settings": study.settings.recorded(),
         "backend": study.backend,
         "seconds": study.seconds,

@@ -4,9 +4,9 @@
 
 All units are optimised together (one image per unit, one batch; see
 `vitops.analysis.features.visualize_feature`). The folder is written beside --out under a
-temporary name and renamed at the end (`vitops.io.output_folder.OutputFolder`), so an interrupted run
-leaves no half-written folder; a folder from an earlier `vitops visualize` run is replaced,
-anything else is left alone.
+temporary name and renamed at the end (`vitops.io.output_folder.OutputFolder`), so an
+interrupted run leaves no half-written folder; as every vitops output, --out may only be new,
+empty, or a folder vitops wrote.
 """
 
 from __future__ import annotations
@@ -19,22 +19,33 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AnalysisError, ImageError
+from ..io.output_folder import OutputFolder, check_output_folder
 
-MARKER = "vitops-visualize"  # in every page this command writes; an --out holding it may be replaced
+MARKER = "vitops-visualize"  # the page's generator
 
 
 def add_parser(subparsers):
     """Add `visualize` to an argparse subparsers object; returns its parser (func = `run`)."""
     p = subparsers.add_parser(
-        "visualize", help="optimise images that maximise MLP units (feature visualisation)",
+        "visualize",
+        help="optimise images that maximise MLP units (feature visualisation)",
         description="Feature visualisation (Ghiasi et al. 2022): for each --unit, an image that "
-                    "maximises that unit of the block's MLP hidden layer, averaged over the patches. "
-                    "Writes unit_<U>.png per unit and index.html into --out.")
-    p.add_argument("--model", default="digits_vit",
-                   help="vitops file, registry name or shipped model (default: digits_vit, shipped)")
+        "maximises that unit of the block's MLP hidden layer, averaged over the patches. "
+        "Writes unit_<U>.png per unit and index.html into --out.",
+    )
+    p.add_argument(
+        "--model",
+        default="digits_vit",
+        help="vitops file, registry name or shipped model (default: digits_vit, shipped)",
+    )
     p.add_argument("--block", type=int, required=True, help="block index, from 0")
-    p.add_argument("--unit", type=int, action="append", required=True,
-                   help="MLP hidden unit of that block; repeat for several (one image each)")
+    p.add_argument(
+        "--unit",
+        type=int,
+        action="append",
+        required=True,
+        help="MLP hidden unit of that block; repeat for several (one image each)",
+    )
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the start noise and augmentations")
@@ -54,18 +65,41 @@ def run(args) -> int:
     repeated = sorted({u for u in args.unit if args.unit.count(u) > 1})
     if repeated:
         raise AnalysisError(f"--unit {', '.join(map(str, repeated))} given more than once")
-    _check_out(out)
+    check_output_folder(out, [args.model])  # before any work
     model = resolve_model(args.model)  # an unreadable model fails here, before any work
     start = time.perf_counter()
     bar = _progress(args.steps)
-    images, activation = visualize_feature(model, args.block, args.unit, steps=args.steps, seed=args.seed,
-                                           ensemble=args.ensemble, lr=args.lr, callback=bar)
+    images, activation = visualize_feature(
+        model,
+        args.block,
+        args.unit,
+        steps=args.steps,
+        seed=args.seed,
+        ensemble=args.ensemble,
+        lr=args.lr,
+        callback=bar,
+    )
     _, initial = visualize_feature(model, args.block, args.unit, steps=0, seed=args.seed)
-    write(out, model, args.block, list(args.unit), images, activation, initial,
-          {"steps": args.steps, "seed": args.seed, "ensemble": args.ensemble, "lr": args.lr,
-           "seconds": time.perf_counter() - start})
-    print(f"wrote {out}/index.html and {len(args.unit)} image(s): block {args.block}, units "
-          + ", ".join(f"{u} ({a:.3g})" for u, a in zip(args.unit, activation)))
+    write(
+        out,
+        model,
+        args.block,
+        list(args.unit),
+        images,
+        activation,
+        initial,
+        {
+            "steps": args.steps,
+            "seed": args.seed,
+            "ensemble": args.ensemble,
+            "lr": args.lr,
+            "seconds": time.perf_counter() - start,
+        },
+    )
+    print(
+        f"wrote {out}/index.html and {len(args.unit)} image(s): block {args.block}, units "
+        + ", ".join(f"{u} ({a:.3g})" for u, a in zip(args.unit, activation))
+    )
     return 0
 
 
@@ -75,22 +109,6 @@ def _progress(steps: int):
 
     bar = keras.utils.Progbar(steps, unit_name="step", stateful_metrics=["activation"])
     return lambda step, act: bar.update(step, values=[("activation", float(np.mean(act)))])
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise AnalysisError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not _ours(out):
-        raise AnalysisError(f"--out {out} exists and holds other files; give a new or empty folder, "
-                            "or one an earlier `vitops visualize` wrote")
-
-
-def _ours(folder: Path) -> bool:
-    index = folder / "index.html"
-    try:
-        return index.is_file() and MARKER in index.read_text(errors="replace")[:2000]
-    except OSError:
-        return False
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -107,14 +125,12 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def write(out, model, block: int, units: list, images, activation, initial, settings: dict) -> None:
     """unit_<U>.png per unit and index.html into the folder out, atomically (see
-    `vitops.io.output_folder.OutputFolder`; an earlier run's folder there is replaced)."""
-    from ..io.output_folder import OutputFolder
-    from ..preprocess import denormalize
+    `vitops.io.output_folder.OutputFolder`: new, empty, or a folder vitops wrote)."""
+    from ..preprocess import Preprocessing, denormalize
 
     out = Path(out)
-    _check_out(out)
-    with OutputFolder(out) as tmp:
-        shown = denormalize(images, model.config.family)
+    with OutputFolder(out, "visualize") as tmp:
+        shown = denormalize(images, Preprocessing.for_model(model.config, model.metadata))
         pngs = {u: png_bytes(img) for u, img in zip(units, shown)}
         for u, data in pngs.items():
             (tmp / f"unit_{u}.png").write_bytes(data)
@@ -129,24 +145,29 @@ def _html(model, block, units, pngs, activation, initial, settings) -> str:
         f"<figure><img alt='block {block} unit {u}' src='data:image/png;base64,"
         f"{base64.b64encode(pngs[u]).decode('ascii')}'>"
         f"<figcaption>block {block}, unit {u}: activation {a:.4g} (start {a0:.4g})</figcaption></figure>"
-        for u, a, a0 in zip(units, activation, initial))
-    return "\n".join([
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<meta name='generator' content='{MARKER}'>",
-        f"<title>vitops feature visualisation: {e(name)}, block {block}</title>",
-        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
-        "figure{display:inline-block;margin:.5em;text-align:center}"
-        "img{width:192px;height:auto;image-rendering:pixelated;border:1px solid #ddd}"
-        "figcaption{color:#555;font-size:.85em;max-width:192px}</style>",
-        "</head><body>",
-        f"<h1>Feature visualisation: {e(name)}, block {block}</h1>",
-        f"<p>Each image maximises one unit of block {block}'s MLP hidden layer (after the GELU), "
-        f"averaged over the patches (Ghiasi et al. 2022, \"What do Vision Transformers Learn? A Visual "
-        f"Exploration\"); the activation is the unit's on the image shown, the start its value on the "
-        f"starting noise. {e(c.family)} ViT, {c.image_size[0]}x{c.image_size[1]} px, patch {c.patch_size}, "
-        f"{c.depth} blocks, MLP width {c.mlp_dim}. Settings: "
-        + e(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items()))
-        + ".</p>",
-        figures,
-        "</body></html>",
-    ])
+        for u, a, a0 in zip(units, activation, initial)
+    )
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            f"<meta name='generator' content='{MARKER}'>",
+            f"<title>vitops feature visualisation: {e(name)}, block {block}</title>",
+            "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+            "figure{display:inline-block;margin:.5em;text-align:center}"
+            "img{width:192px;height:auto;image-rendering:pixelated;border:1px solid #ddd}"
+            "figcaption{color:#555;font-size:.85em;max-width:192px}</style>",
+            "</head><body>",
+            f"<h1>Feature visualisation: {e(name)}, block {block}</h1>",
+            f"<p>Each image maximises one unit of block {block}'s MLP hidden layer (after the GELU), "
+            f'averaged over the patches (Ghiasi et al. 2022, "What do Vision Transformers Learn? A Visual '
+            f"Exploration\"); the activation is the unit's on the image shown, the start its value on the "
+            f"starting noise. {e(c.family)} ViT, {c.image_size[0]}x{c.image_size[1]} px, patch {c.patch_size}, "
+            f"{c.depth} blocks, MLP width {c.mlp_dim}. Settings: "
+            + e(
+                ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items())
+            )
+            + ".</p>",
+            figures,
+            "</body></html>",
+        ]
+    )

@@ -22,9 +22,10 @@ def compiled(fn=None, *, static_argnames=(), inference: bool = False, autograph:
     tracing (a vitops error, say) reaches the caller as it is, not wrapped by AutoGraph.
     """
     if fn is None:
-        return functools.partial(compiled, static_argnames=static_argnames, inference=inference,
-                                 autograph=autograph)
-    cache = {}
+        return functools.partial(
+            compiled, static_argnames=static_argnames, inference=inference, autograph=autograph
+        )
+    cache: dict = {}  # "jax": the jitted function; TensorFlow: one tf.function per static arguments
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -42,8 +43,9 @@ def compiled(fn=None, *, static_argnames=(), inference: bool = False, autograph:
             static = tuple(sorted((k, kwargs.pop(k)) for k in static_argnames if k in kwargs))
             f = cache.get(static)
             if f is None:
-                f = cache[static] = tf.function(functools.partial(fn, **dict(static)),
-                                                jit_compile=True, autograph=autograph)
+                f = cache[static] = tf.function(
+                    functools.partial(fn, **dict(static)), jit_compile=True, autograph=autograph
+                )
             return f(*args, **kwargs)
         if inference and backend == "torch":
             import torch

@@ -15,8 +15,10 @@ def data_parallel(devices):
     if devices is None or str(devices) == "1":
         return None
     if name() != "jax":
-        raise BackendError(f"--devices {devices}: data-parallel analysis runs on the JAX backend; "
-                           f"the {name()} backend runs on one device (set KERAS_BACKEND=jax)")
+        raise BackendError(
+            f"--devices {devices}: data-parallel analysis runs on the JAX backend; "
+            f"the {name()} backend runs on one device (set KERAS_BACKEND=jax)"
+        )
     available = keras.distribution.list_devices()
     if str(devices) == "all":
         count = len(available)

@@ -78,12 +78,12 @@ def _torch_value_and_grad(fn, indices, single, has_aux, args, kwargs):
         sources = [keras.tree.flatten(args[i]) for i in indices]
         flat = [t for s in sources for t in s]
         grads = torch.autograd.grad(value, flat, allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
+    grads = tuple(torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads))
     out, start = [], 0
     for i, s in zip(indices, sources):
-        out.append(keras.tree.pack_sequence_as(args[i], grads[start:start + len(s)]))
+        out.append(keras.tree.pack_sequence_as(args[i], grads[start : start + len(s)]))
         start += len(s)
-    detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t
     value = detach(value)
     result = (value, keras.tree.map_structure(detach, aux)) if has_aux else value
     return result, (out[0] if single else tuple(out))
@@ -100,8 +100,9 @@ def _tf_value_and_grad(fn, indices, single, has_aux, args, kwargs):
         for i in indices:
             tape.watch(args[i])
         value, aux = _split(fn(*args, **kwargs), has_aux)
-    grads = tape.gradient(value, [args[i] for i in indices],
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = tape.gradient(
+        value, [args[i] for i in indices], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
     result = (value, aux) if has_aux else value
     return result, (grads[0] if single else tuple(grads))
 

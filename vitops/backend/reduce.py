@@ -19,8 +19,9 @@ def weighted_total(a, w):
     """
     lead, t = a.shape[:-2], a.shape[-1]
     if name() == "torch":
-        return keras.ops.reshape(keras.ops.matmul(keras.ops.reshape(a, (-1, t * t)),
-                                                  keras.ops.reshape(w, (t * t,))), lead)
+        return keras.ops.reshape(
+            keras.ops.matmul(keras.ops.reshape(a, (-1, t * t)), keras.ops.reshape(w, (t * t,))), lead
+        )
     b = keras.ops.shape(a)[0]
     flat = keras.ops.reshape(a, (b, -1, t * t))  # (B, M, T*T)
     wb = keras.ops.broadcast_to(keras.ops.reshape(w, (1, t * t, 1)), (b, t * t, 1))

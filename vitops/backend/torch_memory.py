@@ -41,8 +41,8 @@ def softmax_of_temporary(x, axis: int = -1):
     breaks the allocator's reuse of the forward pass's other temporaries. Writing the
     probabilities over the logits took the measured cost of returning ViT-B/16's attention
     maps through predict_on_batch from 28 % to 16 % (benchmarks/README.md). Not while
-    autograd records x (an out= kernel cannot be differentiated through). XLA (jax, tensorflow) plans its buffers itself, so
-    it gets the plain op.
+    autograd records x (an out= kernel cannot be differentiated through). XLA (jax,
+    tensorflow) plans its buffers itself, so it gets the plain op.
     """
     if name() == "torch":
         import torch

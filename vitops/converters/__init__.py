@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..io import weight_file
-from ..io.temporary import atomic_output
 from ..core.config import ViTConfig
 from ..errors import ConfigError, ConversionError, capped, clip
+from ..io import weight_file
+from ..io.temporary import atomic_output
 from ..preprocess import Preprocessing
 from .checkpoint_files import flatten_tensors, read_checkpoint
 from .hf import find_files, hf_config, hf_to_timm, is_hf_state_dict, read_hf_info
@@ -58,8 +58,10 @@ def detect_format(sd) -> str:
         return "hf"
     if is_timm_state_dict(sd):
         return "timm"
-    raise ConversionError(f"cannot tell the checkpoint format from its keys ({capped(list(sd), 6)}); "
-                          f"known formats: {', '.join(FORMATS)}")
+    raise ConversionError(
+        f"cannot tell the checkpoint format from its keys ({capped(list(sd), 6)}); "
+        f"known formats: {', '.join(FORMATS)}"
+    )
 
 
 def _apply_arch(config: ViTConfig, arch: str | None) -> ViTConfig:
@@ -80,8 +82,11 @@ def _load_hf(src, arch) -> Checkpoint:
     params, config = timm_to_vitops(sd, config=config)
     pre = None
     if info.preprocessor is not None:
-        pre = hf_preprocessing(info.preprocessor, Preprocessing.for_family(config.family, config.image_size),
-                               info.preprocessor_path)
+        pre = hf_preprocessing(
+            info.preprocessor,
+            Preprocessing.for_family(config.family, config.image_size),
+            info.preprocessor_path,
+        )
     labels = info.labels if config.num_classes else None
     return Checkpoint(params, config, "hf", wfile, labels, f"{cfile} id2label", pre)
 
@@ -119,8 +124,15 @@ def load_checkpoint(src, arch=None, format=None, which="teacher") -> Checkpoint:
         raise ConversionError(f"{src}: {e}") from None
 
 
-def convert(src, dst, arch: str | None = None, format: str | None = None, which: str = "teacher",
-            labels=None, preprocessing=None) -> ViTConfig:
+def convert(
+    src,
+    dst,
+    arch: str | None = None,
+    format: str | None = None,
+    which: str = "teacher",
+    labels=None,
+    preprocessing=None,
+) -> ViTConfig:
     """Convert checkpoint `src` into vitops file `dst`; returns the model's config.
 
     labels: class names (a list, or a file with one name per line), as many as the head has
@@ -147,26 +159,42 @@ def convert(src, dst, arch: str | None = None, format: str | None = None, which:
         labels = check_labels(labels, "labels")
     if preprocessing is not None:
         given_preprocessing(preprocessing, Preprocessing.for_family("vit"))  # fail early
-    with atomic_output(dst, ConversionError) as tmp:
+    with atomic_output(dst, ConversionError, weight_file.is_weight_file, "vitops weight file") as tmp:
         ck = load_checkpoint(src, arch, format, which)
         config = ck.config
         names, source = (labels, "the labels given") if labels is not None else (ck.labels, ck.labels_source)
         if names is None and config.num_classes:
             names, source = default_labels(config.num_classes, ck.format), "default"
         if names is not None and len(names) != config.num_classes:
-            raise ConversionError(f"{len(names)} class names for a head of {config.num_classes} classes "
-                                  f"({source}); --labels FILE gives one name per line")
+            raise ConversionError(
+                f"{len(names)} class names for a head of {config.num_classes} classes "
+                f"({source}); --labels FILE gives one name per line"
+            )
         base = Preprocessing.for_family(config.family, config.image_size)
-        pre = (given_preprocessing(preprocessing, base) if preprocessing is not None
-               else ck.preprocessing or timm_preprocessing(arch))
+        pre = (
+            given_preprocessing(preprocessing, base)
+            if preprocessing is not None
+            else ck.preprocessing or timm_preprocessing(arch)
+        )
         try:
             digest = weight_file.sha256_file(ck.weights_file)
         except OSError as e:
             raise ConversionError(f"cannot read {ck.weights_file}: {e.strerror}") from None
-        provenance = {"source_format": ck.format, "source_file": os.path.basename(os.path.normpath(src)),
-                      "source_sha256": digest}
-        weight_file.write(tmp, ck.params, config, provenance, labels=names, preprocessing=pre,
-                      error=ConversionError, name=dst)
+        provenance = {
+            "source_format": ck.format,
+            "source_file": os.path.basename(os.path.normpath(src)),
+            "source_sha256": digest,
+        }
+        weight_file.write(
+            tmp,
+            ck.params,
+            config,
+            provenance,
+            labels=names,
+            preprocessing=pre,
+            error=ConversionError,
+            name=dst,
+        )
     return config
 
 

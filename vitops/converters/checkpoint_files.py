@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..io.safetensors_header import FLOAT_DTYPES, read_float32, read_header
 from ..errors import ConversionError, capped, clip_text, os_reason
+from ..io.safetensors_header import FLOAT_DTYPES, read_float32, read_header
 
 
 def check_readable(path) -> None:
@@ -35,8 +35,9 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     header = read_header(path, ConversionError)
     not_float = [f"{k} ({t.dtype})" for k, t in header.tensors.items() if t.dtype not in FLOAT_DTYPES]
     if not_float:
-        raise ConversionError(f"{path}: a ViT's tensors are floating point; these are not: "
-                              f"{capped(not_float)}")
+        raise ConversionError(
+            f"{path}: a ViT's tensors are floating point; these are not: {capped(not_float)}"
+        )
     return {k: read_float32(path, t, ConversionError, f"tensor {k}") for k, t in header.tensors.items()}
 
 
@@ -45,13 +46,17 @@ def read_torch_pickle(path) -> dict:
     try:
         import torch
     except ImportError as e:
-        raise ConversionError(f"reading {path} (a PyTorch pickle) needs PyTorch installed; "
-                              "or convert a .safetensors file instead") from e
+        raise ConversionError(
+            f"reading {path} (a PyTorch pickle) needs PyTorch installed; "
+            "or convert a .safetensors file instead"
+        ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors, truncation, refused globals
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint "
-                              f"(loaded with weights_only=True): {clip_text(str(e), 300)}") from None
+        raise ConversionError(
+            f"cannot read {path} as a PyTorch checkpoint "
+            f"(loaded with weights_only=True): {clip_text(str(e), 300)}"
+        ) from None
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -76,8 +81,9 @@ def flatten_tensors(obj, source: str = "checkpoint") -> dict[str, np.ndarray]:
             else:  # torch, any float dtype (bfloat16 included), without importing torch here
                 out[k] = v.detach().float().cpu().numpy()
     if not_float:
-        raise ConversionError(f"{source}: a ViT's tensors are floating point; these are not: "
-                              f"{capped(not_float)}")
+        raise ConversionError(
+            f"{source}: a ViT's tensors are floating point; these are not: {capped(not_float)}"
+        )
     return out
 
 
@@ -89,5 +95,6 @@ def read_checkpoint(path) -> dict:
         return read_safetensors(path)
     if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
         return read_torch_pickle(path)
-    raise ConversionError(f"unknown checkpoint extension for {path}; expected .safetensors, "
-                          ".pth, .pt, .bin or .npz")
+    raise ConversionError(
+        f"unknown checkpoint extension for {path}; expected .safetensors, .pth, .pt, .bin or .npz"
+    )

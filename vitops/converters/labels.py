@@ -86,8 +86,10 @@ def check_labels(names, source: str) -> list[str]:
     names = list(names)
     bad = [i for i, s in enumerate(names) if not isinstance(s, str) or len(s) > MAX_LABEL_CHARS]
     if bad:
-        raise ConversionError(f"{source}: class name(s) at {capped(bad)} are not strings of at most "
-                              f"{MAX_LABEL_CHARS} characters")
+        raise ConversionError(
+            f"{source}: class name(s) at {capped(bad)} are not strings of at most "
+            f"{MAX_LABEL_CHARS} characters"
+        )
     return names
 
 
@@ -101,8 +103,9 @@ def hf_labels(config: Mapping, source: str) -> list[str] | None:
     try:
         indices = sorted(int(k) for k in id2label)
     except ValueError:
-        raise ConversionError(f"{source}: id2label keys must be class indices, got "
-                              f"{capped(sorted(id2label))}") from None
+        raise ConversionError(
+            f"{source}: id2label keys must be class indices, got {capped(sorted(id2label))}"
+        ) from None
     if indices != list(range(len(indices))):
         raise ConversionError(f"{source}: id2label indices are not 0..{len(indices) - 1}")
     names = [id2label[k] for k in sorted(id2label, key=int)]

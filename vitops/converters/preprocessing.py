@@ -31,8 +31,10 @@ def _side(value, source, key):
             s = value["shortest_edge"]
             if isinstance(s, numbers.Integral) and not isinstance(s, bool):
                 return None, int(s)
-    raise ConversionError(f"{source}: {key} {clip(value)} is not a size (an integer, "
-                          "{\"height\", \"width\"} or {\"shortest_edge\"})")
+    raise ConversionError(
+        f"{source}: {key} {clip(value)} is not a size (an integer, "
+        '{"height", "width"} or {"shortest_edge"})'
+    )
 
 
 def hf_preprocessing(p: Mapping, base: Preprocessing, source: str) -> Preprocessing:
@@ -46,13 +48,17 @@ def hf_preprocessing(p: Mapping, base: Preprocessing, source: str) -> Preprocess
     for key, target in (("image_mean", "mean"), ("image_std", "std")):
         if key in p:
             value = p[key]
-            fields[target] = [value] * 3 if isinstance(value, numbers.Real) and not isinstance(value, bool) else value
+            fields[target] = (
+                [value] * 3 if isinstance(value, numbers.Real) and not isinstance(value, bool) else value
+            )
     if "resample" in p:
         code = p["resample"]
         name = HF_RESAMPLE.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
         if name not in INTERPOLATIONS:
-            raise ConversionError(f"{source}: resample {clip(code)} ({name or 'unknown'}) is not one "
-                                  f"vitops resizes with ({', '.join(INTERPOLATIONS)})")
+            raise ConversionError(
+                f"{source}: resample {clip(code)} ({name or 'unknown'}) is not one "
+                f"vitops resizes with ({', '.join(INTERPOLATIONS)})"
+            )
         fields["interpolation"] = name
     crop = p.get("do_center_crop", False)
     if not isinstance(crop, bool):
@@ -89,8 +95,13 @@ def timm_preprocessing(arch: str | None) -> Preprocessing | None:
         return None
     _, h, w = cfg.input_size
     try:
-        return Preprocessing(size=(h, w), crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
-                             mean=tuple(cfg.mean), std=tuple(cfg.std))
+        return Preprocessing(
+            size=(h, w),
+            crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+        )
     except ConfigError:
         return None  # a timm config vitops cannot express (e.g. a crop_pct above 1)
 

@@ -27,8 +27,10 @@ def unwrap(obj: Mapping, which: str = "teacher") -> tuple[dict, str]:
         if which not in WHICH:
             raise ConversionError(f"--which must be one of {WHICH}, got {which!r}")
         if which not in obj:
-            raise ConversionError(f"this DINO checkpoint has no {which!r} weights (it has "
-                                  f"{sorted(k for k in obj if k in WHICH)})")
+            raise ConversionError(
+                f"this DINO checkpoint has no {which!r} weights (it has "
+                f"{sorted(k for k in obj if k in WHICH)})"
+            )
         obj, fmt = obj[which], "dino"
     elif "model" in obj and isinstance(obj["model"], Mapping):
         obj, fmt = obj["model"], "deit"

@@ -17,14 +17,20 @@ from ..errors import capped
 from .checkpoint_files import ConversionError
 
 # timm key -> (vitops key, how to lay the array out for the forward pass)
-_T = lambda a: a.T  # noqa: E731  torch Linear (out, in) -> kernel (in, out)
+_T = lambda a: a.T
 _BLOCK_MAP = {
-    "norm1.weight": ("norm1.scale", None), "norm1.bias": ("norm1.bias", None),
-    "attn.qkv.weight": ("attn.qkv.kernel", _T), "attn.qkv.bias": ("attn.qkv.bias", None),
-    "attn.proj.weight": ("attn.proj.kernel", _T), "attn.proj.bias": ("attn.proj.bias", None),
-    "norm2.weight": ("norm2.scale", None), "norm2.bias": ("norm2.bias", None),
-    "mlp.fc1.weight": ("mlp.fc1.kernel", _T), "mlp.fc1.bias": ("mlp.fc1.bias", None),
-    "mlp.fc2.weight": ("mlp.fc2.kernel", _T), "mlp.fc2.bias": ("mlp.fc2.bias", None),
+    "norm1.weight": ("norm1.scale", None),
+    "norm1.bias": ("norm1.bias", None),
+    "attn.qkv.weight": ("attn.qkv.kernel", _T),
+    "attn.qkv.bias": ("attn.qkv.bias", None),
+    "attn.proj.weight": ("attn.proj.kernel", _T),
+    "attn.proj.bias": ("attn.proj.bias", None),
+    "norm2.weight": ("norm2.scale", None),
+    "norm2.bias": ("norm2.bias", None),
+    "mlp.fc1.weight": ("mlp.fc1.kernel", _T),
+    "mlp.fc1.bias": ("mlp.fc1.bias", None),
+    "mlp.fc2.weight": ("mlp.fc2.kernel", _T),
+    "mlp.fc2.bias": ("mlp.fc2.bias", None),
 }
 _TOP_MAP = {
     # conv (D, 3, P, P) OIHW -> (P, P, 3, D) HWIO
@@ -33,14 +39,23 @@ _TOP_MAP = {
     "cls_token": ("cls_token", lambda a: a.reshape(-1)),
     "dist_token": ("dist_token", lambda a: a.reshape(-1)),
     "pos_embed": ("pos_embed", lambda a: a.reshape(a.shape[-2], a.shape[-1])),
-    "norm.weight": ("norm.scale", None), "norm.bias": ("norm.bias", None),
-    "head.weight": ("head.kernel", _T), "head.bias": ("head.bias", None),
-    "head_dist.weight": ("head_dist.kernel", _T), "head_dist.bias": ("head_dist.bias", None),
+    "norm.weight": ("norm.scale", None),
+    "norm.bias": ("norm.bias", None),
+    "head.weight": ("head.kernel", _T),
+    "head.bias": ("head.bias", None),
+    "head_dist.weight": ("head_dist.kernel", _T),
+    "head_dist.bias": ("head_dist.bias", None),
 }
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 # Ranks the layouts above rely on (pos_embed: (1, T, D) as timm stores it, or (T, D)).
-_NDIM = {"patch_embed.proj.weight": (4,), "pos_embed": (2, 3), "cls_token": (1, 2, 3),
-         "dist_token": (1, 2, 3), "head.weight": (2,), "head_dist.weight": (2,)}
+_NDIM = {
+    "patch_embed.proj.weight": (4,),
+    "pos_embed": (2, 3),
+    "cls_token": (1, 2, 3),
+    "dist_token": (1, 2, 3),
+    "head.weight": (2,),
+    "head_dist.weight": (2,),
+}
 
 
 def _rank_problems(sd: Mapping) -> list[str]:
@@ -84,15 +99,19 @@ def checked_arch(arch: str, facts: Mapping[str, object]) -> ViTConfig:
     """The named architecture's config, after checking every fact read from a checkpoint
     (config field -> value) against it; a mismatch names each differing field."""
     base = get_config(arch)
-    clash = [f"{k}: {arch} has {getattr(base, k)}, checkpoint has {v}"
-             for k, v in facts.items() if getattr(base, k) != v]
+    clash = [
+        f"{k}: {arch} has {getattr(base, k)}, checkpoint has {v}"
+        for k, v in facts.items()
+        if getattr(base, k) != v
+    ]
     if clash:
         raise ConversionError(f"checkpoint does not match architecture {arch!r}: " + "; ".join(clash))
     return base
 
 
-def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None,
-                 prefer: str | None = None) -> ViTConfig:
+def infer_config(
+    sd: Mapping[str, np.ndarray], arch: str | None = None, prefer: str | None = None
+) -> ViTConfig:
     """Architecture from the tensors' shapes; `arch` (a timm or vitops name) adds what shapes
     cannot tell (head count, family) and is checked against them. `prefer` names the family to
     assume where shapes are ambiguous (a DeiT or DINO release file says which it is)."""
@@ -109,22 +128,32 @@ def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None,
     grid = tokens - (2 if distilled else 1)
     side = math.isqrt(grid)
     if side * side != grid:
-        raise ConversionError(f"pos_embed has {tokens} tokens: {grid} patch positions are not a "
-                              "square grid")
-    shape_facts = dict(dim=d, depth=depth, patch_size=patch, mlp_dim=mlp_dim,
-                       image_size=(side * patch, side * patch))
+        raise ConversionError(f"pos_embed has {tokens} tokens: {grid} patch positions are not a square grid")
+    shape_facts = dict(
+        dim=d, depth=depth, patch_size=patch, mlp_dim=mlp_dim, image_size=(side * patch, side * patch)
+    )
     if arch:  # the head count comes from the name; everything the shapes say is checked
         return checked_arch(arch, dict(shape_facts, distilled=distilled)).replace(num_classes=num_classes)
     if d % HEAD_DIM:
-        raise ConversionError(f"cannot infer the head count of width {d} (not a multiple of "
-                              f"{HEAD_DIM}); pass the architecture name with --arch")
-    cfg = ViTConfig(num_heads=d // HEAD_DIM, num_classes=num_classes, distilled=distilled,
-                    family="deit" if distilled else "vit", **shape_facts)
+        raise ConversionError(
+            f"cannot infer the head count of width {d} (not a multiple of "
+            f"{HEAD_DIM}); pass the architecture name with --arch"
+        )
+    cfg = ViTConfig(
+        num_heads=d // HEAD_DIM,
+        num_classes=num_classes,
+        distilled=distilled,
+        family="deit" if distilled else "vit",
+        **shape_facts,
+    )
     # Shapes cannot tell Google ViT from DeiT, nor a headless ViT from DINO: prefer DINO for
     # a headless model of a DINO size, else Google ViT (for preprocessing; --arch overrides).
     blank = dict(name="", family="vit", num_classes=0)
-    named = [v for v in VARIANTS.values() if v.replace(**blank) == cfg.replace(**blank)
-             and not (num_classes and v.family == "dino")]  # a DINO backbone has no head
+    named = [
+        v
+        for v in VARIANTS.values()
+        if v.replace(**blank) == cfg.replace(**blank) and not (num_classes and v.family == "dino")
+    ]  # a DINO backbone has no head
     order = ("deit",) if distilled else (("dino", "vit", "deit") if num_classes == 0 else ("vit", "deit"))
     if prefer:
         order = (prefer, *order)
@@ -134,8 +163,12 @@ def infer_config(sd: Mapping[str, np.ndarray], arch: str | None = None,
     return cfg.replace(name=named[0].name, family=prefer or named[0].family)
 
 
-def timm_to_vitops(sd: Mapping[str, np.ndarray], arch: str | None = None,
-                   config: ViTConfig | None = None, prefer: str | None = None):
+def timm_to_vitops(
+    sd: Mapping[str, np.ndarray],
+    arch: str | None = None,
+    config: ViTConfig | None = None,
+    prefer: str | None = None,
+):
     """Convert a timm-named state dict. Returns (params, config); every source tensor must be
     used, so an unsupported variant (layer scale, registers, fc_norm...) is an error.
     config, when given (e.g. from a Hugging Face config.json), replaces shape inference."""
@@ -157,5 +190,6 @@ def timm_to_vitops(sd: Mapping[str, np.ndarray], arch: str | None = None,
     if unknown:
         raise ConversionError(
             f"{len(unknown)} tensor(s) of this checkpoint have no place in a plain ViT/DeiT/DINO "
-            f"(unsupported variant?): {capped(sorted(unknown), 20)}")
+            f"(unsupported variant?): {capped(sorted(unknown), 20)}"
+        )
     return params, config

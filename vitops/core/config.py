@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError, capped, clip
 from ..io.bounded_json import parse_object
+from ..io.schema import finite
 
 # Model families decide preprocessing (see preprocess.py) and nothing else: DeiT and DINO are
 # config deltas of the same ViT, not separate code.
@@ -48,14 +49,16 @@ MAX_NAME_CHARS = 200
 # A config's JSON is about 300 characters (a name included); anything far longer is not one.
 MAX_CONFIG_CHARS = 4096
 
-_INT_FIELDS = ("patch_size", "dim", "depth", "num_heads", "mlp_dim", "num_classes",
-               "representation_size")
+_INT_FIELDS = ("patch_size", "dim", "depth", "num_heads", "mlp_dim", "num_classes", "representation_size")
 
 
 def _is_int(value) -> bool:
     # Exact integers only: 64.0 and True are not sizes (numpy integers are).
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) \
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
         and type(value).__name__ != "bool_"
+    )
 
 
 def _as_size(value):
@@ -67,7 +70,7 @@ def _as_size(value):
     return None
 
 
-def config_problems(fields: Mapping[str, object], names: Mapping[str, str] | None = None) -> list[str]:
+def config_problems(fields: Mapping[str, Any], names: Mapping[str, str] | None = None) -> list[str]:
     """Every problem of these config values (ViTConfig field -> value), as readable lines:
     types first, then ranges, then the relations between fields, so no check ever computes
     with a value of the wrong type. `names` renames fields in the messages (a Hugging Face
@@ -92,18 +95,24 @@ def config_problems(fields: Mapping[str, object], names: Mapping[str, str] | Non
         size = _as_size(fields["image_size"])
         low, high = LIMITS["image_side"]
         if size is None:
-            problems.append(f"{name('image_size')} must be an integer or [height, width] integers, "
-                            f"got {clip(fields['image_size'])}")
+            problems.append(
+                f"{name('image_size')} must be an integer or [height, width] integers, "
+                f"got {clip(fields['image_size'])}"
+            )
         elif not all(low <= s <= high for s in size):
             problems.append(f"{name('image_size')} sides must be in [{low}, {high}], got {list(size)}")
             size = None
     if "layer_norm_eps" in fields:
         eps = fields["layer_norm_eps"]
-        low, high = LAYER_NORM_EPS_RANGE
+        eps_low, eps_high = LAYER_NORM_EPS_RANGE
         if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or type(eps).__name__ == "bool_":
-            problems.append(f"{name('layer_norm_eps')} must be a number, got {clip(eps)} ({type(eps).__name__})")
-        elif not (math.isfinite(eps) and low <= eps <= high):
-            problems.append(f"{name('layer_norm_eps')} must be in [{low:g}, {high:g}], got {clip(eps)}")
+            problems.append(
+                f"{name('layer_norm_eps')} must be a number, got {clip(eps)} ({type(eps).__name__})"
+            )
+        elif not (finite(eps) and eps_low <= float(eps) <= eps_high):
+            problems.append(
+                f"{name('layer_norm_eps')} must be in [{eps_low:g}, {eps_high:g}], got {clip(eps)}"
+            )
     if "distilled" in fields and not isinstance(fields["distilled"], bool):
         problems.append(f"{name('distilled')} must be true or false, got {clip(fields['distilled'])}")
     for field, allowed in (("family", FAMILIES), ("pos_interp", POS_INTERP_MODES)):
@@ -117,16 +126,20 @@ def config_problems(fields: Mapping[str, object], names: Mapping[str, str] | Non
     if problems:  # the relations below need every value to be of its type and in range
         return problems
     get = fields.get
-    if get("dim") is not None and get("num_heads") is not None and get("dim") % get("num_heads"):
-        problems.append(f"{name('dim')} {get('dim')} is not divisible by {name('num_heads')} {get('num_heads')}")
+    dim, heads = get("dim"), get("num_heads")
+    if dim is not None and heads is not None and dim % heads:
+        problems.append(f"{name('dim')} {dim} is not divisible by {name('num_heads')} {heads}")
     patch = get("patch_size")
     if size is not None and patch is not None:
         if any(s % patch for s in size):
-            problems.append(f"{name('image_size')} {list(size)} is not a multiple of "
-                            f"{name('patch_size')} {patch}")
+            problems.append(
+                f"{name('image_size')} {list(size)} is not a multiple of {name('patch_size')} {patch}"
+            )
         elif (size[0] // patch) * (size[1] // patch) > MAX_PATCHES:
-            problems.append(f"{name('image_size')} {list(size)} at {name('patch_size')} {patch} makes "
-                            f"{(size[0] // patch) * (size[1] // patch):,} patches, more than {MAX_PATCHES:,}")
+            problems.append(
+                f"{name('image_size')} {list(size)} at {name('patch_size')} {patch} makes "
+                f"{(size[0] // patch) * (size[1] // patch):,} patches, more than {MAX_PATCHES:,}"
+            )
     if get("representation_size") and get("distilled"):
         problems.append("a distilled model has no pre-logits layer (representation_size must be 0)")
     return problems
@@ -185,7 +198,7 @@ class ViTConfig:
         gh, gw = self.grid_size
         return self.num_prefix_tokens + gh * gw
 
-    def replace(self, **changes) -> "ViTConfig":
+    def replace(self, **changes) -> ViTConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
@@ -194,7 +207,7 @@ class ViTConfig:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "config") -> "ViTConfig":
+    def from_json(cls, text: str, source: str = "config") -> ViTConfig:
         """Parse and check a config written by `to_json`; ConfigError names every problem."""
         d = parse_object(text, source, ConfigError, max_chars=MAX_CONFIG_CHARS)
         known = {f.name for f in dataclasses.fields(cls)}

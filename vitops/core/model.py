@@ -20,17 +20,28 @@ from .vit import forward, param_shapes
 
 def _inference(params, images, config, return_attention, return_hidden, reductions, compute_dtype):
     # What Keras' autocast does for call(): float weights are read in the compute dtype.
-    params = {k: keras.ops.cast(v, compute_dtype) if keras.backend.standardize_dtype(v.dtype) != compute_dtype else v
-              for k, v in params.items()}
-    return forward(params, config, images, return_attention=return_attention,
-                   return_hidden=return_hidden, reductions=reductions)
+    params = {
+        k: keras.ops.cast(v, compute_dtype)
+        if keras.backend.standardize_dtype(v.dtype) != compute_dtype
+        else v
+        for k, v in params.items()
+    }
+    return forward(
+        params,
+        config,
+        images,
+        return_attention=return_attention,
+        return_hidden=return_hidden,
+        reductions=reductions,
+    )
 
 
 # One compiled version per (config, outputs asked for, reductions), and per input shape.
 _compiled_inference = compiled(
     _inference,
     static_argnames=("config", "return_attention", "return_hidden", "reductions", "compute_dtype"),
-    inference=True)
+    inference=True,
+)
 
 
 def default_initializer(key: str):
@@ -54,16 +65,20 @@ class VisionTransformer(keras.Model):
     images: NHWC float, preprocessed, height and width multiples of the patch size.
     """
 
-    def __init__(self, config: ViTConfig, params: Mapping | None = None, **kwargs):
+    def __init__(
+        self, config: ViTConfig, params: Mapping | None = None, metadata: Mapping | None = None, **kwargs
+    ):
         name = kwargs.pop("name", None) or re.sub(r"[^A-Za-z0-9_]", "_", config.name or "vit")
         super().__init__(name=name, **kwargs)
         self.config = config
+        # The weight file's metadata (str -> str): provenance, class names, preprocessing.
+        self.metadata: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
         self._keys = list(param_shapes(config))
         self._vars = []
         for key, shape in param_shapes(config).items():
             if params is not None:
                 # Read lazily: with a WeightFile, one tensor is in host memory at a time.
-                init = (lambda shape, dtype=None, k=key: np.asarray(params[k], dtype="float32"))
+                init = lambda shape, dtype=None, k=key: np.asarray(params[k], dtype="float32")
             else:
                 init = default_initializer(key)
             self._vars.append(self.add_weight(shape=shape, initializer=init, name=key.replace(".", "_")))
@@ -81,16 +96,23 @@ class VisionTransformer(keras.Model):
     def _params(self) -> dict:
         return {k: v.value for k, v in zip(self._keys, self._vars)}
 
-    def call(self, images, return_attention: bool = False, return_hidden: bool = False,
-             return_dict: bool = False):
-        out = forward(self._params(), self.config, images, return_attention=return_attention,
-                      return_hidden=return_hidden)
+    def call(
+        self, images, return_attention: bool = False, return_hidden: bool = False, return_dict: bool = False
+    ):
+        out = forward(
+            self._params(),
+            self.config,
+            images,
+            return_attention=return_attention,
+            return_hidden=return_hidden,
+        )
         if return_attention or return_hidden or return_dict:
             return out
         return out["logits"] if "logits" in out else out["features"]
 
-    def infer(self, images, *, reductions=None, return_attention: bool = False,
-              return_hidden: bool = False) -> dict:
+    def infer(
+        self, images, *, reductions=None, return_attention: bool = False, return_hidden: bool = False
+    ) -> dict:
         """The forward pass compiled for inference: jax.jit or tf.function with XLA, compiled
         once per set of outputs and `reductions` (and input shape); eager PyTorch under
         `torch.inference_mode()`. Returns the dict of `vitops.forward`, with
@@ -98,14 +120,23 @@ class VisionTransformer(keras.Model):
         images: (B, H, W, 3) preprocessed, numpy or a backend tensor.
         """
         images = keras.ops.convert_to_tensor(images, self.compute_dtype)
-        return _compiled_inference(self._params(), images, config=self.config,
-                                   return_attention=bool(return_attention),
-                                   return_hidden=bool(return_hidden), reductions=reductions,
-                                   compute_dtype=self.compute_dtype)
+        return _compiled_inference(
+            self._params(),
+            images,
+            config=self.config,
+            return_attention=bool(return_attention),
+            return_hidden=bool(return_hidden),
+            reductions=reductions,
+            compute_dtype=self.compute_dtype,
+        )
 
     def get_config(self):
-        return {"vit_config": self.config.to_json(), "name": self.name}
+        return {"vit_config": self.config.to_json(), "name": self.name, "metadata": dict(self.metadata)}
 
     @classmethod
     def from_config(cls, config):
-        return cls(ViTConfig.from_json(config["vit_config"]), name=config.get("name"))
+        return cls(
+            ViTConfig.from_json(config["vit_config"]),
+            name=config.get("name"),
+            metadata=config.get("metadata"),
+        )

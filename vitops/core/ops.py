@@ -11,7 +11,6 @@ from keras.backend import standardize_dtype
 
 from ..backend.torch_memory import attention_logits, softmax_of_temporary
 
-
 # float64 is for numerical checks (finite differences). Keras' type promotion maps float64 to
 # float32 on jax and torch (keras.backend.result_type), and ops.mean, ops.layer_normalization,
 # ops.dot_product_attention and (on torch) ops.matmul compute in that promoted type, so float64
@@ -68,9 +67,18 @@ def mlp(x, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias):
     return dense(mlp_hidden(x, fc1_kernel, fc1_bias), fc2_kernel, fc2_bias)
 
 
-def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
-              return_probs: bool = False, num_queries: int | None = None, probs_delta=None,
-              scratch: dict | None = None):
+def attention(
+    x,
+    qkv_kernel,
+    qkv_bias,
+    proj_kernel,
+    proj_bias,
+    num_heads: int,
+    return_probs: bool = False,
+    num_queries: int | None = None,
+    attention_delta=None,
+    scratch: dict | None = None,
+):
     """Multi-head self-attention over (B, N, D).
 
     Returns (out (B, Q, D), probs (B, H, N, N) or None), Q = num_queries or N: with
@@ -79,9 +87,9 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     the explicit softmax path that timm uses when not fused: q is scaled by Dh**-0.5 before
     q @ k^T, and the full probability matrix is returned.
 
-    probs_delta (broadcastable to (B, H, N, N)), when given, is added to the probabilities
+    attention_delta (broadcastable to (B, H, N, N)), when given, is added to the probabilities
     before they weight the values (the returned probs are the softmax alone). At zero the
-    output is unchanged, and the gradient of any output with respect to probs_delta is its
+    output is unchanged, and the gradient of any output with respect to attention_delta is its
     gradient with respect to the attention probabilities: what gradient-weighted attention
     methods need, without hooks.
 
@@ -95,7 +103,7 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     nq = n if num_queries is None else num_queries
     scale = head_dim**-0.5
     # A delta covers every query row, so its path computes every row's probabilities.
-    return_probs = return_probs or probs_delta is not None
+    return_probs = return_probs or attention_delta is not None
     # Fused kernels compute float64 in float32 on some backends (see `is_float64`).
     explicit = return_probs or is_float64(x.dtype)
     if nq == n or explicit:
@@ -114,6 +122,6 @@ def attention(x, qkv_kernel, qkv_bias, proj_kernel, proj_bias, num_heads: int,
     v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, N, Dh)
     logits = matmul(q, k) if is_float64(q.dtype) else attention_logits(q, k, scratch)
     probs = softmax_of_temporary(logits, axis=-1)  # (B, H, N, N)
-    weights = probs if probs_delta is None else probs + ops.cast(probs_delta, probs.dtype)
+    weights = probs if attention_delta is None else probs + ops.cast(attention_delta, probs.dtype)
     out = ops.transpose(matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs if return_probs else None

@@ -67,8 +67,12 @@ def dino_matrix(in_size: int, out_size: int) -> np.ndarray:
     base = np.floor(src)
     t = src - base
     m = np.zeros((out_size, in_size), np.float64)
-    taps = ((-1, _cubic(t + 1.0, -0.75)), (0, _cubic(t, -0.75)),
-            (1, _cubic(1.0 - t, -0.75)), (2, _cubic(2.0 - t, -0.75)))
+    taps = (
+        (-1, _cubic(t + 1.0, -0.75)),
+        (0, _cubic(t, -0.75)),
+        (1, _cubic(1.0 - t, -0.75)),
+        (2, _cubic(2.0 - t, -0.75)),
+    )
     rows = np.arange(out_size)
     for offset, w in taps:
         idx = np.clip(base.astype(np.int64) + offset, 0, in_size - 1)

@@ -24,10 +24,24 @@ HEAD_DIM = 64
 
 # (size, patch, resolution) of each released checkpoint's architecture. Google ViT and AugReg
 # (google-research/vision_transformer; timm's *.orig_in21k*, *.augreg*): timm's pretrained tags.
-_VIT = [("tiny", 16, 224), ("tiny", 16, 384), ("small", 16, 224), ("small", 16, 384),
-        ("small", 32, 224), ("small", 32, 384), ("base", 8, 224), ("base", 16, 224), ("base", 16, 384),
-        ("base", 32, 224), ("base", 32, 384), ("large", 16, 224), ("large", 16, 384),
-        ("large", 32, 224), ("large", 32, 384), ("huge", 14, 224)]
+_VIT = [
+    ("tiny", 16, 224),
+    ("tiny", 16, 384),
+    ("small", 16, 224),
+    ("small", 16, 384),
+    ("small", 32, 224),
+    ("small", 32, 384),
+    ("base", 8, 224),
+    ("base", 16, 224),
+    ("base", 16, 384),
+    ("base", 32, 224),
+    ("base", 32, 384),
+    ("large", 16, 224),
+    ("large", 16, 384),
+    ("large", 32, 224),
+    ("large", 32, 384),
+    ("huge", 14, 224),
+]
 # DeiT (facebookresearch/deit README): Ti/S/B at 224, B at 384, each plain and distilled.
 _DEIT = [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]
 # DINO (facebookresearch/dino README): ViT-S and ViT-B backbones, patch 16 and 8, no head.
@@ -36,8 +50,15 @@ _DINO = [("s", "small", 16), ("s", "small", 8), ("b", "base", 16), ("b", "base",
 
 def _variant(size: str, patch: int, res: int, **fields) -> ViTConfig:
     dim, depth, heads = SIZES[size]
-    return ViTConfig(image_size=(res, res), patch_size=patch, dim=dim, depth=depth, num_heads=heads,
-                     mlp_dim=4 * dim, **fields)
+    return ViTConfig(
+        image_size=(res, res),
+        patch_size=patch,
+        dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=4 * dim,
+        **fields,
+    )
 
 
 def _build() -> dict[str, ViTConfig]:
@@ -68,13 +89,17 @@ def get_config(name: str) -> ViTConfig:
     An unknown name raises ConfigError.
     """
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
-        raise ConfigError(f"an architecture name must be a non-empty string of at most "
-                          f"{MAX_NAME_CHARS} characters, got {clip(name)}")
+        raise ConfigError(
+            f"an architecture name must be a non-empty string of at most "
+            f"{MAX_NAME_CHARS} characters, got {clip(name)}"
+        )
     base, _, tag = name.partition(".")
     if tag.startswith("dino") and base in _DINO_TAGS:
         return VARIANTS[_DINO_TAGS[base]]
     if base in VARIANTS:
         return VARIANTS[base]
     close = [n for n in VARIANTS if base.split("_")[0] in n] or list(VARIANTS)
-    raise ConfigError(f"unknown architecture {clip(name)}; known names include {capped(close, 8)} "
-                      "(`vitops models` lists them all)")
+    raise ConfigError(
+        f"unknown architecture {clip(name)}; known names include {capped(close, 8)} "
+        "(`vitops models` lists them all)"
+    )

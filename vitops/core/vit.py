@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from ..errors import AnalysisError, ImageError
 from .config import ViTConfig
-from ..errors import ImageError
 from .ops import attention, dense, layer_norm, mlp, mlp_hidden
 from .posemb import resample_pos_embed
 
@@ -28,14 +28,22 @@ def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
         shapes["dist_token"] = (d,)
     for i in range(config.depth):
         b = f"blocks.{i}."
-        shapes.update({
-            b + "norm1.scale": (d,), b + "norm1.bias": (d,),
-            b + "attn.qkv.kernel": (d, 3 * d), b + "attn.qkv.bias": (3 * d,),
-            b + "attn.proj.kernel": (d, d), b + "attn.proj.bias": (d,),
-            b + "norm2.scale": (d,), b + "norm2.bias": (d,),
-            b + "mlp.fc1.kernel": (d, m), b + "mlp.fc1.bias": (m,),
-            b + "mlp.fc2.kernel": (m, d), b + "mlp.fc2.bias": (d,),
-        })
+        shapes.update(
+            {
+                b + "norm1.scale": (d,),
+                b + "norm1.bias": (d,),
+                b + "attn.qkv.kernel": (d, 3 * d),
+                b + "attn.qkv.bias": (3 * d,),
+                b + "attn.proj.kernel": (d, d),
+                b + "attn.proj.bias": (d,),
+                b + "norm2.scale": (d,),
+                b + "norm2.bias": (d,),
+                b + "mlp.fc1.kernel": (d, m),
+                b + "mlp.fc1.bias": (m,),
+                b + "mlp.fc2.kernel": (m, d),
+                b + "mlp.fc2.bias": (d,),
+            }
+        )
     shapes["norm.scale"] = (d,)
     shapes["norm.bias"] = (d,)
     if config.representation_size:
@@ -51,15 +59,18 @@ def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_images(images, config: ViTConfig) -> tuple[int, int]:
-    """Validate an NHWC batch and return its patch grid (gh, gw)."""
+    """Validate a (B, Y, X, 3) batch and return its patch grid (I, J); ImageError otherwise."""
     shape = tuple(images.shape)
     if len(shape) != 4:
-        raise ValueError(f"images must be NHWC with rank 4, got shape {shape}")
+        raise ImageError(f"images must be (batch, height, width, 3) with rank 4, got shape {shape}")
     h, w, c = shape[1], shape[2], shape[3]
     if c != 3:
-        raise ValueError(f"images must have 3 channels (RGB, NHWC), got {c} in shape {shape}")
+        hint = " (channels first? move the 3 to the end)" if h == 3 else ""
+        raise ImageError(f"images must have 3 channels last (RGB, NHWC), got {c} in shape {shape}{hint}")
     if h is None or w is None:
-        raise ValueError(f"image height and width must be known, got shape {shape}")
+        raise ImageError(f"image height and width must be known, got shape {shape}")
+    if shape[0] == 0:
+        raise ImageError(f"images is an empty batch, shape {shape}: give at least one image")
     p = config.patch_size
     if h < p or w < p:
         raise ImageError(f"image size {h}x{w} is smaller than one patch ({p}x{p})")
@@ -84,26 +95,43 @@ def embed(params, config: ViTConfig, images):
     prefix = [params["cls_token"]] + ([params["dist_token"]] if config.distilled else [])
     prefix = ops.broadcast_to(ops.stack(prefix)[None], (batch, len(prefix), d))  # (B, P, D)
     x = ops.concatenate([ops.cast(prefix, x.dtype), x], axis=1)  # (B, T, D)
-    pos = resample_pos_embed(params["pos_embed"], config.grid_size, (gh, gw),
-                             config.num_prefix_tokens, config.pos_interp)
+    pos = resample_pos_embed(
+        params["pos_embed"], config.grid_size, (gh, gw), config.num_prefix_tokens, config.pos_interp
+    )
     return x + ops.cast(pos, x.dtype)
 
 
-def block(params, config: ViTConfig, i: int, x, return_attention: bool = False,
-          num_queries: int | None = None, probs_delta=None, scratch: dict | None = None,
-          return_mlp_hidden: bool = False):
+def block(
+    params,
+    config: ViTConfig,
+    i: int,
+    x,
+    return_attention: bool = False,
+    num_queries: int | None = None,
+    attention_delta=None,
+    scratch: dict | None = None,
+    return_mlp_hidden: bool = False,
+):
     """One pre-norm transformer block: (B, T, D) -> (B, Q, D), probs (B, H, T, T) or None.
 
-    Q = T, or num_queries: then only the first Q tokens' outputs are computed. probs_delta,
+    Q = T, or num_queries: then only the first Q tokens' outputs are computed. attention_delta,
     scratch: see `ops.attention`. return_mlp_hidden=True appends a third result, the MLP's
     hidden layer after the GELU, (B, Q, M): the units that feature visualisation maximises.
     """
     b = f"blocks.{i}."
     h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], config.layer_norm_eps)
-    h, probs = attention(h, params[b + "attn.qkv.kernel"], params[b + "attn.qkv.bias"],
-                         params[b + "attn.proj.kernel"], params[b + "attn.proj.bias"],
-                         config.num_heads, return_probs=return_attention, num_queries=num_queries,
-                         probs_delta=probs_delta, scratch=scratch)
+    h, probs = attention(
+        h,
+        params[b + "attn.qkv.kernel"],
+        params[b + "attn.qkv.bias"],
+        params[b + "attn.proj.kernel"],
+        params[b + "attn.proj.bias"],
+        config.num_heads,
+        return_probs=return_attention,
+        num_queries=num_queries,
+        attention_delta=attention_delta,
+        scratch=scratch,
+    )
     if num_queries is not None:
         x = x[:, :num_queries]
     x = x + h
@@ -111,13 +139,26 @@ def block(params, config: ViTConfig, i: int, x, return_attention: bool = False,
     if return_mlp_hidden:
         hidden = mlp_hidden(h, params[b + "mlp.fc1.kernel"], params[b + "mlp.fc1.bias"])  # (B, Q, M)
         return x + dense(hidden, params[b + "mlp.fc2.kernel"], params[b + "mlp.fc2.bias"]), probs, hidden
-    x = x + mlp(h, params[b + "mlp.fc1.kernel"], params[b + "mlp.fc1.bias"],
-                params[b + "mlp.fc2.kernel"], params[b + "mlp.fc2.bias"])
+    x = x + mlp(
+        h,
+        params[b + "mlp.fc1.kernel"],
+        params[b + "mlp.fc1.bias"],
+        params[b + "mlp.fc2.kernel"],
+        params[b + "mlp.fc2.bias"],
+    )
     return x, probs
 
 
-def forward(params, config: ViTConfig, images, *, return_attention: bool = False,
-            return_hidden: bool = False, reductions=None, attention_delta=None) -> dict:
+def forward(
+    params,
+    config: ViTConfig,
+    images,
+    *,
+    return_attention: bool = False,
+    return_hidden: bool = False,
+    reductions=None,
+    attention_delta=None,
+) -> dict:
     """Run the model on preprocessed NHWC images (B, H, W, 3); H, W multiples of the patch.
 
     Returns a dict:
@@ -136,16 +177,18 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
       them is the gradient with respect to the probabilities, see `ops.attention`).
     """
     if attention_delta is not None and len(attention_delta) != config.depth:
-        raise ValueError(f"attention_delta needs one array per block ({config.depth}), "
-                         f"got {len(attention_delta)}")
+        raise AnalysisError(
+            f"attention_delta needs one array per block ({config.depth}), got {len(attention_delta)}"
+        )
     grid = check_images(images, config)
     x = embed(params, config, images)
-    attentions, hidden = [], [x] if return_hidden else None
+    attentions: list = []
+    hidden: list = [x] if return_hidden else []
     need_probs = return_attention or (reductions is not None and reductions.needs_attention)
     all_tokens = return_hidden or (reductions is not None and reductions.needs_all_tokens)
     state = reductions.start(x, config, grid) if reductions is not None else None
     # Maps that only the reductions read, block by block, can share one buffer (see attention).
-    scratch = {} if state is not None and not return_attention else None
+    scratch: dict | None = {} if state is not None and not return_attention else None
     for i in range(config.depth):
         last = i == config.depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
@@ -153,8 +196,9 @@ def forward(params, config: ViTConfig, images, *, return_attention: bool = False
         # result is the same; about 1/16 of ViT-B's work is skipped).
         last_only = config.num_prefix_tokens if last and not all_tokens else None
         delta = None if attention_delta is None else attention_delta[i]
-        x, probs = block(params, config, i, x, need_probs, num_queries=last_only, probs_delta=delta,
-                         scratch=scratch)
+        x, probs = block(
+            params, config, i, x, need_probs, num_queries=last_only, attention_delta=delta, scratch=scratch
+        )
         if return_attention:
             attentions.append(probs)
         if return_hidden:

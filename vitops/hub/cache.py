@@ -22,12 +22,12 @@ import os
 import re
 from pathlib import Path
 
-from ..io.temporary import atomic_output, sweep, temp_directory
-from .download import download_hf, download_url
-from ..io.bounded_json import parse_object
 from ..errors import HubError, clip, os_reason
-from .registry import REGISTRY_ENV, is_safe_name, read_registry, url_filename
+from ..io.bounded_json import parse_object
+from ..io.temporary import atomic_output, sweep, temp_directory
 from ..io.weight_file import sha256_file
+from .download import download_hf, download_url
+from .registry import REGISTRY_ENV, is_safe_name, read_registry, url_filename
 
 HOME_ENV = "VITOPS_HOME"
 
@@ -75,15 +75,21 @@ def _check_source(entry: dict, digest: str, recorded: dict) -> None:
     name = entry["name"]
     expected = entry.get("sha256")
     if expected and digest != expected:
-        raise HubError(f"{name}: checksum mismatch: the registry states sha256 {expected}, the "
-                       f"download has {digest}; nothing was kept")
+        raise HubError(
+            f"{name}: checksum mismatch: the registry states sha256 {expected}, the "
+            f"download has {digest}; nothing was kept"
+        )
     prefix = entry.get("sha256_prefix")
     if prefix and not digest.startswith(prefix):
-        raise HubError(f"{name}: checksum mismatch: the release file name states sha256 prefix "
-                       f"{prefix}, the download has {digest}; nothing was kept")
+        raise HubError(
+            f"{name}: checksum mismatch: the release file name states sha256 prefix "
+            f"{prefix}, the download has {digest}; nothing was kept"
+        )
     if recorded.get(name) and recorded[name] != digest:
-        raise HubError(f"{name}: checksum mismatch: the first download had sha256 {recorded[name]}, "
-                       f"this one has {digest}; nothing was kept")
+        raise HubError(
+            f"{name}: checksum mismatch: the first download had sha256 {recorded[name]}, "
+            f"this one has {digest}; nothing was kept"
+        )
 
 
 def _read_checksums(path: Path) -> dict:
@@ -98,8 +104,10 @@ def _read_checksums(path: Path) -> dict:
     recorded = parse_object(text, f"the cache index {path}", HubError)
     bad = [k for k, v in recorded.items() if not (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v))]
     if bad:
-        raise HubError(f"the cache index {path} is damaged (entries {clip(bad)} are not sha256 "
-                       "digests); remove it and the checksums are recorded again at the next downloads")
+        raise HubError(
+            f"the cache index {path} is damaged (entries {clip(bad)} are not sha256 "
+            "digests); remove it and the checksums are recorded again at the next downloads"
+        )
     return recorded
 
 
@@ -117,10 +125,14 @@ def verify_cached(name: str) -> Path:
             for p in (path, record):
                 p.unlink(missing_ok=True)
         except OSError as e:
-            raise HubError(f"{name}: the cached file {path} is damaged or unrecorded and cannot be "
-                           f"removed: {os_reason(e)}") from None
-        raise HubError(f"{name}: the cached file {path} is damaged or unrecorded and was removed; "
-                       "load again to download it anew")
+            raise HubError(
+                f"{name}: the cached file {path} is damaged or unrecorded and cannot be "
+                f"removed: {os_reason(e)}"
+            ) from None
+        raise HubError(
+            f"{name}: the cached file {path} is damaged or unrecorded and was removed; "
+            "load again to download it anew"
+        )
     return path
 
 
@@ -152,12 +164,19 @@ def fetch(name: str, registry_path=None) -> Path:
         digest = sha256_file(src)
         _check_source(entry, digest, recorded)
         converted = tmp / dst.name
-        config = convert(src, converted, arch=entry.get("arch"), format=entry.get("format"),
-                         preprocessing=entry.get("preprocessing"))
+        config = convert(
+            src,
+            converted,
+            arch=entry.get("arch"),
+            format=entry.get("format"),
+            preprocessing=entry.get("preprocessing"),
+        )
         # The record first, then the file: a kill in between leaves a record without a file,
         # which the next fetch replaces, never a file without a record.
-        _json_write(dst.with_suffix(".json"), {"sha256": sha256_file(converted), "source_sha256": digest,
-                                               "name": name, "arch": config.name})
+        _json_write(
+            dst.with_suffix(".json"),
+            {"sha256": sha256_file(converted), "source_sha256": digest, "name": name, "arch": config.name},
+        )
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(converted, dst)
@@ -169,4 +188,13 @@ def fetch(name: str, registry_path=None) -> Path:
     return dst
 
 
-__all__ = ["HubError", "fetch", "registry", "home", "cached_path", "verify_cached", "REGISTRY_ENV", "HOME_ENV"]
+__all__ = [
+    "HubError",
+    "fetch",
+    "registry",
+    "home",
+    "cached_path",
+    "verify_cached",
+    "REGISTRY_ENV",
+    "HOME_ENV",
+]

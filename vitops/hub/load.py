@@ -44,9 +44,7 @@ def load(path, dtype=None, **overrides) -> VisionTransformer:
         raise TypeError(f"load() cannot override {bad}; allowed: {sorted(LOAD_OVERRIDES)}")
     with WeightFile(model_path(path)) as f:
         config = f.config.replace(**overrides) if overrides else f.config
-        model = VisionTransformer(config, params=f, dtype=dtype)
-        model.metadata = dict(f.metadata)  # provenance, labels, preprocessing hints
-        return model
+        return VisionTransformer(config, params=f, metadata=f.metadata, dtype=dtype)
 
 
 def resolve_model(model, dtype=None) -> VisionTransformer:

@@ -12,8 +12,8 @@ import os
 import re
 from importlib import resources
 
-from ..io.bounded_json import parse_object
 from ..errors import ConfigError, HubError, capped, clip, os_reason
+from ..io.bounded_json import parse_object
 
 REGISTRY_ENV = "VITOPS_REGISTRY"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -34,17 +34,19 @@ def url_filename(url: str) -> str:
 
 def entry_problems(entry) -> list[str]:
     """Every problem of one registry entry, as readable lines."""
+    from ..converters import FORMATS
     from ..core.config import FAMILIES
     from ..core.variants import get_config
-    from ..converters import FORMATS
     from ..preprocess import Preprocessing
 
     if not isinstance(entry, dict):
         return [f"an entry is {type(entry).__name__}, not an object"]
     problems = []
     if not is_safe_name(entry.get("name")):
-        problems.append(f"name {clip(entry.get('name'))} is not a plain name (letters, digits, '.', "
-                        "'_', '-'; no separators, no '..')")
+        problems.append(
+            f"name {clip(entry.get('name'))} is not a plain name (letters, digits, '.', "
+            "'_', '-'; no separators, no '..')"
+        )
     arch = entry.get("arch")
     if arch is not None:
         try:
@@ -57,8 +59,11 @@ def entry_problems(entry) -> list[str]:
         problems.append(f"format {clip(entry.get('format'))} is not one of {', '.join(FORMATS)}")
     for key, length in (("sha256", 64), ("sha256_prefix", None)):
         value = entry.get(key)
-        if value is not None and not (isinstance(value, str) and re.fullmatch(r"[0-9a-f]+", value)
-                                      and (length is None or len(value) == length)):
+        if value is not None and not (
+            isinstance(value, str)
+            and re.fullmatch(r"[0-9a-f]+", value)
+            and (length is None or len(value) == length)
+        ):
             problems.append(f"{key} {clip(value)} is not a lowercase hex sha256")
     source = entry.get("source")
     if not isinstance(source, dict):
@@ -68,15 +73,21 @@ def entry_problems(entry) -> list[str]:
         if not (isinstance(url, str) and re.match(r"https?://", url)):
             problems.append(f"source url {clip(url)} is not an http(s) URL")
         elif not (is_safe_name(url_filename(url)) and url_filename(url).endswith(SOURCE_EXTENSIONS)):
-            problems.append(f"source url {clip(url)} does not end in a plain checkpoint file name "
-                            f"({', '.join(SOURCE_EXTENSIONS)})")
+            problems.append(
+                f"source url {clip(url)} does not end in a plain checkpoint file name "
+                f"({', '.join(SOURCE_EXTENSIONS)})"
+            )
     elif "hf_repo" in source:
         repo, filename = source.get("hf_repo"), source.get("filename")
-        if not (isinstance(repo, str) and all(is_safe_name(p) for p in repo.split("/"))
-                and repo.count("/") == 1):
+        if not (
+            isinstance(repo, str) and all(is_safe_name(p) for p in repo.split("/")) and repo.count("/") == 1
+        ):
             problems.append(f"source hf_repo {clip(repo)} is not OWNER/NAME")
-        if not (isinstance(filename, str) and all(is_safe_name(p) for p in filename.split("/"))
-                and filename.endswith(SOURCE_EXTENSIONS)):
+        if not (
+            isinstance(filename, str)
+            and all(is_safe_name(p) for p in filename.split("/"))
+            and filename.endswith(SOURCE_EXTENSIONS)
+        ):
             problems.append(f"source filename {clip(filename)} is not a plain checkpoint file path")
     else:
         problems.append("source has neither a url nor an hf_repo")

@@ -21,4 +21,6 @@ def model_path(name: str):
 def samples() -> list[Path]:
     """The sample images shipped with vitops (held-out digits), for `vitops analyze`."""
     folder = resources.files("vitops._data").joinpath("samples")
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".png")) if folder.is_dir() else []
+    return (
+        sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".png")) if folder.is_dir() else []
+    )

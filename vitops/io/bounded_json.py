@@ -42,8 +42,7 @@ def _depth(value) -> int:
     return deepest
 
 
-def parse_object(text, source: str, error: type[Exception], max_chars: int = 1 << 20,
-                 top: type = dict):
+def parse_object(text, source: str, error: type[Exception], max_chars: int = 1 << 20, top: type = dict):
     """Parse `text` (str or bytes) as a JSON object (or the `top` type, e.g. list), or raise
     `error` naming `source`.
 

@@ -9,11 +9,12 @@ ImageError naming the file.
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 
-from .image_header import header_size
 from ..errors import ImageError, clip_text, os_reason
+from .image_header import header_size
 
 # Pillow's own bomb threshold (PIL.Image.MAX_IMAGE_PIXELS, 0x5555555 = 89,478,485 pixels, a
 # 9459 px square): 268 MB as 8-bit RGB. Override per call (max_pixels=) or with the variable.
@@ -41,8 +42,9 @@ def pixel_budget(max_pixels: int | None = None) -> int:
         try:
             max_pixels = int(text)
         except ValueError:
-            raise ImageError(f"{PIXELS_ENV} must be a whole number of pixels, got "
-                             f"{clip_text(repr(text), 40)}") from None
+            raise ImageError(
+                f"{PIXELS_ENV} must be a whole number of pixels, got {clip_text(repr(text), 40)}"
+            ) from None
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ImageError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     return max_pixels
@@ -57,16 +59,24 @@ def read_image(path, max_pixels: int | None = None) -> np.ndarray:
     """
     cv2 = _cv2()
     path = os.fspath(path)
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks; a loop is ELOOP
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {os_reason(e)}") from None
+    if stat.S_ISDIR(mode):
         raise ImageError(f"{path} is a directory, not an image file")
+    if not stat.S_ISREG(mode):  # a FIFO would block the reader forever, a device never end
+        raise ImageError(f"{path} is not a regular file (a FIFO, socket or device), not an image file")
     budget = pixel_budget(max_pixels)
     height, width = header_size(path)
     if height == "bomb":
         claimed = f"{width:,} pixels" if width else "more pixels than Pillow's limit"
         raise ImageError(f"{path}: its header says {claimed}, more than the {budget:,} allowed")
     if height * width > budget:
-        raise ImageError(f"{path}: its header says {width} x {height} = {height * width:,} pixels, "
-                         f"more than the {budget:,} allowed (max_pixels= or {PIXELS_ENV} raise it)")
+        raise ImageError(
+            f"{path}: its header says {width} x {height} = {height * width:,} pixels, "
+            f"more than the {budget:,} allowed (max_pixels= or {PIXELS_ENV} raise it)"
+        )
     if height * width == 0:
         raise ImageError(f"{path}: its header says {width} x {height}: an empty image")
     try:
@@ -90,15 +100,18 @@ def to_rgb(image, bgr: bool = False, name: str = "image") -> np.ndarray:
     cv2 = _cv2()
     image = np.asarray(image)
     if image.dtype not in PIXEL_TYPES:
-        raise ImageError(f"{name}: pixel type {image.dtype} is not supported; use uint8 (0-255), "
-                         "uint16 (0-65535) or float (0-1)")
+        raise ImageError(
+            f"{name}: pixel type {image.dtype} is not supported; use uint8 (0-255), "
+            "uint16 (0-65535) or float (0-1)"
+        )
     if image.dtype in (np.float16, np.float64):
         image = image.astype(np.float32)
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or 0 in image.shape:
-        raise ImageError(f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, "
-                         f"got shape {image.shape}")
+        raise ImageError(
+            f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {image.shape}"
+        )
     channels = image.shape[-1]
     try:
         if channels == 1:

@@ -41,12 +41,12 @@ def _tiff(f, head: bytes):
     table = f.read(count * entry_size)
     size = {}
     for i in range(len(table) // entry_size):
-        tag, kind, _, value = struct.unpack(order + entry_fmt, table[i * entry_size:(i + 1) * entry_size])
+        tag, kind, _, value = struct.unpack(order + entry_fmt, table[i * entry_size : (i + 1) * entry_size])
         if tag in (_TIFF_WIDTH, _TIFF_LENGTH):
             fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)  # SHORT, LONG, LONG8
             if fmt is None:
                 return None
-            size[tag] = struct.unpack(order + fmt, value[:struct.calcsize(fmt)])[0]
+            size[tag] = struct.unpack(order + fmt, value[: struct.calcsize(fmt)])[0]
     if len(size) != 2:
         return None
     return size[_TIFF_LENGTH], size[_TIFF_WIDTH]
@@ -92,8 +92,9 @@ def _pillow(path):
                 raise ImageError(f"cannot read {path}: {os_reason(e)}") from None
             raise ImageError(f"cannot read {path} as an image: {clip_text(str(e), 200)}") from None
         except Exception as e:  # noqa: BLE001 - a corrupt header can raise anything in a plugin
-            raise ImageError(f"cannot read the image header of {path}: {type(e).__name__}: "
-                             f"{clip_text(str(e), 200)}") from None
+            raise ImageError(
+                f"cannot read the image header of {path}: {type(e).__name__}: {clip_text(str(e), 200)}"
+            ) from None
     return int(height), int(width)
 
 

@@ -29,6 +29,13 @@ def safe_name(text, fallback: str = "item", max_chars: int = MAX_NAME_CHARS) -> 
     return name if name.strip("_") else fallback
 
 
+def display_name(text: str) -> str:
+    """A name from the file system as printable text: bytes that are not UTF-8 (which Python
+    carries as surrogates) as \\xNN, control characters (a newline in a file name) as escapes."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def inside(folder, name: str) -> Path:
     """folder / name, after checking that it stays inside folder (symlinks resolved): an
     OutputError otherwise."""

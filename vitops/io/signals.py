@@ -12,11 +12,15 @@ import threading
 
 
 class _SignalExit(SystemExit):
-    """The SystemExit a signal raised (told apart from the program's own)."""
+    """The SystemExit a signal raised (told apart from the program's own); code 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
 
 
 def _raise_exit(signum, frame):
-    raise _SignalExit(128 + signum)
+    raise _SignalExit(signum)
 
 
 _previous_unraisablehook = None
@@ -29,7 +33,7 @@ def _redeliver_lost_exit(unraisable):
     # does not run inside this hook (or the same callback); it repeats until the exit is raised
     # where it can end the program.
     if isinstance(unraisable.exc_value, _SignalExit):
-        again = threading.Timer(0.02, os.kill, (os.getpid(), unraisable.exc_value.code - 128))
+        again = threading.Timer(0.02, os.kill, (os.getpid(), unraisable.exc_value.signum))
         again.daemon = True
         again.start()
     elif _previous_unraisablehook is not None:

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import VitopsError, os_reason
@@ -49,8 +49,11 @@ def _start_time(pid: int) -> float | None:
     """When process `pid` started (seconds since the epoch), or None where /proc cannot say."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
         ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after "pid (comm)"
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
@@ -94,7 +97,7 @@ def sweep(directory) -> list[str]:
     """Remove the temporaries in `directory` (not below it) that a killed process left; return
     their names. Never touches a name without vitops' prefix, nor a live owner's entry."""
     directory = Path(directory)
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(directory.iterdir())
     except OSError:
@@ -145,10 +148,35 @@ def _remove(path: str) -> None:
             os.unlink(path)
 
 
+def check_output_file(
+    path, error: type[VitopsError], replaceable: Callable[[str], bool] | None = None, kind: str = "file"
+) -> str:
+    """`path` made absolute, after checking that a file may be written there: not a directory,
+    not a symbolic link, and, when something is there, a `kind` vitops wrote (`replaceable`).
+    For checking an output before the work that fills it; `atomic_output` checks it again."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.islink(path):
+        raise error(f"cannot write {path}: it is a symbolic link; give the file itself or a new name")
+    if os.path.isdir(path):
+        raise error(f"cannot write {path}: it is a directory; give a file name")
+    if replaceable is not None and os.path.lexists(path) and not replaceable(path):
+        raise error(
+            f"cannot write {path}: a file that is not a {kind} vitops wrote is there; "
+            "give a new name or move it away first"
+        )
+    return path
+
+
 @contextlib.contextmanager
-def atomic_output(path, error: type[VitopsError]) -> Iterator[str]:
+def atomic_output(
+    path, error: type[VitopsError], replaceable: Callable[[str], bool] | None = None, kind: str = "file"
+) -> Iterator[str]:
     """Yield a temporary path for `path`; on success move it onto `path`, on any exit without
     success remove it, so `path` is either untouched or complete.
+
+    vitops replaces only what it wrote: an existing `path` is replaced only when
+    replaceable(path) says it is a `kind` vitops wrote (None: every file there is vitops', as in
+    its own cache). A symbolic link at `path` is never replaced.
 
     The temporary path lies in a temporary folder of its own beside `path`, so whatever the
     writer makes there too (safetensors writes through a `.tmpXXXXXX` file of its own) goes
@@ -157,9 +185,7 @@ def atomic_output(path, error: type[VitopsError]) -> Iterator[str]:
     naming `path` and the reason (the body reports its own); stale temporaries of killed
     processes in the folder are swept first.
     """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path):
-        raise error(f"cannot write {path}: it is a directory; give a file name")
+    path = check_output_file(path, error, replaceable, kind)
     directory, name = os.path.split(path)
     try:
         os.makedirs(directory, exist_ok=True)
@@ -173,7 +199,12 @@ def atomic_output(path, error: type[VitopsError]) -> Iterator[str]:
         raise error(f"cannot write {path}: {os_reason(e)}") from None
     tmp = os.path.join(folder, name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if isinstance(e, VitopsError) or e.filename:
+                raise
+            raise error(f"cannot write {path}: {os_reason(e)}") from None  # a write that names no file
         try:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())

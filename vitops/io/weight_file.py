@@ -28,13 +28,13 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
-from .temporary import atomic_output
-from .bounded_json import parse_object
-from .safetensors_header import MAX_HEADER_BYTES, read_float32, read_header
 from ..core.config import ViTConfig
+from ..core.vit import param_shapes
 from ..errors import ConfigError, WeightFileError, capped, clip, os_reason
 from ..preprocess import Preprocessing
-from ..core.vit import param_shapes
+from .bounded_json import parse_object
+from .safetensors_header import MAX_HEADER_BYTES, format_of, read_float32, read_header
+from .temporary import atomic_output
 
 FORMAT = "vitops"
 FORMAT_VERSION = "1"
@@ -55,8 +55,11 @@ def shape_problems(found: Mapping[str, tuple], expected: Mapping[str, tuple]) ->
     problems = []
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    misshapen = [f"{k}: expected {tuple(expected[k])}, found {tuple(found[k])}"
-                 for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    misshapen = [
+        f"{k}: expected {tuple(expected[k])}, found {tuple(found[k])}"
+        for k in expected
+        if k in found and tuple(found[k]) != tuple(expected[k])
+    ]
     if missing:
         problems.append(f"missing {len(missing)} tensor(s): {capped(missing)}")
     if unexpected:
@@ -76,6 +79,11 @@ def value_problem(key: str, array: np.ndarray) -> str | None:
     if max(-lo, hi) > MAX_ABS_WEIGHT:
         return f"tensor {key} holds {lo if -lo > hi else hi:.3g}, beyond +-{MAX_ABS_WEIGHT:g} (corrupt?)"
     return None
+
+
+def is_weight_file(path) -> bool:
+    """Whether `path` is a vitops weight file (its header says format "vitops")."""
+    return format_of(path) == FORMAT
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
@@ -102,8 +110,9 @@ def read_labels(metadata: Mapping[str, str]) -> list[str] | None:
         raise WeightFileError("metadata labels must be a JSON list of strings")
     long = [i for i, s in enumerate(labels) if len(s) > MAX_LABEL_CHARS]
     if long:
-        raise WeightFileError(f"metadata labels: class name(s) {capped(long)} longer than "
-                              f"{MAX_LABEL_CHARS} characters")
+        raise WeightFileError(
+            f"metadata labels: class name(s) {capped(long)} longer than {MAX_LABEL_CHARS} characters"
+        )
     return labels
 
 
@@ -120,17 +129,26 @@ def metadata_problems(metadata: Mapping[str, str], config: ViTConfig) -> list[st
         try:
             size = Preprocessing.for_model(config, metadata).size
             if any(s % config.patch_size for s in size):
-                problems.append(f"preprocessing size {list(size)} is not a multiple of the patch size "
-                                f"{config.patch_size}: the model could not take its images")
+                problems.append(
+                    f"preprocessing size {list(size)} is not a multiple of the patch size "
+                    f"{config.patch_size}: the model could not take its images"
+                )
         except ConfigError as e:
             problems.append(str(e))
     return problems
 
 
-def write(path, params: Mapping[str, np.ndarray], config: ViTConfig,
-          provenance: Mapping[str, str] | None = None, *, labels: Sequence[str] | None = None,
-          preprocessing: Preprocessing | None = None, error: type[Exception] = WeightFileError,
-          name=None) -> None:
+def write(
+    path,
+    params: Mapping[str, np.ndarray],
+    config: ViTConfig,
+    provenance: Mapping[str, str] | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    error: type[Exception] = WeightFileError,
+    name=None,
+) -> None:
     """Check everything, then write a vitops file at `path` as it is (not atomically: for a
     path that is already a temporary; `save` is the atomic one). Problems raise `error`
     naming `name` (default: path)."""
@@ -169,16 +187,22 @@ def _write_reason(e: Exception) -> str:
     return os_reason(OSError(int(m.group(1)), os.strerror(int(m.group(1))))) if m else str(e)
 
 
-def save(path, params: Mapping[str, np.ndarray], config: ViTConfig,
-         provenance: Mapping[str, str] | None = None, *, labels: Sequence[str] | None = None,
-         preprocessing: Preprocessing | None = None) -> None:
+def save(
+    path,
+    params: Mapping[str, np.ndarray],
+    config: ViTConfig,
+    provenance: Mapping[str, str] | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> None:
     """Write params (vitops keys, forward layouts) and config to a vitops file, atomically.
 
     labels (class names, index = class) and preprocessing travel in the metadata. Everything
     is checked first (shapes, values, metadata): on any problem nothing is written and
     WeightFileError says why; OS errors (a full disk) are WeightFileErrors naming `path`.
     """
-    with atomic_output(path, WeightFileError) as tmp:
+    with atomic_output(path, WeightFileError, is_weight_file, "vitops weight file") as tmp:
         write(tmp, params, config, provenance, labels=labels, preprocessing=preprocessing, name=path)
 
 
@@ -206,11 +230,14 @@ class WeightFile:
         if self.metadata.get("format") != FORMAT:
             raise WeightFileError(
                 f"{self.path} is a safetensors file but not a vitops weight file (its metadata has "
-                f"no format={FORMAT!r}); convert it first: vitops convert {self.path} OUT.safetensors")
+                f"no format={FORMAT!r}); convert it first: vitops convert {self.path} OUT.safetensors"
+            )
         version = self.metadata.get("format_version")
         if version not in SUPPORTED_FORMAT_VERSIONS:
-            raise WeightFileError(f"{self.path}: format_version {clip(version)} is not one this vitops "
-                                  f"reads ({', '.join(SUPPORTED_FORMAT_VERSIONS)}); a newer vitops wrote it?")
+            raise WeightFileError(
+                f"{self.path}: format_version {clip(version)} is not one this vitops "
+                f"reads ({', '.join(SUPPORTED_FORMAT_VERSIONS)}); a newer vitops wrote it?"
+            )
         if "config" not in self.metadata:
             raise WeightFileError(f"{self.path}: no config in its metadata")
         try:
@@ -219,12 +246,16 @@ class WeightFile:
             raise WeightFileError(f"{self.path}: bad config in metadata: {e}") from None
         bad_types = [f"{k} ({t.dtype})" for k, t in header.tensors.items() if t.dtype not in LOADABLE_DTYPES]
         if bad_types:
-            raise WeightFileError(f"{self.path}: tensors must be floating point "
-                                  f"({', '.join(LOADABLE_DTYPES)}); found {capped(bad_types)}")
+            raise WeightFileError(
+                f"{self.path}: tensors must be floating point "
+                f"({', '.join(LOADABLE_DTYPES)}); found {capped(bad_types)}"
+            )
         problems = shape_problems(self.shapes, param_shapes(self.config))
         if problems:
-            raise WeightFileError(f"{self.path} does not match its config ({self.config.name or 'unnamed'}): "
-                                  + "; ".join(problems))
+            raise WeightFileError(
+                f"{self.path} does not match its config ({self.config.name or 'unnamed'}): "
+                + "; ".join(problems)
+            )
         problems = metadata_problems(self.metadata, self.config)
         if problems:
             raise WeightFileError(f"{self.path}: bad metadata: " + "; ".join(problems))
@@ -257,8 +288,20 @@ class WeightFile:
 def load_params(path) -> tuple[dict[str, np.ndarray], ViTConfig]:
     """Read a vitops file into (params as numpy arrays, config), strictly checked."""
     with WeightFile(path) as f:
-        return {k: f[k] for k in f.keys()}, f.config
+        return {k: f[k] for k in f.shapes}, f.config
 
 
-__all__ = ["WeightFile", "WeightFileError", "load_params", "save", "write", "read_labels", "sha256_file",
-           "shape_problems", "value_problem", "FORMAT", "FORMAT_VERSION", "MAX_ABS_WEIGHT"]
+__all__ = [
+    "WeightFile",
+    "WeightFileError",
+    "load_params",
+    "save",
+    "write",
+    "read_labels",
+    "sha256_file",
+    "shape_problems",
+    "value_problem",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MAX_ABS_WEIGHT",
+]
