@@ -12,6 +12,15 @@ can be re-run with --start I --cases 1):
            bytes or files; then vitops.convert, and load and run what converts
   images   crafted PNG/JPEG/BMP/TIFF files (headers claiming huge sizes, extreme aspect
            ratios, 16-bit and float pixels, NaN, truncation, byte flips); then preprocess
+  states   an analysis state file (`vitops analyze --save-state`) with any field of its study
+           metadata or accumulator settings swapped for a value of another JSON type, arrays
+           cut, reshaped, recast or dropped, and labels that are paths; then `vitops report`
+           into a fresh folder, checking that nothing is written outside it
+  names    a folder of images whose names hold markup, mathtext, control characters, bytes
+           that are not UTF-8 and formula starts, and a model whose class names hold the same
+           and path separators; then `vitops analyze`, checking that nothing lands outside --out
+Weight-file and Hugging Face cases also swap any field (a tensor's dtype, shape or offsets, a
+config, metadata or preprocessing value) for a value of another JSON type ("type_swap").
 
 A case passes when it raises a vitops error (VitopsError), or succeeds with finite outputs on
 finite input. Cases run in a worker process whose address space is capped (RLIMIT_AS: its
@@ -42,9 +51,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-KINDS = ("weights", "hf", "images")
+KINDS = ("weights", "hf", "images", "states", "names")
 # How often each kind is drawn: the weight file is the main contract.
-KIND_WEIGHTS = (0.7, 0.15, 0.15)
+KIND_WEIGHTS = (0.45, 0.12, 0.1, 0.23, 0.1)
 # Values a hostile file may put anywhere a number, string or list is expected.
 HOSTILE = [
     0,
@@ -82,6 +91,48 @@ HOSTILE = [
     {"a": [1, {"b": 2}]},
 ]
 DEEP = "[" * 50000 + "]" * 50000
+# One value of every JSON type, and the extremes of each: what a type swap puts in a field.
+TYPE_SWAPS = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    10**200,
+    -(10**200),
+    2**63,
+    1.5,
+    -0.0,
+    1e308,
+    "",
+    "F32",
+    "x" * 300,
+    "../../x",
+    [],
+    ["F32"],
+    [1, 2],
+    [[1]],
+    {},
+    {"a": 1},
+    {"dtype": "F32"},
+]
+# Names a user's files and classes may carry.
+HOSTILE_NAMES = [
+    "$\\nosuch$",
+    "$x^{$",
+    "<img src=x onerror=alert(1)>",
+    "=cmd|' -C calc'!A0",
+    "+1",
+    "-2",
+    "@SUM(A1)",
+    "a\nb",
+    "tab\there",
+    "\x1b[31mred",
+    "\u202eevil",
+    "naïve",
+    "日本",
+    "x" * 200,
+]
 
 
 # ---- the base inputs ----
@@ -142,13 +193,34 @@ def make_bases(folder):
     write_hf(hf, params, config)
     from vitops.hub.shipped import model_path as shipped_path
 
-    digits = shipped_path("digits_vit")  # a real file, with vitops 0.1's comma-separated labels
+    digits = shipped_path("digits_vit")  # a real file: the shipped digits model
     img = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
     images = {ext: cv2.imencode(ext, img)[1].tobytes() for ext in (".png", ".jpg", ".bmp", ".tiff")}
     images[".16.png"] = cv2.imencode(".png", (img.astype(np.uint16) * 257))[1].tobytes()
     images[".f.tiff"] = cv2.imencode(".tiff", img.astype(np.float32) / 255)[1].tobytes()
     weights = [Path(base).read_bytes()] + ([Path(digits).read_bytes()] if digits else [])
-    return {"weights": weights, "hf": hf, "images": images}
+    state = os.path.join(folder, "state.safetensors")
+    from vitops.app.commands import analyze
+
+    samples = [(rng.random((32, 32, 3)) * 255).astype(np.uint8) for _ in range(6)]
+    analyze(
+        [str(digits), base],
+        [np.stack(samples)],
+        None,
+        save_state=state,
+        progress=False,
+        show=2,
+        batch_size=4,
+        workers=0,
+    )
+    return {
+        "weights": weights,
+        "hf": hf,
+        "images": images,
+        "state": state,
+        "digits": str(digits),
+        "samples": samples,
+    }
 
 
 def write_hf(folder, params, config):
@@ -260,6 +332,7 @@ def mutate_weights(data, rng):
             "shape",
             "names",
             "values",
+            "type_swap",
             "combined",
         ],
     )
@@ -379,6 +452,8 @@ def mutate_weights(data, rng):
         position = begin + 4 * int(rng.integers(max(1, (end - begin) // 4)))
         body[position : position + 4] = np.float32(value).tobytes()
         body = bytes(body)
+    elif kind == "type_swap":
+        return "type_swap:" + swap_any(header, rng), join(header, body)
     elif kind == "combined":
         mutated = data
         steps = []
@@ -390,6 +465,44 @@ def mutate_weights(data, rng):
             steps.append(step)
         return "combined:" + "+".join(steps), mutated
     return kind, join(header, body, pad=rng.random() < 0.9)
+
+
+def json_paths(value, prefix=()):
+    """Every path to a value in a JSON document (keys and list indices), the root excluded."""
+    out = []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        out.append((*prefix, key))
+        out.extend(json_paths(child, (*prefix, key)))
+    return out
+
+
+def swap_at(doc, path, value):
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+
+def swap_any(header, rng) -> str:
+    """Swap one field anywhere in a safetensors header for a value of another JSON type: a
+    tensor's dtype, shape or offsets, a metadata value, or a field inside the JSON documents the
+    metadata holds (config, preprocessing, labels). Returns the path swapped."""
+    meta = header.setdefault("__metadata__", {})
+    documents = {k: json.loads(v) for k, v in meta.items() if k in ("config", "preprocessing", "labels")}
+    targets = [("header", p) for p in json_paths({k: v for k, v in header.items() if k != "__metadata__"})]
+    targets += [("meta", (k,)) for k in meta]
+    targets += [(k, p) for k, doc in documents.items() for p in json_paths(doc)]
+    where, path = pick(rng, targets)
+    value = pick(rng, TYPE_SWAPS)
+    if where == "header":
+        swap_at(header, path, value)
+    elif where == "meta":
+        meta[path[0]] = value  # a non-string metadata value: the header itself is malformed
+    else:
+        swap_at(documents[where], path, value)
+        meta[where] = json.dumps(documents[where])
+    return f"{where}:{'/'.join(map(str, path))}={str(value)[:20]}"
 
 
 def run_weights(path, rng):
@@ -448,6 +561,7 @@ def mutate_hf(base, folder, rng):
         value = pick(
             rng,
             HOSTILE
+            + TYPE_SWAPS
             + [
                 {"height": -1, "width": 32},
                 {"shortest_edge": 0},
@@ -534,6 +648,115 @@ def run_image(path, rng):
     return [preprocess([path], size=32, family="deit")]
 
 
+# ---- analysis state files ----
+
+
+def mutate_state(src, dst, rng):
+    """Write a mutated copy of a state file; returns what was mutated."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(src, "numpy") as f:
+        meta = dict(f.metadata())
+        arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    docs = {"metadata": json.loads(meta["metadata"]), "accumulators": json.loads(meta["accumulators"])}
+    kind = pick(rng, ["swap", "swap", "swap", "label", "array", "array", "drop", "claim"])
+    if kind in ("swap", "label", "claim"):
+        study = docs["metadata"]["study"]
+        if kind == "label":
+            path, value = (
+                ("models", int(rng.integers(2)), "label"),
+                pick(rng, ["../../x", "/tmp/x", "a/b", ".", "..", "", "x\x00y", *HOSTILE_NAMES]),
+            )
+        elif kind == "claim":
+            path, value = (
+                (pick(rng, ["n_images", "analysed", "cka_batches_skipped"]),),
+                pick(rng, [10**5, 10**8, 10**11, 10**30, -5, 2**63]),
+            )
+        else:
+            which = pick(rng, ["metadata", "metadata", "accumulators"])
+            target = docs[which]
+            path = pick(rng, json_paths(target))
+            value = pick(rng, TYPE_SWAPS + HOSTILE)
+            swap_at(target, path, value)
+            mutation = f"swap:{which}/{'/'.join(map(str, path))}={str(value)[:20]}"
+        if kind != "swap":
+            swap_at(study, path, value)
+            mutation = f"{kind}:{'/'.join(map(str, path))}={str(value)[:20]}"
+    else:
+        name = pick(rng, sorted(arrays))
+        a = arrays[name]
+        if kind == "drop":
+            arrays.pop(name)
+        else:
+            change = pick(rng, ["cut", "grow", "reshape", "cast", "empty", "nan"])
+            if change == "cut" and a.ndim:
+                a = a[: max(0, a.shape[0] - 1)]
+            elif change == "grow":
+                a = np.concatenate([a.reshape(-1), a.reshape(-1)])
+            elif change == "reshape":
+                a = a.reshape(-1)[None] if a.ndim < 2 else a.reshape(a.shape[0], -1)
+            elif change == "cast":
+                a = a.astype(pick(rng, [np.float32, np.int64, np.uint8, np.float64]))
+            elif change == "empty":
+                a = np.zeros((0,) + a.shape[1:], a.dtype)
+            elif change == "nan" and a.dtype.kind == "f":
+                a = np.full_like(a, np.nan)
+            arrays[name] = np.ascontiguousarray(a)
+            kind = f"array:{change}"
+        mutation = f"{kind}:{name}"
+    meta["metadata"], meta["accumulators"] = json.dumps(docs["metadata"]), json.dumps(docs["accumulators"])
+    save_file(arrays, dst, metadata=meta)
+    return mutation
+
+
+def run_state(path, rng):
+    from vitops.app.commands import report_from_states
+
+    report_from_states([path], os.path.join(os.path.dirname(path), "out", "report"))
+    return []
+
+
+# ---- hostile names ----
+
+
+def make_names_case(bases, folder, rng):
+    """A folder of images with hostile names and a model with hostile class names."""
+    import cv2
+
+    import vitops
+
+    images = os.path.join(folder, "images")
+    os.makedirs(images)
+    count = int(rng.integers(1, 6))
+    for i in range(count):
+        name = pick(rng, HOSTILE_NAMES)
+        raw = (
+            os.fsencode(f"{i}-{name}.png".replace("/", "_")) if rng.random() < 0.7 else b"%d-\xff\xfe.png" % i
+        )
+        ok, data = cv2.imencode(".png", bases["samples"][i % len(bases["samples"])])
+        with open(os.path.join(os.fsencode(images), raw), "wb") as f:
+            f.write(data.tobytes())
+    params, config = vitops.load_params(bases["digits"])
+    labels = [
+        pick(rng, HOSTILE_NAMES + ["../../x", "a/b/c", "\\server\\share"]) for _ in range(config.num_classes)
+    ]
+    model = os.path.join(folder, pick(rng, ["m", "$m$", "<b>m<_b>", "=m", "-m"]) + ".safetensors")
+    vitops.save(model, params, config, labels=labels)
+    return f"{count} images, labels {labels[:2]}", images, model
+
+
+def run_names(path, rng):
+    from vitops.app.commands import analyze
+
+    folder = os.path.dirname(path)
+    model = next(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
+    summary = analyze(model, [path], os.path.join(folder, "out", "report"), progress=False, show=4, workers=0)
+    if summary["images"]["analysed"] == 0:
+        raise AssertionError("no image analysed")
+    return []
+
+
 # ---- running cases ----
 
 
@@ -554,6 +777,13 @@ def make_case(index, seed, bases, folder, kinds=KINDS):
         path = os.path.join(folder, f"case{index}")
         mutation = mutate_hf(bases["hf"], path, rng)
         return kind, mutation, run_hf, path, rng
+    if kind == "states":
+        path = os.path.join(folder, f"case{index}.safetensors")
+        mutation = mutate_state(bases["state"], path, rng)
+        return kind, mutation, run_state, path, rng
+    if kind == "names":
+        mutation, path, _ = make_names_case(bases, folder, rng)
+        return kind, mutation, run_names, path, rng
     mutation, ext, data = mutate_image(bases["images"], rng)
     path = os.path.join(folder, f"case{index}{ext}")
     with open(path, "wb") as f:
@@ -576,6 +806,21 @@ def _reset_peak():
         return True
     except OSError:
         return False
+
+
+def _tree(folder) -> set:
+    """Every path under folder."""
+    out = set()
+    for root, dirs, files in os.walk(folder):
+        out.update(os.path.join(root, n) for n in dirs + files)
+    return out
+
+
+def _outside(folder, case_dir, path, before) -> list:
+    """What a case left outside where its outputs belong: its out/ folder, and (a conversion's
+    destination) the case's path plus ".safetensors"."""
+    allowed = (os.path.join(case_dir, "out"), path + ".safetensors")
+    return sorted(p for p in _tree(folder) - before if not p.startswith(allowed))
 
 
 class CaseTimeout(Exception):
@@ -617,6 +862,7 @@ def worker(args):
                 base_kb = _status_kb("VmRSS")
                 t0 = time.perf_counter()
                 signal.setitimer(signal.ITIMER_REAL, args.seconds)
+                before = _tree(folder)
                 try:
                     outputs = runner(path, rng)
                     finite = all(np.all(np.isfinite(np.asarray(o, np.float64))) for o in outputs)
@@ -637,6 +883,9 @@ def worker(args):
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                 record["seconds"] = round(time.perf_counter() - t0, 4)
+                outside = _outside(folder, case_dir, path, before)
+                if outside:
+                    record.update(outcome="violation", detail=f"wrote outside its folder: {outside[:3]}")
                 if peak_ok:
                     record["peak_mb"] = round((_status_kb("VmHWM") - base_kb) / 1024, 1)
             except BaseException as e:  # noqa: BLE001 - a broken generator must not hide as a pass

@@ -11,7 +11,7 @@ import json
 import os
 
 from ..errors import AnalysisError, OutputError
-from ..io.output_folder import OutputFolder, check_output_folder
+from ..io.output_folder import OutputFolder, is_inside
 from ..io.state_file import is_state_file
 from ..io.temporary import check_output_file
 from .per_image import TOP_K, PerImageWriter
@@ -46,8 +46,11 @@ def analyze(
     """
     if save_state is not None:  # before the work, not after it: a refusal then would lose it all
         save_state = check_output_file(save_state, OutputError, is_state_file, "analysis state file")
-        if out_dir is not None:
-            check_output_folder(out_dir, [save_state])  # the swap would replace a state written inside
+        if out_dir is not None and is_inside(save_state, out_dir):  # the swap would replace it
+            raise OutputError(
+                f"the state file {save_state} lies inside the output folder {out_dir}, which "
+                "the run replaces as a whole; write the state elsewhere"
+            )
     run = dict(
         settings=RunSettings(**settings),
         keep_per_image=save_state is not None,

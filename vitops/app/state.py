@@ -163,7 +163,7 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
     native = c.grid_size[0] * c.grid_size[1]
     _expect(probes.get("position_similarity"), (native, native), f"{where} position similarity")
     filters = np.shape(probes.get("projection_filters"))
-    if len(filters) != 4 or filters[0] > 64 or filters[1:] != (c.patch_size, c.patch_size, 3):
+    if len(filters) != 4 or not 1 <= filters[0] <= 64 or filters[1:] != (c.patch_size, c.patch_size, 3):
         raise AnalysisError(f"{where} projection filters have shape {filters}")
 
 

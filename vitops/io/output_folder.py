@@ -74,6 +74,11 @@ def _contains(outer: Path, inner: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def is_inside(path, folder) -> bool:
+    """Whether `path` (existing or not) is `folder` or lies below it, symlinks resolved."""
+    return _contains(Path(os.path.realpath(_absolute(folder))), Path(os.path.realpath(_absolute(path))))
+
+
 def check_output_folder(path, inputs: Iterable = ()) -> Path:
     """The destination folder as an absolute path, after checking the policy (module docstring);
     an OutputError naming the problem and how to proceed otherwise."""
