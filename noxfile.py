@@ -6,8 +6,10 @@ holding all three backends and timm, installed as the README says), because the 
 needs all three side by side, and because PyTorch with torchvision is several GB: one copy,
 not one per session.
 
-    nox                        # tests-jax, tests-torch, tests-tensorflow, parity, browser, install-jax
+    nox                        # lint, tests-{jax,torch,tensorflow}, slow, parity, browser, install-jax
     nox -s tests-torch -- -k posemb
+    nox -s lint                              # ruff (lint and format) and mypy, as CI runs them
+    nox -s slow -- --backend torch           # the realistic sizes (ViT-S at 224 px and more)
     nox -s bench-jax                         # every benchmark script with its defaults
     nox -s bench-torch -- analyze memory     # one script, with its arguments
     nox -s fuzz -- --cases 2000 --seed 11
@@ -19,7 +21,7 @@ import sys
 import nox
 
 BACKENDS = ("jax", "torch", "tensorflow")
-nox.options.sessions = [f"tests-{b}" for b in BACKENDS] + ["parity", "browser", "install-jax"]
+nox.options.sessions = ["lint", *(f"tests-{b}" for b in BACKENDS), "slow", "parity", "browser", "install-jax"]
 nox.options.default_venv_backend = "none"
 
 _MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
@@ -41,14 +43,14 @@ def _env(backend):
 def _tests_session(backend):
     @nox.session(name=f"tests-{backend}", venv_backend="none")
     def tests(session):
-        """The whole suite (but the parity check) on one backend."""
+        """The whole suite on one backend, but the parity check and the realistic sizes (`slow`)."""
         _require(session, _MODULES[backend], "timm", "pytest", "vitops")
         session.run(
             sys.executable,
             "-m",
             "pytest",
             "-m",
-            "not parity",
+            "not parity and not slow",
             "-q",
             *session.posargs,
             env=_env(backend),
@@ -83,6 +85,30 @@ def _bench_session(backend):
 for _backend in BACKENDS:
     globals()[f"tests_{_backend}"] = _tests_session(_backend)
     globals()[f"bench_{_backend}"] = _bench_session(_backend)
+
+
+@nox.session(name="slow", venv_backend="none")
+def slow(session):
+    """The tests marked slow (realistic model sizes against timm) on every backend, or on the
+    one given: `-- --backend torch`."""
+    backends, args = list(BACKENDS), list(session.posargs)
+    if args[:1] == ["--backend"]:
+        backends, args = [args[1]], args[2:]
+    for backend in backends:
+        _require(session, _MODULES[backend], "timm", "pytest", "vitops")
+        session.run(
+            sys.executable, "-m", "pytest", "-m", "slow", "-q", *args, env=_env(backend), external=True
+        )
+
+
+@nox.session(name="lint", venv_backend="none")
+def lint(session):
+    """ruff (lint, then the format check) over the project, and mypy over the typed packages
+    (pyproject.toml: [tool.ruff], [tool.mypy])."""
+    _require(session, "ruff", "mypy")
+    session.run(sys.executable, "-m", "ruff", "check", ".", external=True)
+    session.run(sys.executable, "-m", "ruff", "format", "--check", ".", external=True)
+    session.run(sys.executable, "-m", "mypy", external=True)
 
 
 @nox.session(name="parity", venv_backend="none")

@@ -11,19 +11,16 @@ one plain read of the attention tensors (a compiled sum) and the speedup that re
     KERAS_BACKEND=jax python benchmarks/analysis.py
 """
 
+from timing import environment, interleaved  # before Keras: torch first (see timing)
+
 import argparse
 import json
-import os
-import platform
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-from timing import interleaved
 
 from vitops import analysis
-from vitops._backend import compiled
+from vitops.backend.compile import compiled
 
 # ---- the keras-io example's code ("Investigating Vision Transformer representations") ----
 
@@ -211,11 +208,7 @@ def main():
             {
                 "benchmark": "analysis_kernels",
                 "backend": keras.config.backend(),
-                "machine": {
-                    "cpu_count": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "processor": platform.processor(),
-                },
+                **environment(),
                 "shapes": {
                     "blocks": args.blocks,
                     "heads": args.heads,

@@ -22,27 +22,18 @@ ship with scikit-learn and matplotlib, so decoding costs what it costs on photos
 
 from __future__ import annotations
 
+from timing import environment, torch  # before Keras: torch first (see timing)
+
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-try:  # import torch before TensorFlow when both are installed
-    import timm
-    import torch
-except ImportError:
-    torch = timm = None
 
 import keras
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from analysis import (
     example_calculate_cka_similarity,
     example_compute_mean_attention_dist,
@@ -51,6 +42,7 @@ from analysis import (
 from forward import make_checkpoint
 
 import vitops
+from tests.helpers.timm_reference import captured  # the tests' reference: timm with hooks
 from vitops.app.commands import analyze
 from vitops.backend import compile as _compile
 from vitops.preprocess import preprocess
@@ -91,20 +83,10 @@ def baseline(ref, images, size, family, batch, patch):
     distances, rollouts, cls = [], [], []
     for s in range(0, len(images), batch):
         x = preprocess(images[s : s + batch], size=size, family=family)
-        maps, hidden = [], []
-        hooks = [ref.blocks[0].register_forward_pre_hook(lambda m, a, h=hidden: h.append(a[0][:, 0].numpy()))]
-        for blk in ref.blocks:
-            blk.attn.fused_attn = False
-            hooks.append(
-                blk.attn.attn_drop.register_forward_hook(lambda m, i, o, a=maps: a.append(o.numpy()))
-            )
-            hooks.append(blk.register_forward_hook(lambda m, i, o, h=hidden: h.append(o[:, 0].numpy())))
-        try:
-            with torch.no_grad():
-                ref(torch.from_numpy(x).permute(0, 3, 1, 2))
-        finally:
-            for h in hooks:
-                h.remove()
+        with captured(ref) as got, torch.no_grad():
+            ref(torch.from_numpy(x).permute(0, 3, 1, 2))
+        maps = [a.numpy() for a in got["attention"]]
+        hidden = [h[:, 0].numpy() for h in got["hidden"]]
         distances.append(np.stack([example_compute_mean_attention_dist(patch, a, prefix) for a in maps], 1))
         rollouts.extend(example_rollout_cls_numpy([a[i : i + 1] for a in maps]) for i in range(len(x)))
         cls.append(np.stack(hidden))  # (L + 1, b, D)
@@ -220,15 +202,7 @@ def main():
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
     result = cost(args) if args.what == "cost" else memory(args)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    result["machine"] = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    result.update(environment())
     print(json.dumps(result, indent=2))
 
 

@@ -14,23 +14,15 @@ reported as medians, so the ratios are taken side by side.
 
 from __future__ import annotations
 
+from timing import environment, interleaved, timm, torch  # before Keras: torch first (see timing)
+
 import argparse
 import json
 import os
-import platform
-import sys
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-try:  # import torch before TensorFlow when both are installed
-    import timm
-    import torch
-except ImportError:
-    torch = timm = None
 
 import keras
 import numpy as np
-from timing import interleaved
 
 import vitops
 from vitops.backend import compile as _compile
@@ -243,13 +235,7 @@ def main():
                 "gflop_per_image": vit_flops(config, size) / 1e9,
                 "matmul_peak_gflops": peak,
                 "rounds": args.rounds,
-                "versions": {
-                    "keras": keras.__version__,
-                    "torch": getattr(torch, "__version__", None),
-                    "timm": getattr(timm, "__version__", None),
-                    "python": sys.version.split()[0],
-                },
-                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                **environment(),
                 "results": results,
             },
             indent=2,

@@ -17,58 +17,21 @@ forward pass are what to compare (the budget for vitops: one forward plus one ba
 
 from __future__ import annotations
 
+from timing import environment, interleaved, torch  # before Keras: torch first (see timing)
+
 import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-try:  # import torch before TensorFlow when both are installed
-    import timm
-    import torch
-except ImportError:
-    torch = timm = None
 
 import keras
 import numpy as np
+from forward import make_checkpoint
 
 import vitops
+from tests.helpers.timm_reference import chefer_relevance  # the tests' reference: timm, hooks, autograd
 from vitops.analysis.gradients import gradient_rollout
 from vitops.backend import compile as _compile
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import make_checkpoint
-from timing import interleaved
-
-
-def timm_chefer(ref, xt):
-    """Chefer et al.'s relevance on timm with hooks and autograd: (B, N) CLS rows over patches."""
-    attention = []
-
-    def keep(module, inputs, output):
-        output.retain_grad()
-        attention.append(output)
-
-    hooks = []
-    for blk in ref.blocks:
-        blk.attn.fused_attn = False
-        hooks.append(blk.attn.attn_drop.register_forward_hook(keep))
-    try:
-        out = ref(xt)
-        out.gather(1, out.argmax(-1)[:, None]).sum().backward()
-        with torch.no_grad():
-            b, t = xt.shape[0], attention[0].shape[-1]
-            r = torch.eye(t).repeat(b, 1, 1)
-            for a in attention:
-                r = r + (a.grad * a).clamp(min=0).mean(dim=1) @ r
-        return r[:, 0, ref.num_prefix_tokens :]
-    finally:
-        for h in hooks:
-            h.remove()
-        for blk in ref.blocks:
-            blk.attn.fused_attn = True
 
 
 def main():
@@ -108,7 +71,7 @@ def main():
                 return ref(xt)
 
         runners["timm_forward"] = timm_forward
-        runners["timm_hooks_autograd_rollout"] = lambda: timm_chefer(ref, xg)
+        runners["timm_hooks_autograd_rollout"] = lambda: chefer_relevance(ref, xg, dtype=torch.float32)
 
     times = interleaved(runners, args.rounds)  # two warm-up calls each: compilation, caches
 
@@ -137,13 +100,7 @@ def main():
                 "batch": args.batch,
                 "image_size": list(config.image_size),
                 "rounds": args.rounds,
-                "versions": {
-                    "keras": keras.__version__,
-                    "torch": getattr(torch, "__version__", None),
-                    "timm": getattr(timm, "__version__", None),
-                    "python": sys.version.split()[0],
-                },
-                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                **environment(),
                 "results": results,
                 "ratios": ratios,
             },

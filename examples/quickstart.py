@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from timm.data import ImageNetInfo
 
 import vitops
-from vitops.preprocess import preprocess
+from vitops.preprocess import Preprocessing, preprocess
 
 workdir = tempfile.mkdtemp(prefix="vitops-quickstart-")
 src = os.path.join(workdir, "vit_small_patch16_224.safetensors")
@@ -35,7 +35,10 @@ print(f"converted {config.name}: {config.depth} blocks, {config.num_heads} heads
 # 3. Load on the backend KERAS_BACKEND names, and run a real photograph through it.
 model = vitops.load(dst)
 photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-images = preprocess([photo], size=224, family=model.config.family)  # (1, 224, 224, 3)
+# the eval transform the converted file records (timm's pretrained config: crop 0.9, [-1, 1])
+images = preprocess(
+    [photo], preprocessing=Preprocessing.for_model(model.config, model.metadata)
+)  # (1, 224, 224, 3)
 out = model(images, return_attention=True, return_hidden=True)
 
 probs = keras.ops.convert_to_numpy(keras.ops.softmax(out["logits"]))[0]

@@ -1,22 +1,31 @@
-"""Test set-up. One process per backend: Keras picks its backend at import (KERAS_BACKEND)."""
+"""The test harness. One process per backend: Keras picks its backend at import (KERAS_BACKEND).
 
+The reference implementations (torch, timm, transformers) are optional here: a contributor with
+only JAX installed collects the suite, and the modules that compare against them are skipped.
+When they are installed, PyTorch is imported before TensorFlow (timm pulls in torch._dynamo and
+triton, transformers its torch extensions, which crash if loaded after TensorFlow), and TF32 is
+off, so float32 results match across backends and against timm.
+"""
+
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# PyTorch before TensorFlow when both live in one environment, and no TF32: float32 results
-# must match across backends and against timm.
-import timm  # noqa: F401  (pulls in torch._dynamo and triton, which crash if loaded after TF)
-import torch
-import transformers  # noqa: F401  (the same, for its torch extensions)
+if importlib.util.find_spec("torch") is not None:
+    import torch
 
-torch.backends.cuda.matmul.allow_tf32 = False
-torch.backends.cudnn.allow_tf32 = False
-torch.set_float32_matmul_precision("highest")
+    for _module in ("timm", "transformers"):
+        if importlib.util.find_spec(_module) is not None:
+            __import__(_module)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
 
 import keras
 import numpy as np
 import pytest
+from helpers.server import serving
 
 BACKEND = keras.config.backend()
 
@@ -28,3 +37,20 @@ def pytest_report_header(config):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def file_server():
+    """A local HTTP server: (base URL, files). Put bytes in files[NAME]; GET /files/NAME serves
+    them, /drop/NAME stops half-way, /slow/NAME trickles (helpers/server.py)."""
+    files: dict[str, bytes] = {}
+    with serving(files) as url:
+        yield url, files
+
+
+@pytest.fixture(scope="module")
+def module_file_server():
+    """`file_server`, shared by a module's tests."""
+    files: dict[str, bytes] = {}
+    with serving(files) as url:
+        yield url, files

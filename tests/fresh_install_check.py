@@ -33,7 +33,10 @@ def run(*args):
 
 
 models = run("models")
-assert "digits_vit" in models.stdout or "Architectures" in models.stdout, models.stdout
+# the shipped models are listed (by name, under their heading) and so is the architecture table
+shipped = models.stdout.split("Shipped models", 1)[1].split("Registry models", 1)[0]
+assert "digits_vit" in shipped and "digits_deit" in shipped, models.stdout
+assert "vit_base_patch16_224" in models.stdout.split("Architectures", 1)[1], models.stdout
 lines = [line for line in models.stderr.splitlines() if "using jax" in line]
 assert len(lines) == 1, models.stderr
 report = run("analyze", "--out", str(work / "report"))

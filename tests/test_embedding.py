@@ -7,17 +7,14 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
-from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
+from helpers.timm_reference import TINY, rel_err, timm_outputs, timm_twin
 
 import vitops
 
 
 @pytest.fixture
 def vit_file(tmp_path):
-    ref = make_timm("vit_small_patch16_224", **TINY, num_classes=4)
-    save_state_dict(ref, tmp_path / "ck.safetensors")
-    vitops.convert(tmp_path / "ck.safetensors", tmp_path / "m.safetensors")
-    return ref, tmp_path / "m.safetensors"
+    return timm_twin(tmp_path, "vit_small_patch16_224", **TINY, num_classes=4)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch backend only")

@@ -4,14 +4,11 @@ dropped connection, no server; the cache never keeps a broken file. And the ship
 import hashlib
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import keras
 import numpy as np
 import pytest
-import torch
-from reference import TINY, make_timm, rel_err, timm_outputs
+from helpers.timm_reference import TINY, make_timm, rel_err, timm_outputs
 
 import vitops
 from vitops import hub
@@ -19,42 +16,25 @@ from vitops.converters import FORMATS
 from vitops.core.variants import get_config
 from vitops.errors import HubError
 
-FILES = {}
-
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        kind, _, name = self.path.strip("/").partition("/")
-        data = FILES.get(name)
-        if data is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if kind == "drop":  # the connection dies half-way
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+# The reference implementations: without them the module is skipped, not an error.
+torch = pytest.importorskip("torch")
 
 
 @pytest.fixture
-def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+def server(file_server):
+    """The local server's URL; FILES (below) are the files it serves."""
+    url, files = file_server
+    files.clear()
+    global FILES
+    FILES = files
+    return url
+
+
+FILES: dict = {}
 
 
 @pytest.fixture
-def checkpoint():
+def checkpoint(server):
     ref = make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3)
     buf = io.BytesIO()
     torch.save({"model": ref.state_dict()}, buf)

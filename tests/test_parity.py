@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import TINY, make_timm, rel_err, save_state_dict
-
-import vitops
+from helpers.timm_reference import TINY, rel_err, timm_twin
 
 BACKENDS = ("jax", "torch", "tensorflow")
 WORKER = Path(__file__).with_name("parity_worker.py")
@@ -49,11 +47,9 @@ def run_backends(tmp_path, model_path, images, pos_interp=None):
     ],
 )
 def test_backends_agree(tmp_path, name, size, pos_interp):
-    ref = make_timm(name, **TINY, num_classes=0 if "dino" in name else 9)
-    save_state_dict(ref, tmp_path / "ck.safetensors")
-    vitops.convert(tmp_path / "ck.safetensors", tmp_path / "m.safetensors")
+    ref, path = timm_twin(tmp_path, name, **TINY, num_classes=0 if "dino" in name else 9)
     images = np.random.default_rng(0).standard_normal((3, *size, 3)).astype(np.float32)
-    results = run_backends(tmp_path, tmp_path / "m.safetensors", images, pos_interp)
+    results = run_backends(tmp_path, path, images, pos_interp)
     for a, b in itertools.combinations(BACKENDS, 2):
         ra, rb = results[a], results[b]
         assert set(ra) == set(rb)

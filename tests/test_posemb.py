@@ -5,10 +5,12 @@ import itertools
 import keras
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
 from vitops.core.posemb import dino_matrix, resample_pos_embed, timm_matrix
+
+# The reference implementations: without them the module is skipped, not an error.
+torch = pytest.importorskip("torch")
 
 SIZES = [1, 2, 3, 7, 14, 16, 24, 37]
 

@@ -8,7 +8,7 @@ absolute floor of 1e-6 for probabilities, rollouts and CKA terms; distances (pix
 import keras
 import numpy as np
 import pytest
-from reference import TINY, make_timm, save_state_dict
+from helpers.timm_reference import TINY, timm_twin
 
 import vitops
 from vitops import analysis
@@ -24,10 +24,7 @@ def model(request, tmp_path_factory):
     name = {"vit": "vit_small_patch16_224", "deit_distilled": "deit_tiny_distilled_patch16_224"}[
         request.param
     ]
-    ref = make_timm(name, seed=3, **TINY, patch_size=16, num_classes=6)
-    save_state_dict(ref, tmp / "timm.safetensors")
-    vitops.convert(tmp / "timm.safetensors", tmp / "m.safetensors")
-    return vitops.load(tmp / "m.safetensors")
+    return vitops.load(timm_twin(tmp, name, seed=3, **TINY, patch_size=16, num_classes=6)[1])
 
 
 def materialised(model, x):
@@ -89,10 +86,10 @@ def test_full_rollout_and_partial_specs(model):
 
 
 def test_single_block_model_rollout(tmp_path):
-    ref = make_timm("vit_small_patch16_224", seed=5, **{**TINY, "depth": 1}, patch_size=16, num_classes=3)
-    save_state_dict(ref, tmp_path / "t.safetensors")
-    vitops.convert(tmp_path / "t.safetensors", tmp_path / "m.safetensors")
-    model = vitops.load(tmp_path / "m.safetensors")
+    ref, path = timm_twin(
+        tmp_path, "vit_small_patch16_224", seed=5, **{**TINY, "depth": 1}, patch_size=16, num_classes=3
+    )
+    model = vitops.load(path)
     x = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
     got = np_(model.infer(x, reductions=Reductions(rollout="cls"))["reductions"]["rollout"])
     expected = np_(analysis.cls_rollout(materialised(model, x)["attention"]))

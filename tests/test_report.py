@@ -377,7 +377,7 @@ def two_resolutions(tmp_path_factory):
     one run over four photographs; every array fed to each model is recorded."""
     import cv2
     import matplotlib.cbook
-    from reference import make_timm, save_state_dict
+    from helpers.timm_reference import make_timm, save_state_dict
 
     tmp = tmp_path_factory.mktemp("two")
     photo = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))  # 600 x 512

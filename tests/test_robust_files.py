@@ -12,7 +12,7 @@ import tempfile
 import cv2
 import numpy as np
 import pytest
-from reference import TINY, make_timm, save_state_dict
+from helpers.timm_reference import TINY, make_timm, save_state_dict
 
 import vitops
 from vitops.app.cli import main
@@ -211,23 +211,19 @@ def test_cli_models_with_a_broken_registry_is_one_line(tmp_path, monkeypatch, ca
     assert err.count("\n") == 1 and "is not a plain name" in err
 
 
-def test_a_download_that_cannot_be_written_is_reported(tmp_path, monkeypatch):
+def test_a_download_that_cannot_be_written_is_reported(tmp_path, monkeypatch, file_server):
     import io
-    import threading
-    from http.server import ThreadingHTTPServer
 
     import torch
-    from test_hub import FILES, Handler
 
+    base, files = file_server
     buf = io.BytesIO()
     torch.save(
         {"model": make_timm("deit_tiny_distilled_patch16_224", **TINY, num_classes=3).state_dict()}, buf
     )
-    FILES["big.pth"] = buf.getvalue()
-    assert len(FILES["big.pth"]) > 400_000
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}/files/big.pth"
+    files["big.pth"] = buf.getvalue()
+    assert len(files["big.pth"]) > 400_000
+    url = f"{base}/files/big.pth"
     (tmp_path / "registry.json").write_text(json.dumps({"models": [{"name": "big", "source": {"url": url}}]}))
     code = (
         "import resource, signal, vitops.hub\n"
@@ -242,13 +238,7 @@ def test_a_download_that_cannot_be_written_is_reported(tmp_path, monkeypatch):
         VITOPS_REGISTRY=str(tmp_path / "registry.json"),
         VITOPS_NO_PROGRESS="1",
     )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-        )
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     # the old code called this "no network, or the connection dropped"
     assert proc.stdout.startswith("HubError cannot write ") and proc.stdout.rstrip().endswith(
         "file too large"

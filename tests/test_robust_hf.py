@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from reference import randomize_
+from helpers.timm_reference import randomize_
 
 import vitops
 from vitops.converters import ConversionError

@@ -8,11 +8,13 @@ differences are around 5e-7.
 import keras
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
-from reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
+from helpers.timm_reference import TINY, make_timm, rel_err, save_state_dict, timm_outputs
 
 import vitops
+
+# The reference implementations: without them the module is skipped, not an error.
+torch = pytest.importorskip("torch")
 
 OUT_RTOL = 1e-4
 ATTN_ATOL = 1e-5

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from reference import TINY, make_timm, save_state_dict
+from helpers.timm_reference import TINY, make_timm, save_state_dict
 from safetensors.numpy import load_file, save_file
 
 import vitops

@@ -11,7 +11,7 @@ Shapes, everywhere in vitops (one letter per meaning):
     N  patches, I * J               I, J  patch-grid rows and columns
     Q  query tokens computed        D  width               E  head width, D / H
     M  MLP hidden width             C  classes             Y, X  image height and width (pixels)
-    S  steps of a trajectory        U  units (feature visualisation)
+    S  sample images (figures)      U  units, K augmented copies (feature visualisation)
 
 The package: `core` (the model), `backend` (the only place that looks at the backend), `io`
 (files in and out), `hub` (models by name), `converters` (foreign checkpoints), `analysis`
@@ -35,17 +35,9 @@ _CHOSEN, _PROBLEM = _choose_backend()
 
 from .core.config import ViTConfig
 from .core.variants import VARIANTS, get_config
-from .errors import (
-    AnalysisError,
-    BackendError,
-    ConfigError,
-    ConversionError,
-    HubError,
-    ImageError,
-    OutputError,
-    VitopsError,
-    WeightFileError,
-)
+from .errors import *  # noqa: F403 - the error classes (errors.__all__)
+from .errors import BackendError
+from .errors import __all__ as _errors
 from .preprocess import Preprocessing
 
 try:
@@ -81,19 +73,4 @@ else:  # no Keras backend installed: the package imports, and using it says what
         raise AttributeError(f"module 'vitops' has no attribute {name!r}")
 
 
-__all__ = [
-    "ViTConfig",
-    "VARIANTS",
-    "get_config",
-    "Preprocessing",
-    *_NEEDS_BACKEND,
-    "VitopsError",
-    "ConfigError",
-    "WeightFileError",
-    "ConversionError",
-    "HubError",
-    "ImageError",
-    "AnalysisError",
-    "OutputError",
-    "BackendError",
-]
+__all__ = ["ViTConfig", "VARIANTS", "get_config", "Preprocessing", *_NEEDS_BACKEND, *_errors]

@@ -101,18 +101,6 @@ def os_reason(error: OSError) -> str:
     return reasons.get(error.errno, error.strerror or str(error))
 
 
-__all__ = [
-    "VitopsError",
-    "ConfigError",
-    "WeightFileError",
-    "ConversionError",
-    "HubError",
-    "ImageError",
-    "AnalysisError",
-    "OutputError",
-    "BackendError",
-    "capped",
-    "clip",
-    "clip_text",
-    "os_reason",
-]
+# The error classes: what `from vitops.errors import *` and `vitops` itself export.
+ERRORS = tuple(c.__name__ for c in VitopsError.__subclasses__())
+__all__ = ["VitopsError", *ERRORS]

@@ -1,8 +1,8 @@
 """Images in, model-ready NHWC float32 out: decode, to RGB, resize, centre-crop, normalise.
 
     rgb = read_image("cat.jpg")                 # once (vitops.io.image_file: header checked first)
-    x = prepare(rgb, Preprocessing.for_model(model.config, model.metadata))   # (H, W, 3)
-    batch = preprocess(["cat.jpg", "dog.png"], preprocessing=p)               # (B, H, W, 3)
+    x = prepare(rgb, Preprocessing.for_model(model.config, model.metadata))   # (Y, X, 3)
+    batch = preprocess(["cat.jpg", "dog.png"], preprocessing=p)               # (B, Y, X, 3)
 
 The eval transform: resize the short side to size / crop_pct, centre-crop to size, scale to
 [0, 1] by the pixel type (uint8 / 255, uint16 / 65535; float images are taken as already in
@@ -295,7 +295,7 @@ def denormalize(x: np.ndarray, family="vit") -> np.ndarray:
 
 
 def prepare(rgb: np.ndarray, preprocessing: Preprocessing, name: str = "image") -> np.ndarray:
-    """One decoded RGB image (from `read_image`, or any (H, W[, C]) array) -> (h, w, 3)
+    """One decoded RGB image (from `read_image`, or any (Y, X[, C]) array) -> (Y', X', 3)
     float32, model-ready. Decode once, prepare for several models."""
     p = _as_preprocessing(preprocessing)
     image = to_rgb(rgb, name=name)

@@ -39,7 +39,7 @@ def cast_params(params: dict, dtype: str) -> dict:
 
 
 def as_images(images, config, dtype: str):
-    """(B, H, W, 3) preprocessed images as a backend tensor of the compute dtype; shape checked."""
+    """(B, Y, X, 3) preprocessed images as a backend tensor of the compute dtype; shape checked."""
     from ..core.vit import check_images
 
     x = keras.ops.convert_to_tensor(images, dtype)

@@ -12,7 +12,7 @@ import numpy as np
 from keras import ops
 
 from ..backend.compile import compiled
-from ..errors import AnalysisError, clip
+from ..errors import AnalysisError
 from ._checks import as_tensor
 from .accumulate import Accumulator, state_array, state_count
 
@@ -210,12 +210,6 @@ class MinibatchCKA(Accumulator):
             self._yy = state_array(arrays, "yy", "f", (xy.shape[1],)).astype(np.float64)
             self._xy = xy.astype(np.float64)
         self.batches = batches
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> MinibatchCKA:
-        if settings:
-            raise AnalysisError(f"minibatch CKA has no settings, got {clip(sorted(settings))}")
-        return cls()
 
     def _merge_state(self, other) -> None:
         if other._xy.shape != self._xy.shape:

@@ -29,7 +29,7 @@ def _distance_matrix_np(grid: tuple[int, int], patch_size: float) -> np.ndarray:
 def distance_matrix(grid, patch_size):
     """Pixel distances between patch centres, (N, N) float32 with N = rows * cols.
 
-    grid: int (square) or (rows, cols); patches are numbered row-major, as the model's tokens.
+    grid: int (square) or (I, J); patches are numbered row-major, as the model's tokens.
     """
     if patch_size <= 0:
         raise AnalysisError(f"patch_size must be positive, got {patch_size}")
@@ -75,7 +75,7 @@ def mean_attention_distance(
 ):
     """Mean attention distance per image and head, in pixels: (B, H, T, T) -> (B, H).
 
-    grid: (rows, cols) of the patch grid; inferred as square when omitted. renormalize makes
+    grid: (I, J), the patch grid; inferred as square when omitted. renormalize makes
     each query's attention over the patches sum to 1 after the prefix tokens are removed.
     """
     attention = as_tensor(attention, "attention")

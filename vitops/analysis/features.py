@@ -14,8 +14,8 @@ continuous function of the gradient (Adam's first steps are sign(g) * lr, where 
 entry at the rounding level could go either way), so the same start gives the same step on
 every backend; its size is set in pixels of the normalised image whatever the gradient scale.
 Randomness (start noise, augmentations) comes from numpy on the host, the same on every backend.
-Shapes: U units (one image each), K augmented copies per image, B images, T tokens (P prefix
-+ N patches), M MLP hidden width, H x W pixels.
+Shapes as in vitops/__init__.py: U units (one image each), K augmented copies per image, B
+images, T tokens (P prefix + N patches), M MLP hidden width, Y x X pixels.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def unit_activations(model, images, pairs):
     """Scores and per-patch maps of (block, unit) pairs on images, in one forward pass.
 
     pairs: [(block, unit), ...], unit an index into that block's MLP hidden layer. Returns
-    (scores (B, len(pairs)), maps (B, len(pairs), rows, cols)) as float32 backend tensors; a
+    (scores (B, pairs), maps (B, pairs, I, J)) as float32 backend tensors; a
     score is the unit's activation averaged over the patch tokens (Ghiasi et al. 2022), the
     map is that activation at each patch. Blocks after the deepest one asked for are not run.
     """
@@ -98,7 +98,7 @@ def _unit_activations(parts, images, pairs):
 
 
 def feature_activation_map(model, images, block: int, unit):
-    """A unit's activation at every patch: (B, rows, cols) float32, or (B, U, rows, cols) when
+    """A unit's activation at every patch: (B, I, J) float32, or (B, U, I, J) when
     unit is a list. Ghiasi et al. (2022) show such maps stay local, saliency-like."""
     parts = model_parts(model)
     units = check_units(unit, parts[1])
@@ -124,12 +124,12 @@ def _objective(
     """Sum over units of (mean activation over the K augmented copies - tv_weight * TV): a scalar,
     with each copy's activation (U * K,) as aux.
 
-    image (U, H, W, 3); index (U * K, H, W) int32 into the U * H * W pixels (the jitter, as a
+    image (U, Y, X, 3); index (U * K, Y, X) int32 into the U * Y * X pixels (the jitter, as a
     gather: its gradient is the matching scatter-add on every backend); scale, shift
     (U * K, 3) the colour shift; selector (U * K, M) one-hot of each copy's unit.
     """
     u, h, w, c = image.shape
-    x = ops.take(ops.reshape(image, (u * h * w, c)), index, axis=0)  # (U * K, H, W, 3)
+    x = ops.take(ops.reshape(image, (u * h * w, c)), index, axis=0)  # (U * K, Y, X, 3)
     x = x * scale[:, None, None, :] + shift[:, None, None, :]
     hidden = mlp_hidden_states(
         cast_params(params, compute_dtype), config, ops.cast(x, compute_dtype), (block,)
@@ -215,7 +215,7 @@ def visualize_feature(
     all optimised together in one batch.
 
     model: a vitops model (or a name or path `vitops.load` accepts); block: its index;
-    unit: an int or a list of U ints in [0, mlp_dim). Returns (images (U, H, W, 3) float32 in
+    unit: an int or a list of U ints in [0, mlp_dim). Returns (images (U, Y, X, 3) float32 in
     the model's normalised input space, `preprocess.denormalize` shows them; activation (U,)
     float64: each unit's activation averaged over the patch tokens on its final image,
     without augmentation). steps=0 returns the starting noise and its activation.
@@ -227,7 +227,7 @@ def visualize_feature(
     units), keeps pixels in [0, 1] and blurs with a Gaussian whose sigma falls linearly from
     `blur` pixels (default H / 64) to 0 over the steps (Yosinski et al. 2015). callback(step,
     activations (U,)) is called after each step with the mean activation over the copies.
-    image_size: (H, W), default the model's; multiples of the patch size.
+    image_size: (Y, X), default the model's; multiples of the patch size.
     """
     model = resolve(model)
     params, config, dtype = model_parts(model)
@@ -268,7 +268,7 @@ def visualize_feature(
     rng = np.random.default_rng(seed)
     u = len(units)
     pixels = np.clip(0.5 + init_std * rng.standard_normal((u, h, w, 3)), 0, 1).astype(np.float32)
-    x = (pixels - mean) / std  # (U, H, W, 3)
+    x = (pixels - mean) / std  # (U, Y, X, 3)
     selector = np.zeros((u * ensemble, config.mlp_dim), np.float32)
     selector[np.arange(u * ensemble), np.repeat(units, ensemble)] = 1
     tv = np.asarray(tv_weight, np.float32)  # an input, not a constant: no recompilation per value
@@ -306,7 +306,7 @@ class TopK(Accumulator):
 
     acc = TopK([(3, 17), (5, 200)], k=8)
     for ids, batch in data: acc.update(model, batch, ids)
-    acc.result()  # {"scores": (P, k), "ids": (P, k), "maps": (P, k, rows, cols), ...}
+    acc.result()  # {"scores": (pairs, k), "ids": (pairs, k), "maps": (pairs, k, I, J), ...}
 
     A score is the unit's activation averaged over the patch tokens (as `unit_activations`);
     with maps=True the kept images' per-patch activation maps are kept too (the example and
@@ -330,7 +330,7 @@ class TopK(Accumulator):
             raise AnalysisError(f"k must be an int >= 1, got {k!r}")
         self.pairs, self.k, self.keep_maps = pairs, int(k), bool(maps)
         self.count = 0
-        self._scores = self._ids = self._maps = None  # (P, n), (P, n), (P, n, rows, cols); n <= k
+        self._scores = self._ids = self._maps = None  # (pairs, n), (pairs, n), (pairs, n, I, J); n <= k
 
     def settings(self) -> dict:
         return {"pairs": [list(p) for p in self.pairs], "k": self.k, "maps": self.keep_maps}
@@ -344,7 +344,7 @@ class TopK(Accumulator):
         return self.count == 0
 
     def update(self, model, images, ids) -> None:
-        """Score images (B, H, W, 3) with the model (one forward pass, up to the deepest block
+        """Score images (B, Y, X, 3) with the model (one forward pass, up to the deepest block
         asked for) and keep the best; ids: (B,) integers naming them."""
         scores, maps = unit_activations(model, images, self.pairs)
         self.update_scores(
@@ -352,7 +352,7 @@ class TopK(Accumulator):
         )
 
     def update_scores(self, scores, ids, maps=None) -> None:
-        """scores (B, P) and, with maps=True, maps (B, P, rows, cols), computed elsewhere."""
+        """scores (B, pairs) and, with maps=True, maps (B, pairs, I, J), computed elsewhere."""
         s = np.asarray(scores, np.float64)
         i = np.asarray(ids)
         p = len(self.pairs)

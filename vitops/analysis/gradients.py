@@ -18,7 +18,7 @@ compiles (jax.jit, tf.function with XLA); PyTorch runs it eagerly under autograd
 over the colour channels and averaged over each patch's pixels, optionally averaged over noisy
 copies of the image (SmoothGrad, Smilkov et al. 2017): a baseline to compare the rollout with.
 
-Shapes: B images, H heads, T tokens (P prefix + N patches), C classes.
+Shapes as in vitops/__init__.py: B images, H heads, T tokens (P prefix + N patches), C classes.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ _compiled_relevance = compiled(
 
 
 def _input_gradient(params, images, classes, *, config, target, compute_dtype):
-    """Gradient x input, channel sum, mean per patch: -> ((B, rows, cols), classes (B,))."""
+    """Gradient x input, channel sum, mean per patch: -> ((B, I, J), classes (B,))."""
     params = cast_params(params, compute_dtype)
     gh, gw = check_images(images, config)
     pz = config.patch_size
@@ -102,9 +102,9 @@ def _input_gradient(params, images, classes, *, config, target, compute_dtype):
     grad_fn = value_and_grad(objective, 0, has_aux=True, compile=False)
     (_, chosen), g = grad_fn(images, params, classes)
     acc = _accumulation_dtype(compute_dtype)
-    gx = ops.sum(ops.cast(g, acc) * ops.cast(images, acc), axis=-1)  # (B, H, W)
+    gx = ops.sum(ops.cast(g, acc) * ops.cast(images, acc), axis=-1)  # (B, Y, X)
     gx = ops.reshape(gx, (-1, gh, pz, gw, pz))
-    return mean(gx, (2, 4)), chosen  # (B, rows, cols)
+    return mean(gx, (2, 4)), chosen  # (B, I, J)
 
 
 _compiled_input_gradient = compiled(
@@ -153,9 +153,9 @@ def _grid(images, config) -> tuple[int, int]:
 
 
 def gradient_rollout(model, images, class_index=None, *, target=None):
-    """Chefer et al.'s gradient-weighted attention relevance of each patch: -> (B, rows, cols).
+    """Chefer et al.'s gradient-weighted attention relevance of each patch: -> (B, I, J).
 
-    model: a vitops model (or a name or path `vitops.load` accepts). images: (B, H, W, 3)
+    model: a vitops model (or a name or path `vitops.load` accepts). images: (B, Y, X, 3)
     preprocessed. The target score is the logit of class_index (an int, or one per image),
     by default each image's predicted class; DeiT distilled: the mean of both heads' logits,
     as the model predicts. Models without a head (DINO backbones) need target: a function
@@ -171,7 +171,7 @@ def gradient_rollout(model, images, class_index=None, *, target=None):
 def input_gradients(
     model, images, class_index=None, *, target=None, smoothgrad: int = 0, noise: float = 0.15, seed: int = 0
 ):
-    """Gradient x input per patch: -> (B, rows, cols), a backend tensor.
+    """Gradient x input per patch: -> (B, I, J), a backend tensor.
 
     d score / d pixel times the pixel, summed over channels and averaged over each patch. The
     target is as for `gradient_rollout`. smoothgrad=n > 0 averages the map over n copies of
@@ -213,7 +213,7 @@ def input_gradients(
 
 def relevance_for_report(model, images, batch_size: int = 8):
     """Chefer et al.'s relevance for each image's top class, batch by batch, as numpy:
-    -> (maps (B, rows, cols) float32, classes (B,) int). The model needs a head."""
+    -> (maps (B, I, J) float32, classes (B,) int). The model needs a head."""
     params, config, dtype = model_parts(model)
     if not config.num_classes:
         raise AnalysisError(

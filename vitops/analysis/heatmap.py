@@ -14,11 +14,11 @@ from ._checks import as_tensor, check_rank, patch_grid
 
 
 def attention_heatmaps(attention, grid=None, num_prefix_tokens: int = 1, threshold=None):
-    """(B, H, T, T) of the last block (or the list of all blocks) -> (B, H, rows, cols).
+    """(B, H, T, T) of the last block (or the list of all blocks) -> (B, H, I, J).
 
     Without threshold: the CLS-to-patch attention weights. With threshold in (0, 1]: boolean
     masks of the patches that hold that share of each head's mass, largest weights first.
-    grid: (rows, cols); inferred as square when omitted.
+    grid: (I, J); inferred as square when omitted.
     """
     if isinstance(attention, (list, tuple)):
         if not attention:

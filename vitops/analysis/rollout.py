@@ -107,7 +107,7 @@ def _cls_row(attentions, head_fusion, discard_ratio):
 def cls_rollout(
     attentions, head_fusion: str = "mean", discard_ratio: float = 0.0, num_prefix_tokens: int = 1, grid=None
 ):
-    """The CLS row of the rollout as a map over patches: list of (B, H, T, T) -> (B, rows, cols).
+    """The CLS row of the rollout as a map over patches: list of (B, H, T, T) -> (B, I, J).
 
     e_0^T A_L ... A_1 evaluated from the CLS vector down: vector-matrix products only, O(L T^2)
     rather than the O(L T^3) of the full rollout. For softmax probabilities with mean fusion

@@ -139,8 +139,7 @@ def _print_summary(summary, out) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..analysis.rollout import HEAD_FUSIONS
-    from .settings import DEFAULTS
+    from .settings import add_options
 
     parser = argparse.ArgumentParser(
         prog="vitops",
@@ -197,36 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default=None,
         help=f"output folder (default: {DEFAULT_OUT}, or none when "
-        "--save-state is given); replaced only when the run succeeds",
+        "--save-state is given): new, empty, or one vitops wrote; replaced only when the run succeeds",
     )
-    d = DEFAULTS
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"images per batch (default {d.batch_size})"
-    )
-    p.add_argument(
-        "--show",
-        type=int,
-        default=d.show,
-        help=f"sample images drawn in the report (default {d.show}, spread evenly over the list)",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=d.threshold,
-        help="DINO heat-map masks keeping this share of attention mass, e.g. 0.6",
-    )
-    p.add_argument(
-        "--head-fusion",
-        default=d.head_fusion,
-        choices=HEAD_FUSIONS,
-        help=f"how the rollout fuses heads (default {d.head_fusion})",
-    )
-    p.add_argument(
-        "--discard-ratio",
-        type=float,
-        default=d.discard_ratio,
-        help=f"share of the weakest attention the rollout drops (default {d.discard_ratio})",
-    )
+    add_options(p)  # the RunSettings fields: --batch-size, --show, --threshold, ...
     p.add_argument(
         "--family",
         choices=FAMILIES,
@@ -239,18 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="override the centre-crop fraction the model file records",
     )
-    p.add_argument(
-        "--explain",
-        action="store_true",
-        help="also draw each sample image's relevance for its top class (Chefer et al. 2021, "
-        "gradient-weighted attention), beside the rollout",
-    )
     p.add_argument("--shard", help="I/N: analyse the I-th of N slices of the image list (0-based)")
     p.add_argument("--save-state", help="also write every accumulator to this file, for `vitops report`")
     p.add_argument("--devices", default=None, help="data-parallel devices on JAX: 'all' or a count")
-    p.add_argument(
-        "--workers", type=int, default=d.workers, help=f"image decoding threads (default {d.workers})"
-    )
     p.set_defaults(func=_analyze)
     p = sub.add_parser(
         "report",

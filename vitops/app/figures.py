@@ -39,17 +39,23 @@ def _shown(ms):
     return ms.samples.arrays["display"].astype(np.float32) / 255.0
 
 
+def _panels(items, width: float, height: float, draw):
+    """One figure, a panel per item side by side (`plots.side_by_side`): draw(item, panel)."""
+    fig, subs = plot.side_by_side(len(items), width, height)
+    for item, sub in zip(items, subs):
+        draw(item, sub)
+    return fig
+
+
 def figures(study, summary) -> dict:
     """{figure key: matplotlib Figure} of the figures this study has, keys as in CAPTIONS."""
     models = study.models
-    labels = [ms.label for ms in models]
+    of = {ms.label: summary["models"][ms.label] for ms in models}  # each model's summary
     figs = {}
-    hi = max(
-        float(np.nanmax(m["distance"]["mean"] + m["distance"]["std"])) for m in summary["models"].values()
-    )
-    fig, subs = plot.side_by_side(len(models), 6.5, 4.5)
-    for ms, sub in zip(models, subs):
-        d = summary["models"][ms.label]["distance"]
+    hi = max(float(np.nanmax(m["distance"]["mean"] + m["distance"]["std"])) for m in of.values())
+
+    def distance(ms, sub):
+        d = of[ms.label]["distance"]
         plot.mean_attention_distance(
             d["mean"],
             d["std"] if d["count"] > 1 else None,
@@ -57,14 +63,15 @@ def figures(study, summary) -> dict:
             fig=sub,
             ylim=(0, 1.05 * hi if hi > 0 else 1),
         )
-    figs["mean_attention_distance"] = fig
+
+    figs["mean_attention_distance"] = _panels(models, 6.5, 4.5, distance)
 
     if not models[0].samples.empty:
         titles = []
         for name in models[0].samples.names:
             row = []
             for ms in models:
-                preds = summary["models"][ms.label]["samples"][name].get("predictions")
+                preds = of[ms.label]["samples"][name].get("predictions")
                 row.append(
                     f"{name}" + (f" → {preds[0]['label']} ({preds[0]['probability']:.2f})" if preds else "")
                 )
@@ -74,83 +81,88 @@ def figures(study, summary) -> dict:
             [ms.samples.arrays["rollout"] for ms in models],
             [ms.samples.arrays["cls_attention"].mean(axis=1) for ms in models],
             titles,
-            labels,
+            [ms.label for ms in models],
             [ms.samples.arrays["relevance"] for ms in models] if study.settings.explain else None,
         )
-        fig, subs = plot.side_by_side(
-            len(models),
-            2.3 * min(models[0].config.num_heads, 6),
-            2.6 * math.ceil(max(m.config.num_heads for m in models) / 6) + 0.4,
-        )
-        for ms, sub in zip(models, subs):
+
+        def heatmaps(ms, sub):
             first = ms.samples.names[0]
-            entry = summary["models"][ms.label]["samples"][first]
-            masks = entry.get("cls_attention_masks")
+            masks = of[ms.label]["samples"][first].get("cls_attention_masks")
+            threshold = f" (mass threshold {study.settings.threshold})" if masks is not None else ""
             plot.attention_heatmaps(
                 _shown(ms)[0],
                 ms.samples.arrays["cls_attention"][0],
                 None if masks is None else np.asarray(masks),
                 fig=sub,
-                title=f"{ms.label}: {first}"
-                + (f" (mass threshold {study.settings.threshold})" if masks is not None else ""),
+                title=f"{ms.label}: {first}{threshold}",
             )
-        figs["attention_heatmaps"] = fig
 
-    fig, subs = plot.side_by_side(len(models), 4.5, 4)
-    for ms, sub in zip(models, subs):
-        plot.mean_map(
-            summary["models"][ms.label]["rollout"]["mean"], title=f"{ms.label}: mean rollout", fig=sub
+        heads = max(m.config.num_heads for m in models)
+        figs["attention_heatmaps"] = _panels(
+            models, 2.3 * min(models[0].config.num_heads, 6), 2.6 * math.ceil(heads / 6) + 0.4, heatmaps
         )
-    figs["rollout_mean"] = fig
 
-    fig, subs = plot.side_by_side(len(models), 6.5, 4)
-    for ms, sub in zip(models, subs):
-        t = summary["models"][ms.label]["cls_trajectory"]
+    figs["rollout_mean"] = _panels(
+        models,
+        4.5,
+        4,
+        lambda ms, sub: plot.mean_map(
+            of[ms.label]["rollout"]["mean"], title=f"{ms.label}: mean rollout", fig=sub
+        ),
+    )
+
+    def trajectory(ms, sub):
+        t = of[ms.label]["cls_trajectory"]
         cos = (
             ms.samples.arrays["cls_trajectory"]
             if not ms.samples.empty
             else np.zeros((0, ms.config.depth + 1))
         )
         plot.cls_trajectory(cos, ms.samples.names, fig=sub, mean=t["mean"], std=t["std"], title=ms.label)
-    figs["cls_trajectory"] = fig
 
-    with_cka = [ms for ms in models if summary["models"][ms.label]["cka"] is not None]
-    if with_cka:
-        fig, subs = plot.side_by_side(len(with_cka), 5.5, 4.8)
-        for ms, sub in zip(with_cka, subs):
-            plot.cka_matrix(
-                summary["models"][ms.label]["cka"]["matrix"], title=f"{ms.label}: CKA between layers", fig=sub
-            )
-        figs["cka"] = fig
-    cross = summary["cross_model_cka"]
-    if cross:
-        fig, subs = plot.side_by_side(len(cross), 5.5, 4.8)
-        for entry, sub in zip(cross, subs):
-            a, b = entry["models"]
-            plot.cka_matrix(
-                entry["matrix"],
-                title=f"CKA: {a} vs {b}",
-                fig=sub,
-                xlabel=f"{b} layer (0 = embeddings)",
-                ylabel=f"{a} layer (0 = embeddings)",
-            )
-        figs["cka_cross"] = fig
+    figs["cls_trajectory"] = _panels(models, 6.5, 4, trajectory)
 
-    fig, subs = plot.side_by_side(len(models), 5.5, 5.5)
-    for ms, sub in zip(models, subs):
-        plot.position_similarity(
-            summary["models"][ms.label]["position_similarity"],
+    # CKA: each model's layers against its own, then every pair of models
+    matrices = [
+        (f"{ms.label}: CKA between layers", of[ms.label]["cka"]["matrix"], ms.label, ms.label)
+        for ms in models
+        if of[ms.label]["cka"] is not None
+    ]
+    pairs = [
+        (f"CKA: {a} vs {b}", e["matrix"], a, b) for e in summary["cross_model_cka"] for a, b in [e["models"]]
+    ]
+    for key, items in (("cka", matrices), ("cka_cross", pairs)):
+        if items:
+            figs[key] = _panels(
+                items,
+                5.5,
+                4.8,
+                lambda item, sub: plot.cka_matrix(
+                    item[1],
+                    title=item[0],
+                    fig=sub,
+                    xlabel=f"{item[3]} layer (0 = embeddings)",
+                    ylabel=f"{item[2]} layer (0 = embeddings)",
+                ),
+            )
+
+    figs["position_similarity"] = _panels(
+        models,
+        5.5,
+        5.5,
+        lambda ms, sub: plot.position_similarity(
+            of[ms.label]["position_similarity"],
             ms.config.grid_size,
             fig=sub,
             title=f"{ms.label}: position embedding similarity",
-        )
-    figs["position_similarity"] = fig
-    fig, subs = plot.side_by_side(len(models), 5.6, 6)
-    for ms, sub in zip(models, subs):
-        plot.projection_filters(
-            summary["models"][ms.label]["projection_filters"],
-            fig=sub,
-            title=f"{ms.label}: first patch-embedding filters",
-        )
-    figs["projection_filters"] = fig
+        ),
+    )
+    figs["projection_filters"] = _panels(
+        models,
+        5.6,
+        6,
+        lambda ms, sub: plot.projection_filters(
+            of[ms.label]["projection_filters"], fig=sub, title=f"{ms.label}: first patch-embedding filters"
+        ),
+    )
     return figs

@@ -28,7 +28,7 @@ MAX_REASON_CHARS = 2000  # why an image was skipped, as metrics.json and the rep
 
 def expand_images(items) -> list:
     """Paths (files, or folders whose entries with an image extension are taken in name order)
-    and arrays: one image (H, W[, C]) each, or a stack (B, H, W, C) of them. An entry that is not
+    and arrays: one image (Y, X[, C]) each, or a stack (B, Y, X, C) of them. An entry that is not
     a regular file (a FIFO, a device) is listed, and skipped with its reason when read."""
     if isinstance(items, (str, os.PathLike, np.ndarray)):
         items = [items]
@@ -137,13 +137,13 @@ class DecodedBatch:
 
     def __init__(self, positions, inputs, failed):
         self.positions = positions  # list[int], global positions of the images that decoded
-        self.inputs = inputs  # list (per model) of (b, H, W, 3) float32 arrays, or None
+        self.inputs = inputs  # list (per model) of (b, Y, X, 3) float32 arrays, or None
         self.failed = failed  # list[(position, reason)]
 
 
 def decoder(items, preparers: Sequence[Callable], read: Callable) -> Callable[[range], DecodedBatch]:
     """A function turning a batch of positions into a DecodedBatch: each image is decoded once
-    (read(item) -> RGB array) and prepared once per model (preparers[m](rgb) -> (H, W, 3)).
+    (read(item) -> RGB array) and prepared once per model (preparers[m](rgb) -> (Y, X, 3)).
     Whatever fails on one image (unreadable, undecodable, too large) names it and skips it; the
     batch goes on."""
 

@@ -4,7 +4,7 @@
                                      file name, top-5 classes (name, probability) when the model
                                      has a head, mean attention distance of each block (over heads)
     per_image/<model>_distance.npy   (n, blocks, heads) float32 mean attention distance, pixels
-    per_image/<model>_rollout.npy    (n, rows, cols) float32 attention rollout (CLS row)
+    per_image/<model>_rollout.npy    (n, I, J) float32 attention rollout (CLS row)
     per_image/<model>_top.npy        (n, 5) int32 top-5 classes, and _prob.npy their probabilities
 
 n is the length of the image list; row i of each .npy belongs to image i (the csv's `position`),
@@ -168,7 +168,7 @@ class PerImageWriter:
         return str(inside(self.folder, f"{self.label}_{key}.npy"))
 
     def write(self, positions, names, distance, rollout, top=None, prob=None) -> None:
-        """One batch: positions (b,), names, distance (b, L, H), rollout (b, rows, cols),
+        """One batch: positions (b,), names, distance (b, L, H), rollout (b, I, J),
         top (b, 5) classes and prob (b, 5) probabilities when the model has a head."""
         idx = np.asarray(positions, np.int64)
         self.maps["distance"][idx] = distance

@@ -58,7 +58,7 @@ def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None
     """Sample images, one row each; per model two columns: its attention rollout and its
     last-block CLS attention (mean over heads), each over the image as that model saw it, and a
     third with the class-specific relevance of its top class when relevances are given.
-    images[m] (S, H, W, 3) in [0, 1]; rollouts[m], heats[m], relevances[m] (S, rows, cols)
+    images[m] (S, Y, X, 3) in [0, 1]; rollouts[m], heats[m], relevances[m] (S, I, J)
     (a model's relevances all NaN: it has no head, shown empty); row_titles[s][m]."""
     models, count = len(labels), len(images[0])
     panels = [[(rollouts[m], "rollout"), (heats[m], "CLS attention")] for m in range(models)]
@@ -90,7 +90,7 @@ def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None
 def attention_heatmaps(
     image: np.ndarray, maps: np.ndarray, masks: np.ndarray | None = None, title: str = "", fig=None
 ):
-    """Last block, CLS to patches, one panel per head. maps (heads, gh, gw); masks likewise."""
+    """Last block, CLS to patches, one panel per head. maps (H, I, J); masks likewise."""
     heads = maps.shape[0]
     rows, cols = _grid(heads, 6)
     fig = fig if fig is not None else Figure(figsize=(2.2 * cols, 2.3 * rows), layout="constrained")
@@ -108,7 +108,7 @@ def attention_heatmaps(
 
 
 def mean_map(m: np.ndarray, title: str = "", fig=None):
-    """A (rows, cols) map averaged over all images, on the patch grid."""
+    """An (I, J) map averaged over all images, on the patch grid."""
     fig = fig if fig is not None else Figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="inferno")
@@ -121,7 +121,7 @@ def mean_map(m: np.ndarray, title: str = "", fig=None):
 
 def position_similarity(sim: np.ndarray, grid, fig=None, title: str = ""):
     """ViT paper Fig. 7 (centre): for each patch, its embedding's cosine similarity to all others,
-    shown as a (gh, gw) tile at the patch's place. sim: (N, N), N = gh * gw."""
+    shown as an (I, J) tile at the patch's place. sim: (N, N), N = I * J."""
     gh, gw = grid
     tiles = sim.reshape(gh, gw, gh, gw)  # (row, col, row', col')
     mosaic = np.full((gh * (gh + 1), gw * (gw + 1)), np.nan, np.float32)
@@ -163,7 +163,7 @@ def projection_filters(filters: np.ndarray, max_filters: int = 64, fig=None, tit
 
 def cls_trajectory(cos: np.ndarray, names, fig=None, mean=None, std=None, title: str = ""):
     """Cosine similarity of the CLS token after each step to its final state: one line per
-    sample image, cos (S, L); with mean and std (L,), their band over all images."""
+    sample image, cos (S, L + 1); with mean and std (L + 1,), their band over all images."""
     fig = fig if fig is not None else Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     steps = np.arange(cos.shape[1] if len(cos) else len(mean))

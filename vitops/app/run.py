@@ -55,7 +55,7 @@ class Preparer:
         return prepare(rgb, self.preprocessing)
 
     def display(self, x):
-        """A model input (H, W, 3) back to uint8 RGB, for the figures."""
+        """A model input (Y, X, 3) back to uint8 RGB, for the figures."""
         return (np.nan_to_num(denormalize(x, self.preprocessing)) * 255 + 0.5).astype(np.uint8)
 
     def describe(self) -> dict:

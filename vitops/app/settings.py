@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..analysis.reductions import Reductions
-from ..analysis.rollout import rollout_options
+from ..analysis.rollout import HEAD_FUSIONS, rollout_options
 from ..errors import AnalysisError, clip
 
 # Bounds on what a caller may ask for: a batch is held in memory as images (B, Y, X, 3) and the
@@ -39,13 +39,35 @@ class RunSettings:
     its top class (Chefer et al. 2021); workers: image-decoding threads (speed only).
     """
 
-    batch_size: int = 8
-    head_fusion: str = "mean"
-    discard_ratio: float = 0.0
-    threshold: float | None = None
-    show: int = 8
-    explain: bool = False
-    workers: int = 2
+    # metadata: the command-line option of each field (`options`), its help and argparse type
+    batch_size: int = field(default=8, metadata={"help": "images per batch", "type": int})
+    head_fusion: str = field(
+        default="mean", metadata={"help": "how the rollout fuses heads", "choices": HEAD_FUSIONS}
+    )
+    discard_ratio: float = field(
+        default=0.0, metadata={"help": "share of the weakest attention the rollout drops", "type": float}
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "DINO heat-map masks keeping this share of attention mass, e.g. 0.6",
+            "type": float,
+        },
+    )
+    show: int = field(
+        default=8,
+        metadata={"help": "sample images drawn in the report, spread evenly over the list", "type": int},
+    )
+    explain: bool = field(
+        default=False,
+        metadata={
+            "help": "also draw each sample image's relevance for its "
+            "top class (Chefer et al. 2021, gradient-weighted attention), "
+            "beside the rollout",
+            "action": "store_true",
+        },
+    )
+    workers: int = field(default=2, metadata={"help": "image decoding threads", "type": int})
 
     def __post_init__(self):
         object.__setattr__(self, "batch_size", _count(self.batch_size, "batch size", 1, MAX_BATCH))
@@ -92,4 +114,12 @@ class RunSettings:
         )
 
 
-DEFAULTS = RunSettings()
+def add_options(parser) -> None:
+    """One command-line option per RunSettings field (--batch-size, ...), with its default and
+    help from the field itself: the CLI states none of them again."""
+    for f in dataclasses.fields(RunSettings):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        if meta.get("action") != "store_true" and f.default is not None:
+            help_text += f" (default {f.default})"
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=help_text, **meta)

@@ -16,7 +16,7 @@ import numpy as np
 from .. import analysis
 from ..analysis.accumulate import Accumulator, Fixed, Moments, save_states, settings_difference, state_array
 from ..backend import name as backend_name
-from ..errors import AnalysisError, clip
+from ..errors import AnalysisError
 from .per_image import PerImage, names_from_bytes, names_to_bytes
 from .settings import RunSettings
 
@@ -66,12 +66,6 @@ class Samples(Accumulator):
                 fields[f] = a
         self.names = names_from_bytes(state_array(arrays, "names", "u", ndim=1), k)
         self.positions, self.arrays = positions, fields
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> Samples:
-        if settings:
-            raise AnalysisError(f"samples have no settings, got {clip(sorted(settings))}")
-        return cls()
 
     def _merge_state(self, other) -> None:
         if np.intersect1d(self.positions, other.positions).size:

@@ -112,7 +112,7 @@ def _progress(steps: int):
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """(H, W, 3) float RGB in [0, 1] -> PNG file bytes."""
+    """(Y, X, 3) float RGB in [0, 1] -> PNG file bytes."""
     from ..io.image_file import _cv2
 
     cv2 = _cv2()

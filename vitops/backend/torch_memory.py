@@ -11,7 +11,7 @@ from . import name
 
 
 def attention_logits(q, k, scratch: dict | None = None):
-    """q @ k: (B, H, N, Dh) @ (B, H, Dh, N) -> (B, H, N, N) attention logits.
+    """q @ k: (B, H, T, E) @ (B, H, E, T) -> (B, H, T, T) attention logits.
 
     With a scratch dict (one forward pass whose maps are read block by block and not kept),
     eager PyTorch writes every block's logits into one buffer kept in it, rather than into a
@@ -36,7 +36,7 @@ def softmax_of_temporary(x, axis: int = -1):
     when that is safe.
 
     Eager PyTorch gives every op a fresh output buffer. For the explicit attention path the
-    logits are (B, H, N, N), 15 MB per ViT-B/16 block at batch 8, and the probabilities
+    logits are (B, H, T, T), 15 MB per ViT-B/16 block at batch 8, and the probabilities
     would be a second fresh 15 MB: new memory that the kernel page-faults in, and that
     breaks the allocator's reuse of the forward pass's other temporaries. Writing the
     probabilities over the logits took the measured cost of returning ViT-B/16's attention

@@ -185,16 +185,8 @@ def convert(
             "source_file": os.path.basename(os.path.normpath(src)),
             "source_sha256": digest,
         }
-        weight_file.write(
-            tmp,
-            ck.params,
-            config,
-            provenance,
-            labels=names,
-            preprocessing=pre,
-            error=ConversionError,
-            name=dst,
-        )
+        metadata = weight_file.file_metadata(config, provenance, names, pre, ConversionError)
+        weight_file.write(tmp, ck.params, config, metadata, error=ConversionError, name=dst)
     return config
 
 

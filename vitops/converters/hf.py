@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.config import MAX_NAME_CHARS, ViTConfig, config_problems
-from ..errors import ConfigError, capped, clip, os_reason
-from ..io.bounded_json import parse_object
+from ..errors import ConfigError, capped, clip
+from ..io.bounded_json import parse_file
 from ..preprocess import IMAGENET_MEAN
 from .checkpoint_files import ConversionError, check_readable
 from .labels import hf_labels
@@ -111,12 +111,7 @@ def find_files(src: str) -> tuple[str, str, str | None]:
 
 def read_json(path: str) -> dict:
     """A Hugging Face JSON file as an object; any problem is a ConversionError naming it."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_JSON_BYTES + 1)
-    except OSError as e:
-        raise ConversionError(f"cannot read {path}: {os_reason(e)}") from None
-    return parse_object(text, path, ConversionError, MAX_JSON_BYTES)
+    return parse_file(path, ConversionError, MAX_JSON_BYTES)
 
 
 @dataclass(frozen=True)

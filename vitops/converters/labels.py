@@ -18,7 +18,8 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 
-from ..errors import ConversionError, capped, clip, os_reason
+from ..errors import ConversionError, capped, clip
+from ..io.bounded_json import read_limited
 from ..io.weight_file import MAX_LABEL_CHARS
 
 IMAGENET1K_FILE = "imagenet1k_labels.json"
@@ -62,13 +63,7 @@ def default_labels(num_classes: int, fmt: str) -> list[str] | None:
 def read_labels_file(path) -> list[str]:
     """One class name per line (UTF-8; a final newline is optional), index = line number."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_LABELS_FILE_BYTES + 1)
-    except OSError as e:
-        raise ConversionError(f"cannot read the labels file {path}: {os_reason(e)}") from None
-    if len(data) > MAX_LABELS_FILE_BYTES:
-        raise ConversionError(f"{path}: more than {MAX_LABELS_FILE_BYTES:,} bytes; not a list of class names")
+    data = read_limited(path, MAX_LABELS_FILE_BYTES, ConversionError, f"the labels file {path}")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -1,8 +1,8 @@
 """Google's .npz checkpoints (google-research/vision_transformer, augreg and original releases;
 big_vision's `params/` prefix and "scan" stacking) -> vitops params + ViTConfig.
 
-Kernels are Flax's (in, out), so they go in as they are; attention kernels are (D, H, Dh) and
-(H, Dh, D) and are flattened head-major, which is timm's qkv layout. The ImageNet-21k releases
+Kernels are Flax's (in, out), so they go in as they are; attention kernels are (D, H, E) and
+(H, E, D) and are flattened head-major, which is timm's qkv layout. The ImageNet-21k releases
 have a pre-logits layer (dense + tanh) before the head, kept as `representation_size`.
 
 The file is a zip of .npy members. Its zip directory declares every member's uncompressed
@@ -181,10 +181,10 @@ def npz_to_vitops(sd, family: str = "vit", name: str = ""):
         mlp = _pick(b, r"MlpBlock_\d+/Dense_0/kernel", i)[0].split("/")[0]
         if len(norms) != 2:
             raise ConversionError(f"encoder block {i}: expected 2 LayerNorms, found {norms}")
-        q = b[f"{attn}/query/kernel"]  # (D, H, Dh)
+        q = b[f"{attn}/query/kernel"]  # (D, H, E)
         if q.ndim != 3 or q.shape[0] != d:
             raise ConversionError(
-                f"encoder block {i}: query kernel has shape {q.shape}, expected ({d}, H, Dh)"
+                f"encoder block {i}: query kernel has shape {q.shape}, expected ({d}, heads, head width)"
             )
         heads = q.shape[1]
         need = [f"{attn}/{n}/{k}" for n in ("query", "key", "value", "out") for k in ("kernel", "bias")]

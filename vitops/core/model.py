@@ -117,7 +117,7 @@ class VisionTransformer(keras.Model):
         once per set of outputs and `reductions` (and input shape); eager PyTorch under
         `torch.inference_mode()`. Returns the dict of `vitops.forward`, with
         out["reductions"] when reductions (a `vitops.analysis.Reductions`) is given.
-        images: (B, H, W, 3) preprocessed, numpy or a backend tensor.
+        images: (B, Y, X, 3) preprocessed, numpy or a backend tensor.
         """
         images = keras.ops.convert_to_tensor(images, self.compute_dtype)
         return _compiled_inference(

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from ..errors import HubError, clip, os_reason
-from ..io.bounded_json import parse_object
+from ..io.bounded_json import parse_file
 from ..io.temporary import atomic_output, sweep, temp_directory
 from ..io.weight_file import sha256_file
 from .download import download_hf, download_url
@@ -95,13 +95,9 @@ def _check_source(entry: dict, digest: str, recorded: dict) -> None:
 def _read_checksums(path: Path) -> dict:
     """checksums.json: {name: sha256}. A damaged one is an error, not silently reset: it holds
     the checksums later downloads are compared with."""
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         return {}
-    except OSError as e:
-        raise HubError(f"cannot read the cache index {path}: {os_reason(e)}") from None
-    recorded = parse_object(text, f"the cache index {path}", HubError)
+    recorded = parse_file(path, HubError, what=f"the cache index {path}")
     bad = [k for k, v in recorded.items() if not (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v))]
     if bad:
         raise HubError(
@@ -116,7 +112,7 @@ def verify_cached(name: str) -> Path:
     path = cached_path(name)
     record = path.with_suffix(".json")
     try:
-        meta = parse_object(record.read_bytes(), str(record), HubError)
+        meta = parse_file(record, HubError)
         digest = sha256_file(path)
     except (OSError, HubError):
         meta = digest = None

@@ -12,8 +12,8 @@ import os
 import re
 from importlib import resources
 
-from ..errors import ConfigError, HubError, capped, clip, os_reason
-from ..io.bounded_json import parse_object
+from ..errors import ConfigError, HubError, capped, clip
+from ..io.bounded_json import parse_object, read_limited
 
 REGISTRY_ENV = "VITOPS_REGISTRY"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -111,11 +111,7 @@ def read_registry(path=None) -> dict[str, dict]:
     path = path or os.environ.get(REGISTRY_ENV)
     if path:
         where = os.fspath(path)
-        try:
-            with open(where, "rb") as f:
-                text = f.read(MAX_REGISTRY_CHARS + 1)
-        except OSError as e:
-            raise HubError(f"cannot read the registry {where}: {os_reason(e)}") from None
+        text = read_limited(where, MAX_REGISTRY_CHARS, HubError, f"the registry {where}")
     else:
         where = "vitops' registry.json"
         text = resources.files("vitops._data").joinpath("registry.json").read_bytes()

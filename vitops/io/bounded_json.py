@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
-from ..errors import clip_text
+from ..errors import clip_text, os_reason
 
 # No document vitops reads nests deeper than 3 levels (registry -> models -> entry -> source).
 MAX_DEPTH = 16
@@ -72,3 +73,23 @@ def parse_object(text, source: str, error: type[Exception], max_chars: int = 1 <
     if _depth(value) > MAX_DEPTH:
         raise error(f"{source}: JSON nested deeper than {MAX_DEPTH} levels")
     return value
+
+
+def read_limited(path, max_bytes: int, error: type[Exception], what: str = "") -> bytes:
+    """The bytes of file `path`, refused (with `error`, naming `what` or the path) when it holds
+    more than max_bytes: reading stops at the limit, whatever the file's size."""
+    where = what or os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"cannot read {where}: {os_reason(e)}") from None
+    if len(data) > max_bytes:
+        raise error(f"{where}: more than the {max_bytes:,} bytes vitops reads from it")
+    return data
+
+
+def parse_file(path, error: type[Exception], max_bytes: int = 1 << 20, what: str = "", top: type = dict):
+    """A JSON file, read within max_bytes and parsed by `parse_object`."""
+    where = what or os.fspath(path)
+    return parse_object(read_limited(path, max_bytes, error, where), where, error, max_bytes, top)

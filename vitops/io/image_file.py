@@ -51,7 +51,7 @@ def pixel_budget(max_pixels: int | None = None) -> int:
 
 
 def read_image(path, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an image file into (H, W, 3) RGB; the pixel type is kept (uint8, uint16 or
+    """Decode an image file into (Y, X, 3) RGB; the pixel type is kept (uint8, uint16 or
     float32), grayscale and alpha images become RGB.
 
     The header is checked first: an image with more than `pixel_budget(max_pixels)` pixels is
@@ -95,7 +95,7 @@ def read_image(path, max_pixels: int | None = None) -> np.ndarray:
 
 
 def to_rgb(image, bgr: bool = False, name: str = "image") -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3) RGB; the pixel type is kept
+    """(Y, X), (Y, X, 1), (Y, X, 3) or (Y, X, 4) -> (Y, X, 3) RGB; the pixel type is kept
     (float16 and float64 become float32). bgr=True for arrays straight from OpenCV."""
     cv2 = _cv2()
     image = np.asarray(image)
@@ -110,7 +110,7 @@ def to_rgb(image, bgr: bool = False, name: str = "image") -> np.ndarray:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or 0 in image.shape:
         raise ImageError(
-            f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {image.shape}"
+            f"{name}: expected a (height, width[, 1, 3 or 4 channels]) image, got shape {image.shape}"
         )
     channels = image.shape[-1]
     try:

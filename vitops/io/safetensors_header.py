@@ -148,8 +148,28 @@ def _tensor_info(entry):
     return dtype, tuple(shape), offsets[0], offsets[1]
 
 
-# numpy's reading type per float dtype; bfloat16 (no numpy type) is read as its 16 bits.
-_NUMPY_FLOAT = {"F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8"}
+# numpy's type per dtype as stored: every dtype vitops reads. bfloat16 (no numpy type) is read
+# as its 16 bits.
+_NUMPY = {"F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8", "I64": "<i8", "I32": "<i4", "U8": "u1"}
+# What vitops' own state files hold: read exactly, no cast.
+EXACT_DTYPES = ("F64", "F32", "I64", "I32", "U8")
+
+
+def read_tensor(path, info: TensorInfo, error: type[Exception], name: str = "tensor", dtypes=EXACT_DTYPES):
+    """One tensor of a checked header, of one of `dtypes`, read from the file (not mapped) in its
+    shape and stored dtype: at most the bytes the header's checked byte range covers."""
+    import numpy as np
+
+    if info.dtype not in dtypes:
+        raise error(f"{path}: {name} has dtype {info.dtype}; expected one of {', '.join(dtypes)}")
+    count = math.prod(info.shape)
+    try:
+        raw = np.fromfile(path, dtype=_NUMPY[info.dtype], count=count, offset=info.begin)
+    except OSError as e:
+        raise error(f"{path}: cannot read {name}: {os_reason(e)}") from None
+    if raw.size != count:
+        raise error(f"{path}: {name} is cut short (the file changed while open?)")
+    return raw.reshape(info.shape)
 
 
 def read_float32(path, info: TensorInfo, error: type[Exception], name: str = "tensor"):
@@ -157,39 +177,10 @@ def read_float32(path, info: TensorInfo, error: type[Exception], name: str = "te
     float32 in its shape."""
     import numpy as np
 
-    if info.dtype not in _NUMPY_FLOAT:
-        raise error(f"{path}: {name} has dtype {info.dtype}, not floating point")
-    count = math.prod(info.shape)
-    try:
-        raw = np.fromfile(path, dtype=_NUMPY_FLOAT[info.dtype], count=count, offset=info.begin)
-    except OSError as e:
-        raise error(f"{path}: cannot read {name}: {os_reason(e)}") from None
-    if raw.size != count:
-        raise error(f"{path}: {name} is cut short (the file changed while open?)")
+    raw = read_tensor(path, info, error, name, FLOAT_DTYPES)
     if info.dtype == "BF16":  # bfloat16 is the top half of a float32: exact
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
-    return raw.astype(np.float32, copy=False).reshape(info.shape)
-
-
-# numpy's type per dtype that vitops' own state files hold (every read is exact, no cast).
-_NUMPY_EXACT = {"F64": "<f8", "F32": "<f4", "I64": "<i8", "I32": "<i4", "U8": "u1"}
-
-
-def read_exact(path, info: TensorInfo, error: type[Exception], name: str = "tensor"):
-    """One tensor of a checked header in its own dtype (F64, F32, I64, I32 or U8), read from the
-    file (not mapped): at most the bytes the header's checked byte range covers."""
-    import numpy as np
-
-    if info.dtype not in _NUMPY_EXACT:
-        raise error(f"{path}: {name} has dtype {info.dtype}; expected one of {', '.join(_NUMPY_EXACT)}")
-    count = math.prod(info.shape)
-    try:
-        raw = np.fromfile(path, dtype=_NUMPY_EXACT[info.dtype], count=count, offset=info.begin)
-    except OSError as e:
-        raise error(f"{path}: cannot read {name}: {os_reason(e)}") from None
-    if raw.size != count:
-        raise error(f"{path}: {name} is cut short (the file changed while open?)")
-    return raw.reshape(info.shape)
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32, copy=False)
 
 
 class _NotOurs(Exception):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import AnalysisError, OutputError
 from .bounded_json import parse_object
-from .safetensors_header import MAX_HEADER_BYTES, format_of, read_exact, read_header
+from .safetensors_header import MAX_HEADER_BYTES, format_of, read_header, read_tensor
 from .temporary import atomic_output
 
 FORMAT = "vitops-analysis-state"
@@ -77,5 +77,5 @@ def read_state(path) -> tuple[dict[str, np.ndarray], dict, dict]:
             raise AnalysisError(
                 f"{path}: accumulator {name[:80]!r} is not {{'kind': str, 'settings': {{...}}}}"
             )
-    arrays = {k: read_exact(path, t, AnalysisError, f"tensor {k[:80]!r}") for k, t in header.tensors.items()}
+    arrays = {k: read_tensor(path, t, AnalysisError, f"tensor {k[:80]!r}") for k, t in header.tensors.items()}
     return arrays, kinds, extra

@@ -138,20 +138,38 @@ def metadata_problems(metadata: Mapping[str, str], config: ViTConfig) -> list[st
     return problems
 
 
+def file_metadata(
+    config: ViTConfig,
+    provenance: Mapping[str, str] | None = None,
+    labels: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    error: type[Exception] = WeightFileError,
+) -> dict[str, str]:
+    """The metadata of a vitops file: provenance (free text, but not the keys vitops owns), then
+    format, version and config, class names and preprocessing as JSON. `write` checks the rest."""
+    metadata = {str(k): str(v) for k, v in (provenance or {}).items()}
+    reserved = sorted(set(metadata) & set(RESERVED_KEYS))
+    if reserved:
+        raise error(f"provenance may not set {reserved}: vitops writes them")
+    metadata.update({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()})
+    if labels is not None:
+        metadata["labels"] = json.dumps(list(labels), ensure_ascii=False)
+    if preprocessing is not None:
+        metadata["preprocessing"] = preprocessing.to_json()
+    return metadata
+
+
 def write(
     path,
     params: Mapping[str, np.ndarray],
     config: ViTConfig,
-    provenance: Mapping[str, str] | None = None,
-    *,
-    labels: Sequence[str] | None = None,
-    preprocessing: Preprocessing | None = None,
+    metadata: Mapping[str, str],
     error: type[Exception] = WeightFileError,
     name=None,
 ) -> None:
     """Check everything, then write a vitops file at `path` as it is (not atomically: for a
-    path that is already a temporary; `save` is the atomic one). Problems raise `error`
-    naming `name` (default: path)."""
+    path that is already a temporary; `save` is the atomic one). metadata: `file_metadata`'s.
+    Problems raise `error` naming `name` (default: path)."""
     name = name or path
     found = {k: tuple(np.shape(v)) for k, v in params.items()}
     problems = shape_problems(found, param_shapes(config))
@@ -161,20 +179,11 @@ def write(
     bad = [p for k, v in tensors.items() if (p := value_problem(k, v))]
     if bad:
         raise error(f"refusing to write {name}: {capped(bad, 6, '; ')}")
-    metadata = {str(k): str(v) for k, v in (provenance or {}).items()}
-    clash = sorted(set(metadata) & set(RESERVED_KEYS))
-    if clash:
-        raise error(f"refusing to write {name}: provenance may not set {clash}")
-    metadata.update({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_json()})
-    if labels is not None:
-        metadata["labels"] = json.dumps(list(labels), ensure_ascii=False)
-    if preprocessing is not None:
-        metadata["preprocessing"] = preprocessing.to_json()
     problems = metadata_problems(metadata, config)
     if problems:
         raise error(f"refusing to write {name}: " + "; ".join(problems))
     try:
-        save_file(tensors, os.fspath(path), metadata=metadata)
+        save_file(tensors, os.fspath(path), metadata=dict(metadata))
     except (OSError, SafetensorError) as e:
         raise error(f"cannot write {name}: {_write_reason(e)}") from None
 
@@ -202,8 +211,9 @@ def save(
     is checked first (shapes, values, metadata): on any problem nothing is written and
     WeightFileError says why; OS errors (a full disk) are WeightFileErrors naming `path`.
     """
+    metadata = file_metadata(config, provenance, labels, preprocessing)
     with atomic_output(path, WeightFileError, is_weight_file, "vitops weight file") as tmp:
-        write(tmp, params, config, provenance, labels=labels, preprocessing=preprocessing, name=path)
+        write(tmp, params, config, metadata, name=path)
 
 
 class WeightFile:
