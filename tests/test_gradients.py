@@ -76,9 +76,9 @@ def test_explain_skips_a_model_without_a_head(tmp_path):
     from vitops.app.commands import analyze
     from vitops.hub.shipped import samples as shipped_samples
 
-    converted(tmp_path, "vit_small_patch16_224.dino", num_classes=0)  # writes m.safetensors
+    _, path = timm_twin(tmp_path, "vit_small_patch16_224.dino", **SMALL, num_classes=0)
     summary = analyze(
-        [str(tmp_path / "m.safetensors"), "digits_vit"],
+        [str(path), "digits_vit"],
         [str(p) for p in shipped_samples()[:2]],
         tmp_path / "out",
         show=2,

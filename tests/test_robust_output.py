@@ -426,7 +426,7 @@ def test_api_misuse_gives_vitops_errors():
         Reductions(discard_ratio="x")
     with pytest.raises(vitops.AnalysisError, match="flags must be True or False"):
         Reductions(distance="yes")
-    with pytest.raises(vitops.AnalysisError, match="at most 1024 pixels"):
+    with pytest.raises(vitops.AnalysisError, match="at most 2048 pixels"):
         visualize_feature(model, 0, 1, steps=1, image_size=(10**5, 10**5))
     with pytest.raises(vitops.AnalysisError, match="at least 4 examples"):
         MinibatchCKA().update_grams(np.zeros((3, 0, 0)))

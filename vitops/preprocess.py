@@ -34,17 +34,40 @@ from .io.schema import finite
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# OpenAI CLIP's normalisation (openai/CLIP clip/clip.py, _transform)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)  # [0, 1] -> [-1, 1]: Google ViT, SigLIP (big_vision's value_range(-1, 1))
 NORMALIZATION = {
-    "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Google ViT: [-1, 1]
+    "vit": (HALF, HALF),
     "deit": (IMAGENET_MEAN, IMAGENET_STD),
     "dino": (IMAGENET_MEAN, IMAGENET_STD),
+    "deit3": (IMAGENET_MEAN, IMAGENET_STD),
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+    "clip": (CLIP_MEAN, CLIP_STD),
+    "siglip": (HALF, HALF),
+    "dinov3": (IMAGENET_MEAN, IMAGENET_STD),
 }
 # 224 / 256: DeiT's and DINO's eval transform (resize 256, crop 224) and the keras-io example's.
 DEFAULT_CROP_PCT = 0.875
 # Per family, the crop of the published evaluations: timm's 0.9 for Google ViT (timm measured
-# the top-1 the registry quotes with it), the authors' 0.875 for DeiT and DINO; at 384 px and
-# above every family is evaluated uncropped (timm's *_384 configs: crop_pct 1.0).
-FAMILY_CROP_PCT = {"vit": 0.9, "deit": DEFAULT_CROP_PCT, "dino": DEFAULT_CROP_PCT}
+# the top-1 the registry quotes with it), the authors' 0.875 for DeiT, DINO and DINOv2
+# (Resize(256) + CenterCrop(224)), 1.0 for DeiT III (its --eval-crop-ratio 1.0), CLIP (resize
+# the short side to 224, crop 224), SigLIP and DINOv3 (resize to the size, no crop); at 384 px
+# and above every family is evaluated uncropped (timm's *_384 configs: crop_pct 1.0).
+FAMILY_CROP_PCT = {
+    "vit": 0.9,
+    "deit": DEFAULT_CROP_PCT,
+    "dino": DEFAULT_CROP_PCT,
+    "deit3": 1.0,
+    "dinov2": DEFAULT_CROP_PCT,
+    "clip": 1.0,
+    "siglip": 1.0,
+    "dinov3": 1.0,
+}
+# Families whose published eval transform resizes to the size without keeping the aspect ratio:
+# SigLIP (big_vision resize(224)) and DINOv3 (its README: Resize((256, 256))).
+SQUASHED_FAMILIES = ("siglip", "dinov3")
 FULL_CROP_FROM = 384
 INTERPOLATIONS = ("bicubic", "bilinear")
 CROP_PCT_RANGE = (0.25, 1.0)  # published evals use 0.75-1.0
@@ -55,11 +78,14 @@ MAX_PREPROCESSING_CHARS = 4096
 @dataclass(frozen=True)
 class Preprocessing:
     """How a model's images are prepared: output size (height, width), crop_pct,
-    interpolation ("bicubic" or "bilinear", used when enlarging), and per-channel RGB mean and
-    std of [0, 1] pixels. Checked on construction (ConfigError).
+    interpolation ("bicubic" or "bilinear", used when enlarging), per-channel RGB mean and
+    std of [0, 1] pixels, and keep_aspect: resize the short side (True) or both sides to
+    size / crop_pct (False: SigLIP's and DINOv3's square resize). Checked on construction
+    (ConfigError).
 
     In a weight file's metadata as JSON: {"size": [224, 224], "crop_pct": 0.9,
-    "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}.
+    "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+    "keep_aspect": true} (files without keep_aspect keep the aspect ratio).
     """
 
     size: tuple[int, int]
@@ -67,6 +93,7 @@ class Preprocessing:
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    keep_aspect: bool = True
 
     def __post_init__(self):
         problems = preprocessing_problems(dataclasses.asdict(self))
@@ -100,7 +127,14 @@ class Preprocessing:
         mean, std = NORMALIZATION[family]
         sides = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
         crop = 1.0 if min(sides) >= FULL_CROP_FROM else FAMILY_CROP_PCT[family]
-        return cls(size=size, crop_pct=crop, interpolation="bicubic", mean=mean, std=std)
+        return cls(
+            size=size,
+            crop_pct=crop,
+            interpolation="bicubic",
+            mean=mean,
+            std=std,
+            keep_aspect=family not in SQUASHED_FAMILIES,
+        )
 
     @classmethod
     def from_mapping(
@@ -114,7 +148,9 @@ class Preprocessing:
             raise ConfigError(
                 f"{source}: unknown preprocessing fields {clip(unknown)}; known: {', '.join(sorted(fields))}"
             )
-        values = dataclasses.asdict(base) if base is not None else {}
+        # fields with a default (keep_aspect) may be absent: records written before they existed
+        values = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        values.update(dataclasses.asdict(base) if base is not None else {})
         values.update(d)
         missing = sorted(fields - set(values))
         if missing:
@@ -180,12 +216,15 @@ def preprocessing_problems(d: Mapping) -> list[str]:
         problems.append(f"mean must be 3 numbers in [0, 1], got {clip(mean)}")
     if not (_numbers(std, 3) and all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in std)):
         problems.append(f"std must be 3 numbers in [{STD_RANGE[0]}, {STD_RANGE[1]}], got {clip(std)}")
+    if not isinstance(d.get("keep_aspect", True), bool):
+        problems.append(f"keep_aspect must be true or false, got {clip(d.get('keep_aspect'))}")
     return problems
 
 
-def crop_geometry(h: int, w: int, size, crop_pct: float):
+def crop_geometry(h: int, w: int, size, crop_pct: float, keep_aspect: bool = True):
     """Where the eval transform takes its crop: the image resized to (nh, nw) (short side
-    size / crop_pct, at least the crop), and the crop's top-left corner (top, left) there.
+    size / crop_pct, at least the crop; without keep_aspect each side size / crop_pct), the
+    crop's top-left corner (top, left) there, and the smaller of the two scale factors.
 
     The integer arithmetic of timm's eval transform, so that the pixels are the ones published
     accuracies were measured on: the short side floor(size / crop_pct) (timm's
@@ -193,13 +232,16 @@ def crop_geometry(h: int, w: int, size, crop_pct: float):
     Resize does (int(short * long / short_side)), and the crop's corner rounded as its
     CenterCrop does (int(round((nh - th) / 2)))."""
     th, tw = size
-    short = math.floor(min(th, tw) / crop_pct)
-    if h <= w:
-        nh, nw = short, int(short * w / h)
+    if keep_aspect:
+        short = math.floor(min(th, tw) / crop_pct)
+        if h <= w:
+            nh, nw = short, int(short * w / h)
+        else:
+            nh, nw = int(short * h / w), short
     else:
-        nh, nw = int(short * h / w), short
+        nh, nw = math.floor(th / crop_pct), math.floor(tw / crop_pct)
     nh, nw = max(th, nh), max(tw, nw)
-    scale = short / min(h, w)
+    scale = min(nh / h, nw / w)
     return nh, nw, int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0)), scale
 
 
@@ -223,16 +265,21 @@ def _warp_crop(image, nh, nw, top, left, th, tw, flag):
 
 
 def resize_and_crop(
-    image: np.ndarray, size, crop_pct: float = DEFAULT_CROP_PCT, interpolation: str = "bicubic"
+    image: np.ndarray,
+    size,
+    crop_pct: float = DEFAULT_CROP_PCT,
+    interpolation: str = "bicubic",
+    keep_aspect: bool = True,
 ) -> np.ndarray:
-    """Resize the short side to size / crop_pct, then centre-crop to size ((h, w) or int).
+    """Resize the short side (without keep_aspect: each side) to size / crop_pct, then
+    centre-crop to size ((h, w) or int).
     The pixel type is kept. Shrinking: area filter on the whole image, then the crop (memory
     of the source's size). Enlarging: only the crop is computed (memory of the crop's size,
     whatever the aspect ratio: a 1 x 20000 image costs 224 x 224 pixels, not 5 million)."""
     cv2 = _cv2()
     th, tw = (size, size) if isinstance(size, numbers.Integral) else size
     h, w = image.shape[:2]
-    nh, nw, top, left, scale = crop_geometry(h, w, (th, tw), crop_pct)
+    nh, nw, top, left, scale = crop_geometry(h, w, (th, tw), crop_pct, keep_aspect)
     flags = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}
     if interpolation not in flags:
         raise ConfigError(
@@ -303,7 +350,7 @@ def prepare(rgb: np.ndarray, preprocessing: Preprocessing, name: str = "image") 
         to_unit(image, name)  # range and finiteness checked before resampling
     cv2 = _cv2()
     try:
-        cropped = resize_and_crop(image, p.size, p.crop_pct, p.interpolation)
+        cropped = resize_and_crop(image, p.size, p.crop_pct, p.interpolation, p.keep_aspect)
     except cv2.error as e:
         raise ImageError(f"{name}: cannot resize: {str(e).strip()[:200]}") from None
     x = to_unit(cropped, name)

@@ -30,7 +30,7 @@ from ..backend.grad import value_and_grad
 from ..core.config import LIMITS
 from ..core.ops import matmul, mean  # float64 stays float64 (numerical checks)
 from ..core.vit import block as vit_block
-from ..core.vit import check_images, embed
+from ..core.vit import check_images, embed, rope
 from ..errors import AnalysisError, clip
 from ..preprocess import Preprocessing
 from ._model import as_images, cast_params, check_block, check_units, model_parts, resolve
@@ -42,15 +42,16 @@ MAX_STEPS = 100_000
 
 
 def mlp_hidden_states(params, config, images, blocks) -> dict:
-    """{block: (B, T, M) MLP hidden activations after the GELU} for the given blocks; the blocks
-    after the last one asked for are not run."""
+    """{block: (B, T, M) MLP hidden activations after their nonlinearity} for the given blocks;
+    the blocks after the last one asked for are not run."""
     x = embed(params, config, images)
+    tables = rope(config, check_images(images, config))
     wanted, out = set(blocks), {}
     for i in range(max(wanted) + 1):
         if i in wanted:
-            x, _, out[i] = vit_block(params, config, i, x, return_mlp_hidden=True)
+            x, _, out[i] = vit_block(params, config, i, x, return_mlp_hidden=True, rope=tables)
         else:
-            x, _ = vit_block(params, config, i, x)
+            x, _ = vit_block(params, config, i, x, rope=tables)
     return out
 
 

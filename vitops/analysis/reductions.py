@@ -23,7 +23,7 @@ from ..errors import AnalysisError, clip
 from .cka import centred_gram
 from .distance import mean_distance_of, padded_distance
 from .embeddings import cosine_to_final
-from .rollout import _fused, rollout_options
+from .rollout import _fused, _fused_row, rollout_options
 
 ROLLOUTS = ("cls", "full")
 
@@ -70,7 +70,8 @@ class Reductions:
 
     @property
     def needs_all_tokens(self) -> bool:
-        """The last block's output for every token (not only the prefix tokens) is read."""
+        """The last block's output for every token (not only the prefix tokens) is read (a
+        model without a class token reads them all anyway: see `vit.forward`)."""
         return self.grams
 
     def replace(self, **changes) -> Reductions:
@@ -80,9 +81,13 @@ class Reductions:
 
     def start(self, x, config, grid) -> dict:
         """State before the first block, from the embeddings x (B, T, D)."""
-        state = {}
+        state = {
+            "_prefix": config.num_prefix_tokens,
+            "_patches": grid[0] * grid[1],
+            "_class": config.class_token,
+        }
         if self.cls_tokens or self.cls_trajectory:
-            state["cls_tokens"] = [x[:, 0]]
+            state["cls_tokens"] = [self._query_token(state, x)]
         if self.grams:
             state["grams"] = [centred_gram(whole_batch(x))]
         if self.distance:
@@ -90,14 +95,19 @@ class Reductions:
             state["_dist"] = ops.convert_to_tensor(
                 padded_distance(grid, config.patch_size, config.num_prefix_tokens), "float32"
             )
-        state["_prefix"], state["_patches"] = config.num_prefix_tokens, grid[0] * grid[1]
         return state
+
+    @staticmethod
+    def _query_token(state, x):
+        """The token the "cls" analyses follow: the class token, or for a model without one
+        (SigLIP) the mean of the patch tokens, which its attention-pool head reads."""
+        return x[:, 0] if state["_class"] else ops.mean(x[:, state["_prefix"] :], axis=1)
 
     def step(self, state: dict, x, probs, last: bool) -> dict:
         """Fold in one block: its output x (B, Q, D) and attention probabilities (B, H, T, T)."""
         prefix = state["_prefix"]
         if self.cls_tokens or self.cls_trajectory:
-            state["cls_tokens"].append(x[:, 0])
+            state["cls_tokens"].append(self._query_token(state, x))
         if self.grams:
             state["grams"].append(centred_gram(whole_batch(x)))
         if probs is None:
@@ -108,32 +118,44 @@ class Reductions:
                 mean_distance_of(a, state["_dist"], prefix, self.renormalize, state["_patches"])
             )  # (B, H)
         if self.rollout is not None:
-            f = _fused(a, self.head_fusion, self.discard_ratio)  # (B, T, T)
+            f = _fused(a, self.head_fusion, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
             joint = state.get("rollout")
             if joint is None:
                 state["rollout"] = f
-            elif last and self.rollout == "cls":
+            elif last and self.rollout == "cls" and state["_class"]:
                 # e_0^T A_L (A_{L-1} ... A_1): the last factor's CLS row alone
                 state["rollout"] = ops.matmul(f[:, :1], joint)[:, 0]  # (B, T)
             else:
                 state["rollout"] = ops.matmul(f, joint)  # (B, T, T)
-        if last and self.cls_attention:
+        if last and self.cls_attention and state["_class"]:
             state["cls_attention"] = a[:, :, 0, prefix:] + 0.0  # (B, H, N); a copy, not a view of the map
         return state
 
-    def finish(self, state: dict) -> dict:
+    def finish(self, state: dict, pool_probs=None) -> dict:
+        """The outputs; pool_probs (B, H, N), the attention-pool head's attention over the patches,
+        stands in for the class token's row in a model without one."""
         out = {}
+        prefix = state["_prefix"]
         if self.distance:
             out["distance"] = ops.stack(state["distance"], axis=1)  # (B, L, H)
         if self.rollout == "cls":
             row = state["rollout"]
-            if len(row.shape) == 3:  # a single block: its factor's CLS row
-                row = row[:, 0]
-            out["rollout"] = row[:, state["_prefix"] :]  # (B, N)
+            if len(row.shape) == 3:
+                if state["_class"]:  # a single block: its factor's CLS row
+                    row = row[:, 0]
+                else:  # the pooling query's fused row over the patches, through every block
+                    q = _fused_row(
+                        ops.cast(pool_probs, "float32"), self.head_fusion, self.discard_ratio
+                    )  # (B, N)
+                    q = ops.pad(q, ((0, 0), (prefix, 0)))  # (B, T)
+                    row = ops.matmul(q[:, None], row)[:, 0]  # (B, T)
+            out["rollout"] = row[:, prefix:]  # (B, N)
         elif self.rollout == "full":
             out["rollout"] = state["rollout"]  # (B, T, T)
         if self.cls_attention:
-            out["cls_attention"] = state["cls_attention"]
+            out["cls_attention"] = (
+                state["cls_attention"] if state["_class"] else ops.cast(pool_probs, "float32") + 0.0
+            )  # (B, H, N)
         if self.cls_tokens or self.cls_trajectory:
             tokens = ops.stack([ops.cast(t, "float32") for t in state["cls_tokens"]], axis=1)  # (B, L+1, D)
             if self.cls_tokens:

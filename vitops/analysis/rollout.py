@@ -34,20 +34,38 @@ def rollout_options(head_fusion, discard_ratio) -> tuple[str, float]:
     return head_fusion, float(discard_ratio)
 
 
-def _fused(attention, head_fusion: str, discard_ratio: float):
-    """One block's (B, H, T, T) -> the rollout factor (B, T, T), rows summing to 1."""
-    a = {"mean": ops.mean, "max": ops.max, "min": ops.min}[head_fusion](attention, axis=1)
+_FUSE = {"mean": ops.mean, "max": ops.max, "min": ops.min}
+
+
+def _fused(attention, head_fusion: str, discard_ratio: float, keep_first: bool = True):
+    """One block's (B, H, T, T) -> the rollout factor (B, T, T), rows summing to 1.
+    keep_first: column 0 (the attention to the class token) is never discarded."""
+    a = _FUSE[head_fusion](attention, axis=1)
     t = a.shape[-1]
     if discard_ratio > 0:
-        # Candidates are the entries outside column 0 (attention to CLS is always kept).
-        rest = ops.reshape(a[:, :, 1:], (-1, t * (t - 1)))  # (B, T * (T - 1))
-        k = int(t * (t - 1) * discard_ratio)
+        start = 1 if keep_first else 0
+        rest = ops.reshape(a[:, :, start:], (-1, t * (t - start)))  # (B, T * (T - start))
+        k = int(t * (t - start) * discard_ratio)
         if k > 0:
             kth_smallest = -ops.top_k(-rest, k, sorted=True)[0][:, -1]  # (B,)
             keep = a > kth_smallest[:, None, None]
-            keep = ops.concatenate([ops.ones_like(keep[:, :, :1]), keep[:, :, 1:]], axis=-1)
+            if keep_first:
+                keep = ops.concatenate([ops.ones_like(keep[:, :, :1]), keep[:, :, 1:]], axis=-1)
             a = ops.where(keep, a, ops.zeros_like(a))
     a = a + ops.eye(t, dtype=a.dtype)
+    return a / ops.sum(a, axis=-1, keepdims=True)
+
+
+def _fused_row(attention, head_fusion: str, discard_ratio: float):
+    """An attention-pool head's (B, H, N) -> its fused row (B, N), summing to 1: heads fused and
+    the smallest entries discarded as `_fused` does, but no identity (the pool's attention has no
+    residual around it, unlike a block's)."""
+    a = _FUSE[head_fusion](attention, axis=1)  # (B, N)
+    n = a.shape[-1]
+    k = int(n * discard_ratio)
+    if 0 < k < n:
+        kth_smallest = -ops.top_k(-a, k, sorted=True)[0][:, -1]  # (B,)
+        a = ops.where(a > kth_smallest[:, None], a, ops.zeros_like(a))
     return a / ops.sum(a, axis=-1, keepdims=True)
 
 

@@ -146,17 +146,19 @@ def figures(study, summary) -> dict:
                 ),
             )
 
-    figs["position_similarity"] = _panels(
-        models,
-        5.5,
-        5.5,
-        lambda ms, sub: plot.position_similarity(
-            of[ms.label]["position_similarity"],
-            ms.config.grid_size,
-            fig=sub,
-            title=f"{ms.label}: position embedding similarity",
-        ),
-    )
+    learned = [ms for ms in models if np.size(of[ms.label]["position_similarity"])]  # rotary: no table
+    if learned:
+        figs["position_similarity"] = _panels(
+            learned,
+            5.5,
+            5.5,
+            lambda ms, sub: plot.position_similarity(
+                of[ms.label]["position_similarity"],
+                ms.config.grid_size,
+                fig=sub,
+                title=f"{ms.label}: position embedding similarity",
+            ),
+        )
     figs["projection_filters"] = _panels(
         models,
         5.6,

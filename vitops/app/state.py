@@ -160,7 +160,7 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
         if len(p.positions) and not np.isin(s.positions, p.positions).all():
             raise AnalysisError(f"{where} sample images are not among its analysed images")
     probes = ms.probes.arrays
-    native = c.grid_size[0] * c.grid_size[1]
+    native = c.grid_size[0] * c.grid_size[1] if c.pos_embed != "none" else 0
     _expect(probes.get("position_similarity"), (native, native), f"{where} position similarity")
     filters = np.shape(probes.get("projection_filters"))
     if len(filters) != 4 or not 1 <= filters[0] <= 64 or filters[1:] != (c.patch_size, c.patch_size, 3):

@@ -124,10 +124,15 @@ class ModelStudy:
     def probe_weights(self, model, max_filters: int = 64) -> None:
         """Position-embedding similarity (ViT, Fig. 7 centre) and the first patch filters."""
         params = model.variables_by_key
-        sim = analysis.position_similarity(params["pos_embed"], self.config.num_prefix_tokens)
+        if "pos_embed" in params:  # of the table's patch rows
+            sim = keras.ops.convert_to_numpy(
+                analysis.position_similarity(params["pos_embed"], self.config.num_pos_prefix)
+            )
+        else:  # rotary positions (DINOv3): no table to compare
+            sim = np.zeros((0, 0), np.float32)
         filters = analysis.projection_filters(params)[:max_filters]
         self.probes = Fixed(
-            position_similarity=keras.ops.convert_to_numpy(sim),
+            position_similarity=sim,
             projection_filters=keras.ops.convert_to_numpy(filters),
         )
 

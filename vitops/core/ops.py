@@ -1,11 +1,16 @@
 """The building blocks, as pure `keras.ops` functions over arrays.
 
-Each takes arrays and returns arrays; none holds state. Shapes: B batch, N tokens,
-D width, H heads, Dh = D / H head width, M MLP width.
+Each takes arrays and returns arrays; none holds state. Shapes as in vitops/__init__.py: B
+images, T tokens (P prefix + N patches), Q query tokens computed, D width, H heads, E = D / H
+head width, M MLP hidden width.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
+import numpy as np
 from keras import ops
 from keras.backend import standardize_dtype
 
@@ -51,20 +56,77 @@ def layer_norm(x, scale, bias, eps: float):
     return ops.layer_normalization(x, gamma=scale, beta=bias, axis=-1, epsilon=eps)
 
 
-def dense(x, kernel, bias):
-    """x (..., I) @ kernel (I, O) + bias (O,)."""
-    return matmul(x, kernel) + bias
+def dense(x, kernel, bias=None):
+    """x (..., I) @ kernel (I, O) + bias (O,); no bias when it is None."""
+    y = matmul(x, kernel)
+    return y if bias is None else y + bias
 
 
-def mlp_hidden(x, fc1_kernel, fc1_bias):
-    """The MLP's hidden layer, (B, N, D) -> (B, N, M): fc1 and the exact erf GELU of timm /
-    DeiT / DINO (the units feature visualisation maximises, Ghiasi et al. 2022)."""
-    return ops.gelu(dense(x, fc1_kernel, fc1_bias), approximate=False)
+def activation(x, kind: str):
+    """The MLP's nonlinearity: "gelu" exact (erf; timm, DeiT, DINO, DINOv2, CLIP with GELU),
+    "gelu_tanh" (its tanh approximation: big_vision's and Hugging Face's SigLIP), "quick_gelu"
+    x * sigmoid(1.702 x) (OpenAI's CLIP), "silu" (SwiGLU's gate)."""
+    if kind == "gelu":
+        return ops.gelu(x, approximate=False)
+    if kind == "gelu_tanh":
+        return ops.gelu(x, approximate=True)
+    if kind == "quick_gelu":
+        return x * ops.sigmoid(ops.cast(1.702, x.dtype) * x)
+    if kind == "silu":
+        return ops.silu(x)
+    raise ValueError(f"unknown activation {kind!r}")
 
 
-def mlp(x, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias):
-    """(B, N, D) -> (B, N, M) -> (B, N, D), with the exact erf GELU of timm / DeiT / DINO."""
-    return dense(mlp_hidden(x, fc1_kernel, fc1_bias), fc2_kernel, fc2_bias)
+def mlp_hidden(x, fc1_kernel, fc1_bias, act: str, gate_kernel=None, gate_bias=None):
+    """The MLP's hidden layer, (B, Q, D) -> (B, Q, M): the units feature visualisation maximises
+    (Ghiasi et al. 2022). act(fc1(x)); with a gate (SwiGLU, Shazeer 2020), silu(gate(x)) * fc1(x)."""
+    h = dense(x, fc1_kernel, fc1_bias)
+    if gate_kernel is None:
+        return activation(h, act)
+    return activation(dense(x, gate_kernel, gate_bias), act) * h
+
+
+# ---- 2-D rotary position embeddings (DINOv3) ----
+
+
+@functools.lru_cache(maxsize=64)
+def rope_tables(grid: tuple[int, int], head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sin, cos), each (N, E) float32, of the 2-D rotary embedding of a patch grid (I, J) as
+    DINOv3 defines it (Siméoni et al. 2025; facebookresearch/dinov3 RopePositionEmbedding with
+    normalize_coords="separate"): patch centres (i + 0.5) / I and (j + 0.5) / J mapped to
+    (-1, 1), each axis on its own; periods base**(4k / E) for k < E/4; angles 2 pi coord /
+    period laid out [row frequencies | column frequencies], twice (the rotate-half layout).
+    Built in float64 numpy, the same numbers on every backend, for any grid."""
+    rows, cols = grid
+    quarter = head_dim // 4
+    periods = base ** (4.0 * np.arange(quarter) / head_dim)  # (E/4,)
+    cy = 2.0 * (np.arange(rows) + 0.5) / rows - 1.0
+    cx = 2.0 * (np.arange(cols) + 0.5) / cols - 1.0
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")  # (I, J): row-major, as the tokens
+    coords = np.stack([yy.reshape(-1), xx.reshape(-1)], axis=-1)  # (N, 2) [row, column]
+    angles = 2.0 * math.pi * coords[:, :, None] / periods[None, None, :]  # (N, 2, E/4)
+    angles = np.tile(angles.reshape(rows * cols, 2 * quarter), 2)  # (N, E)
+    return np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
+
+
+def rotate(x, sin, cos):
+    """x (B, N, H, E) rotated by the rotary tables (N, E): x cos + rotate_half(x) sin, where
+    rotate_half pairs dimension d with d + E/2 (Su et al. 2021, the rotate-half layout)."""
+    half = x.shape[-1] // 2
+    turned = ops.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    sin = ops.cast(sin, x.dtype)[None, :, None, :]
+    cos = ops.cast(cos, x.dtype)[None, :, None, :]
+    return x * cos + turned * sin
+
+
+def _rotate_patches(x, rope, num_prefix: int):
+    """Rotate the patch tokens of x (B, T, H, E); the P prefix tokens stay as they are."""
+    if rope is None:
+        return x
+    return ops.concatenate([x[:, :num_prefix], rotate(x[:, num_prefix:], *rope)], axis=1)
+
+
+# ---- attention ----
 
 
 def attention(
@@ -78,16 +140,21 @@ def attention(
     num_queries: int | None = None,
     attention_delta=None,
     scratch: dict | None = None,
+    rope=None,
+    num_prefix: int = 0,
 ):
-    """Multi-head self-attention over (B, N, D).
+    """Multi-head self-attention over (B, T, D).
 
-    Returns (out (B, Q, D), probs (B, H, N, N) or None), Q = num_queries or N: with
+    Returns (out (B, Q, D), probs (B, H, T, T) or None), Q = num_queries or T: with
     num_queries, only the first Q tokens' outputs are computed (the last block, when only the
     prefix tokens are read). Without return_probs the backend's fused kernel runs; with it,
-    the explicit softmax path that timm uses when not fused: q is scaled by Dh**-0.5 before
-    q @ k^T, and the full probability matrix is returned.
+    the explicit softmax path that timm uses when not fused: q is scaled by E**-0.5 before
+    q @ k^T, and the full probability matrix is returned. qkv_bias may be None (no bias).
 
-    attention_delta (broadcastable to (B, H, N, N)), when given, is added to the probabilities
+    rope: (sin, cos) tables (N, E) (`rope_tables`): q and k of the patch tokens are rotated, the
+    first num_prefix tokens are not (DINOv3's class token and registers).
+
+    attention_delta (broadcastable to (B, H, T, T)), when given, is added to the probabilities
     before they weight the values (the returned probs are the softmax alone). At zero the
     output is unchanged, and the gradient of any output with respect to attention_delta is its
     gradient with respect to the attention probabilities: what gradient-weighted attention
@@ -107,21 +174,58 @@ def attention(
     # Fused kernels compute float64 in float32 on some backends (see `is_float64`).
     explicit = return_probs or is_float64(x.dtype)
     if nq == n or explicit:
-        qkv = dense(x, qkv_kernel, qkv_bias)  # (B, N, 3D), columns [q | k | v], each head-major
+        qkv = dense(x, qkv_kernel, qkv_bias)  # (B, T, 3D), columns [q | k | v], each head-major
         qkv = ops.reshape(qkv, (-1, n, 3, num_heads, head_dim))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, Dh) each
-    else:  # queries for the first nq tokens only; keys and values for all
-        q = ops.reshape(dense(x[:, :nq], qkv_kernel[:, :d], qkv_bias[:d]), (-1, nq, num_heads, head_dim))
-        kv = ops.reshape(dense(x, qkv_kernel[:, d:], qkv_bias[d:]), (-1, n, 2, num_heads, head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, E) each
+        q = _rotate_patches(q, rope, num_prefix)
+    else:  # queries for the first nq tokens only (prefix tokens: never rotated); keys and values for all
+        qb, kvb = (None, None) if qkv_bias is None else (qkv_bias[:d], qkv_bias[d:])
+        q = ops.reshape(dense(x[:, :nq], qkv_kernel[:, :d], qb), (-1, nq, num_heads, head_dim))
+        kv = ops.reshape(dense(x, qkv_kernel[:, d:], kvb), (-1, n, 2, num_heads, head_dim))
         k, v = kv[:, :, 0], kv[:, :, 1]
+    k = _rotate_patches(k, rope, num_prefix)
     if not explicit:
-        out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, Dh)
+        out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, E)
         return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
-    q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, N, Dh)
-    k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, Dh, N)
-    v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, N, Dh)
+    q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, T, E)
+    k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, E, T)
+    v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, T, E)
     logits = matmul(q, k) if is_float64(q.dtype) else attention_logits(q, k, scratch)
-    probs = softmax_of_temporary(logits, axis=-1)  # (B, H, N, N)
+    probs = softmax_of_temporary(logits, axis=-1)  # (B, H, T, T)
     weights = probs if attention_delta is None else probs + ops.cast(attention_delta, probs.dtype)
-    out = ops.transpose(matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, Dh)
+    out = ops.transpose(matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, E)
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs if return_probs else None
+
+
+def attention_pool(
+    x, p: dict, num_heads: int, act: str, eps: float, return_probs: bool = False, attention_delta=None
+):
+    """Multihead attention pooling (SigLIP's MAP head; Zhai et al. 2022, "Scaling Vision
+    Transformers", and timm's AttentionPoolLatent): one learned query attends over the tokens
+    x (B, N, D), then o + mlp(norm(o)) (a residual around the MLP only). p holds "latent" (D,),
+    "q", "kv" (keys first), "proj", "norm" and "mlp.fc1"/"mlp.fc2" kernels and biases, keyed as
+    in `vit.param_shapes` without the "attn_pool." prefix.
+
+    Returns (features (B, D), probs (B, H, N) or None): the query's attention over the tokens,
+    the pooled model's stand-in for a class token's row. attention_delta (broadcastable to
+    (B, H, N)) is added to the probabilities as in `attention`."""
+    b, n, d = x.shape[0], x.shape[1], x.shape[2]
+    head_dim = d // num_heads
+    latent = ops.cast(p["latent"], x.dtype)
+    q = dense(latent[None], p["q.kernel"], p["q.bias"])  # (1, D)
+    q = ops.reshape(q, (1, num_heads, 1, head_dim)) * ops.cast(head_dim**-0.5, x.dtype)  # (1, H, 1, E)
+    kv = ops.reshape(dense(x, p["kv.kernel"], p["kv.bias"]), (-1, n, 2, num_heads, head_dim))
+    k = ops.transpose(kv[:, :, 0], (0, 2, 3, 1))  # (B, H, E, N)
+    v = ops.transpose(kv[:, :, 1], (0, 2, 1, 3))  # (B, H, N, E)
+    probs = ops.softmax(matmul(ops.broadcast_to(q, (b, num_heads, 1, head_dim)), k), axis=-1)  # (B, H, 1, N)
+    weights = probs if attention_delta is None else probs + ops.cast(attention_delta, probs.dtype)[:, :, None]
+    o = ops.reshape(ops.transpose(matmul(weights, v), (0, 2, 1, 3)), (-1, d))  # (B, D)
+    o = dense(o, p["proj.kernel"], p["proj.bias"])
+    h = layer_norm(o, p["norm.scale"], p["norm.bias"], eps)
+    o = o + dense(
+        activation(dense(h, p["mlp.fc1.kernel"], p["mlp.fc1.bias"]), act),
+        p["mlp.fc2.kernel"],
+        p["mlp.fc2.bias"],
+    )
+    keep = return_probs or attention_delta is not None
+    return o, probs[:, :, 0] if keep else None

@@ -6,12 +6,15 @@ TensorFlow and `keras.ops.image.resize` use. Bicubic resampling of a grid is sep
 linear, so here it is two small matrices built once in float64 numpy, reproducing PyTorch's
 index arithmetic, and applied with `keras.ops`: every backend then computes the same numbers.
 
-Two modes:
+Three modes, one per way the reference implementations resample:
 - "timm": `F.interpolate(size=new, mode="bicubic", antialias=True, align_corners=False)`
-  (timm `resample_abs_pos_embed`, its default for checkpoints and dynamic image sizes).
+  (timm `resample_abs_pos_embed`, its default for checkpoints and dynamic image sizes; also
+  Hugging Face's Dinov2WithRegisters and the original DINOv2 register models).
 - "dino": `F.interpolate(scale_factor=(new + 0.1) / old, mode="bicubic")`, no antialias
-  (DINO `interpolate_pos_encoding`); PyTorch maps output to input coordinates with
-  1 / scale_factor, not old / new, which is why the +0.1 shifts the samples slightly.
+  (DINO's and the original DINOv2's `interpolate_pos_encoding`); PyTorch maps output to input
+  coordinates with 1 / scale_factor, not old / new, which is why the +0.1 shifts the samples.
+- "hf": `F.interpolate(size=new, mode="bicubic", align_corners=False)`, no antialias (Hugging
+  Face's Dinov2, CLIP and SigLIP `interpolate_pos_encoding`).
 """
 
 from __future__ import annotations
@@ -53,17 +56,10 @@ def timm_matrix(in_size: int, out_size: int) -> np.ndarray:
     return m
 
 
-@functools.lru_cache(maxsize=64)
-def dino_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) weights of DINO's bicubic resize (no antialias, a = -0.75).
-
-    DINO asks for scale_factor = (out + 0.1) / in so that floor(in * scale) == out; PyTorch
-    then samples source coordinate (i + 0.5) / scale - 0.5 and clamps taps to the border.
-    """
-    scale_factor = (out_size + 0.1) / in_size
-    if math.floor(in_size * scale_factor) != out_size:  # cannot happen for positive sizes
-        raise ValueError(f"DINO interpolation cannot map {in_size} to {out_size}")
-    src = (np.arange(out_size) + 0.5) / scale_factor - 0.5
+def _torch_bicubic(in_size: int, out_size: int, inverse_scale: float) -> np.ndarray:
+    """(out_size, in_size) weights of PyTorch's bicubic resize without antialias (a = -0.75):
+    output i samples input coordinate (i + 0.5) * inverse_scale - 0.5, taps clamped to the border."""
+    src = (np.arange(out_size) + 0.5) * inverse_scale - 0.5
     base = np.floor(src)
     t = src - base
     m = np.zeros((out_size, in_size), np.float64)
@@ -80,11 +76,31 @@ def dino_matrix(in_size: int, out_size: int) -> np.ndarray:
     return m
 
 
+@functools.lru_cache(maxsize=64)
+def dino_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) weights of DINO's bicubic resize (no antialias, a = -0.75).
+
+    DINO asks for scale_factor = (out + 0.1) / in so that floor(in * scale) == out; PyTorch
+    then samples source coordinate (i + 0.5) / scale - 0.5 and clamps taps to the border.
+    """
+    scale_factor = (out_size + 0.1) / in_size
+    if math.floor(in_size * scale_factor) != out_size:  # cannot happen for positive sizes
+        raise ValueError(f"DINO interpolation cannot map {in_size} to {out_size}")
+    return _torch_bicubic(in_size, out_size, 1.0 / scale_factor)
+
+
+@functools.lru_cache(maxsize=64)
+def hf_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) weights of PyTorch's bicubic resize to a size, no antialias
+    (Hugging Face's interpolate_pos_encoding): source coordinate (i + 0.5) * in / out - 0.5."""
+    return _torch_bicubic(in_size, out_size, in_size / out_size)
+
+
 def resample_matrices(old_grid, new_grid, mode: str):
     """Row and column resampling matrices, (new_h, old_h) and (new_w, old_w), float64."""
-    build = {"timm": timm_matrix, "dino": dino_matrix}.get(mode)
+    build = {"timm": timm_matrix, "dino": dino_matrix, "hf": hf_matrix}.get(mode)
     if build is None:
-        raise ValueError(f"unknown pos_interp mode {mode!r}; use 'timm' or 'dino'")
+        raise ValueError(f"unknown pos_interp mode {mode!r}; use 'timm', 'dino' or 'hf'")
     return build(old_grid[0], new_grid[0]), build(old_grid[1], new_grid[1])
 
 

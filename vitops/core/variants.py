@@ -1,4 +1,4 @@
-"""The named architectures: every ViT, DeiT and DINO configuration that a released checkpoint has.
+"""The named architectures: every configuration of the family that a released checkpoint has.
 
 Names follow timm's architecture names, so a timm tag converts without a lookup table; the DINO
 backbones also go by the names of their release files' hub entries (``dino_vitb16``). A name
@@ -19,6 +19,9 @@ SIZES = {
     "base": (768, 12, 12),
     "large": (1024, 24, 16),
     "huge": (1280, 32, 16),
+    "giant": (1536, 40, 24),  # DINOv2's ViT-g/14
+    "small_plus": (384, 12, 6),  # DINOv3's ViT-S+ (a SwiGLU MLP)
+    "huge_plus": (1280, 32, 20),  # DINOv3's ViT-H+
 }
 HEAD_DIM = 64
 
@@ -46,19 +49,20 @@ _VIT = [
 _DEIT = [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]
 # DINO (facebookresearch/dino README): ViT-S and ViT-B backbones, patch 16 and 8, no head.
 _DINO = [("s", "small", 16), ("s", "small", 8), ("b", "base", 16), ("b", "base", 8)]
+# DeiT III (facebookresearch/deit README_revenge.md): S, B, L at 224 and 384 px.
+_DEIT3 = [("small", 224), ("small", 384), ("base", 224), ("base", 384), ("large", 224), ("large", 384)]
+# DINOv2 (facebookresearch/dinov2 README): S, B, L, g at 518 px, with and without registers;
+# ViT-g has a SwiGLU MLP of (int(4 D 2/3) + 7) // 8 * 8 = 4096 units per branch.
+_DINOV2 = ["small", "base", "large", "giant"]
+# DINOv3 (facebookresearch/dinov3 README; timm eva.py): S, S+, B, L, H+ at 256 px, with (_qkvb)
+# and without query and value biases; S+ and H+ have SwiGLU MLPs (1536 and 5120 units).
+_DINOV3 = {"small": 0, "small_plus": 1536, "base": 0, "large": 0, "huge_plus": 5120}
 
 
 def _variant(size: str, patch: int, res: int, **fields) -> ViTConfig:
     dim, depth, heads = SIZES[size]
-    return ViTConfig(
-        image_size=(res, res),
-        patch_size=patch,
-        dim=dim,
-        depth=depth,
-        num_heads=heads,
-        mlp_dim=4 * dim,
-        **fields,
-    )
+    fields.setdefault("mlp_dim", 4 * dim)
+    return ViTConfig(image_size=(res, res), patch_size=patch, dim=dim, depth=depth, num_heads=heads, **fields)
 
 
 def _build() -> dict[str, ViTConfig]:
@@ -73,6 +77,71 @@ def _build() -> dict[str, ViTConfig]:
     for short, size, patch in _DINO:
         name = f"dino_vit{short}{patch}"
         table[name] = _variant(size, patch, 224, family="dino", num_classes=0, name=name)
+    for size, res in _DEIT3:
+        name = f"deit3_{size}_patch16_{res}"
+        table[name] = _variant(
+            size, 16, res, family="deit3", layer_scale=True, pos_embed="patches", name=name
+        )
+    for size in _DINOV2:
+        glu = dict(mlp="swiglu", act="silu", mlp_dim=4096) if size == "giant" else {}
+        for regs in (0, 4):
+            name = f"vit_{size}_patch14{'_reg4' if regs else ''}_dinov2"
+            table[name] = _variant(
+                size,
+                14,
+                518,
+                family="dinov2",
+                num_classes=0,
+                layer_scale=True,
+                reg_tokens=regs,
+                pos_embed="patches" if regs else "all",
+                name=name,
+                **glu,
+            )
+    # CLIP image towers (Radford et al. 2021): a LayerNorm before the blocks, no patch bias, eps
+    # 1e-5. OpenAI's weights use QuickGELU and end in a bias-free projection (512 for B/16, 768
+    # for L/14); timm's CLIP names without "quickgelu" are the GELU towers (LAION, DataComp).
+    for size, patch, embed in (("base", 16, 512), ("large", 14, 768)):
+        clip = dict(family="clip", pre_norm=True, patch_bias=False, layer_norm_eps=1e-5)
+        name = f"vit_{size}_patch{patch}_clip_224"
+        table[name] = _variant(size, patch, 224, name=name, **clip)
+        name = f"vit_{size}_patch{patch}_clip_quickgelu_224"
+        table[name] = _variant(
+            size, patch, 224, name=name, act="quick_gelu", num_classes=0, proj_dim=embed, **clip
+        )
+    # SigLIP (Zhai et al. 2023): no class token, multihead attention pooling; timm's tower uses
+    # the exact GELU (Hugging Face's the tanh one: its config says so at conversion).
+    name = "vit_base_patch16_siglip_224"
+    table[name] = _variant(
+        "base",
+        16,
+        224,
+        family="siglip",
+        class_token=False,
+        pos_embed="patches",
+        pool="map",
+        num_classes=0,
+        name=name,
+    )
+    for size, glu_dim in _DINOV3.items():
+        for qkvb in (False, True):
+            name = f"vit_{size}_patch16_dinov3{'_qkvb' if qkvb else ''}"
+            mlp = dict(mlp="swiglu", act="silu", mlp_dim=glu_dim) if glu_dim else {}
+            table[name] = _variant(
+                size,
+                16,
+                256,
+                family="dinov3",
+                num_classes=0,
+                reg_tokens=4,
+                pos_embed="none",
+                rope_base=100.0,
+                layer_scale=True,
+                layer_norm_eps=1e-5,
+                qkv_bias=qkvb,
+                name=name,
+                **mlp,
+            )
     return table
 
 

@@ -1,8 +1,14 @@
 """The forward pass: forward(params, config, images) -> outputs.
 
 params is a plain dict of arrays in vitops naming (see `param_shapes`); the same function
-serves the Keras model, `jax.jit` / `jax.grad`, and any other caller. DeiT (distillation
-token, two heads averaged) and DINO (no head) are config deltas of one code path.
+serves the Keras model, `jax.jit` / `jax.grad`, and any other caller. Every family is a config
+delta of this one code path (`vitops.core.config` lists them). Read top to bottom:
+
+    embed    patches -> tokens: [class, distillation, registers, patches] + positions
+    block    x + ls1 * attn(norm1(x)), then x + ls2 * mlp(norm2(x))        (pre-norm)
+    forward  embed, blocks, final norm, pooling, pre-logits, head, projection
+
+Shapes as in vitops/__init__.py.
 """
 
 from __future__ import annotations
@@ -11,50 +17,81 @@ from keras import ops
 
 from ..errors import AnalysisError, ImageError
 from .config import ViTConfig
-from .ops import attention, dense, layer_norm, mlp, mlp_hidden
+from .ops import attention, attention_pool, dense, layer_norm, mean, mlp_hidden, rope_tables
 from .posemb import resample_pos_embed
 
 
 def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
     """Every array the forward pass consumes, by vitops key, with its shape."""
     p, d, m = config.patch_size, config.dim, config.mlp_dim
-    shapes = {
-        "patch_embed.kernel": (p, p, 3, d),  # HWIO: a patch image per output channel
-        "patch_embed.bias": (d,),
-        "cls_token": (d,),
-        "pos_embed": (config.num_tokens, d),  # prefix tokens first, then the grid row-major
-    }
-    if config.distilled:
+    (rows, cols), c = config.grid_size, config
+    shapes: dict[str, tuple[int, ...]] = {
+        "patch_embed.kernel": (p, p, 3, d)
+    }  # YXCD: a patch image per output
+    if c.patch_bias:
+        shapes["patch_embed.bias"] = (d,)
+    if c.class_token:
+        shapes["cls_token"] = (d,)
+    if c.distilled:
         shapes["dist_token"] = (d,)
-    for i in range(config.depth):
+    if c.reg_tokens:
+        shapes["reg_tokens"] = (c.reg_tokens, d)
+    if c.pos_embed != "none":  # the covered prefix tokens first, then the grid row-major
+        shapes["pos_embed"] = (c.num_pos_prefix + rows * cols, d)
+    if c.pre_norm:
+        shapes.update({"norm_pre.scale": (d,), "norm_pre.bias": (d,)})
+    for i in range(c.depth):
         b = f"blocks.{i}."
+        shapes.update({b + "norm1.scale": (d,), b + "norm1.bias": (d,), b + "attn.qkv.kernel": (d, 3 * d)})
+        if c.qkv_bias:
+            shapes[b + "attn.qkv.bias"] = (3 * d,)
         shapes.update(
             {
-                b + "norm1.scale": (d,),
-                b + "norm1.bias": (d,),
-                b + "attn.qkv.kernel": (d, 3 * d),
-                b + "attn.qkv.bias": (3 * d,),
                 b + "attn.proj.kernel": (d, d),
                 b + "attn.proj.bias": (d,),
                 b + "norm2.scale": (d,),
                 b + "norm2.bias": (d,),
                 b + "mlp.fc1.kernel": (d, m),
                 b + "mlp.fc1.bias": (m,),
-                b + "mlp.fc2.kernel": (m, d),
-                b + "mlp.fc2.bias": (d,),
             }
         )
-    shapes["norm.scale"] = (d,)
-    shapes["norm.bias"] = (d,)
-    if config.representation_size:
-        shapes["pre_logits.kernel"] = (d, config.representation_size)
-        shapes["pre_logits.bias"] = (config.representation_size,)
-    if config.num_classes:
-        shapes["head.kernel"] = (config.representation_size or d, config.num_classes)
-        shapes["head.bias"] = (config.num_classes,)
-        if config.distilled:
-            shapes["head_dist.kernel"] = (d, config.num_classes)
-            shapes["head_dist.bias"] = (config.num_classes,)
+        if c.mlp == "swiglu":  # fc1 is the value branch, fc1_g the gate
+            shapes.update({b + "mlp.fc1_g.kernel": (d, m), b + "mlp.fc1_g.bias": (m,)})
+        shapes.update({b + "mlp.fc2.kernel": (m, d), b + "mlp.fc2.bias": (d,)})
+        if c.layer_scale:
+            shapes.update({b + "ls1.gamma": (d,), b + "ls2.gamma": (d,)})
+    norm = "fc_norm" if c.fc_norm else "norm"
+    shapes.update({f"{norm}.scale": (d,), f"{norm}.bias": (d,)})
+    if c.pool == "map":
+        a = "attn_pool."
+        shapes.update(
+            {
+                a + "latent": (d,),
+                a + "q.kernel": (d, d),
+                a + "q.bias": (d,),
+                a + "kv.kernel": (d, 2 * d),
+                a + "kv.bias": (2 * d,),
+                a + "proj.kernel": (d, d),
+                a + "proj.bias": (d,),
+                a + "norm.scale": (d,),
+                a + "norm.bias": (d,),
+                a + "mlp.fc1.kernel": (d, m),
+                a + "mlp.fc1.bias": (m,),
+                a + "mlp.fc2.kernel": (m, d),
+                a + "mlp.fc2.bias": (d,),
+            }
+        )
+    if c.representation_size:
+        shapes["pre_logits.kernel"] = (d, c.representation_size)
+        shapes["pre_logits.bias"] = (c.representation_size,)
+    if c.num_classes:
+        shapes["head.kernel"] = (c.representation_size or d, c.num_classes)
+        shapes["head.bias"] = (c.num_classes,)
+        if c.distilled:
+            shapes["head_dist.kernel"] = (d, c.num_classes)
+            shapes["head_dist.bias"] = (c.num_classes,)
+    if c.proj_dim:
+        shapes["proj.kernel"] = (d, c.proj_dim)
     return shapes
 
 
@@ -82,23 +119,40 @@ def check_images(images, config: ViTConfig) -> tuple[int, int]:
     return h // p, w // p
 
 
+def rope(config: ViTConfig, grid):
+    """The rotary tables (sin, cos) of the patch grid, or None for a model without them."""
+    return rope_tables(tuple(grid), config.head_dim, config.rope_base) if config.rope_base else None
+
+
 def embed(params, config: ViTConfig, images):
-    """Patchify, project, prepend prefix tokens, add position embeddings: -> (B, T, D)."""
+    """Patchify, project, add the position embeddings, prepend the prefix tokens: -> (B, T, D),
+    in the order [class, distillation, registers, patches] (timm's and Hugging Face's)."""
     gh, gw = check_images(images, config)
     p, d = config.patch_size, config.dim
     # A stride-p convolution with a p x p kernel is a matmul over flattened patches.
     x = ops.reshape(images, (-1, gh, p, gw, p, 3))
-    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, gh, gw, p, p, 3)
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, I, J, p, p, 3)
     x = ops.reshape(x, (-1, gh * gw, p * p * 3))
-    x = dense(x, ops.reshape(params["patch_embed.kernel"], (p * p * 3, d)), params["patch_embed.bias"])
+    x = dense(x, ops.reshape(params["patch_embed.kernel"], (p * p * 3, d)), params.get("patch_embed.bias"))
     batch = ops.shape(x)[0]
-    prefix = [params["cls_token"]] + ([params["dist_token"]] if config.distilled else [])
-    prefix = ops.broadcast_to(ops.stack(prefix)[None], (batch, len(prefix), d))  # (B, P, D)
-    x = ops.concatenate([ops.cast(prefix, x.dtype), x], axis=1)  # (B, T, D)
-    pos = resample_pos_embed(
-        params["pos_embed"], config.grid_size, (gh, gw), config.num_prefix_tokens, config.pos_interp
-    )
-    return x + ops.cast(pos, x.dtype)
+    prefix = [params[k] for k in ("cls_token", "dist_token") if k in params]  # (D,) each
+    if config.pos_embed != "none":
+        covered = config.num_pos_prefix
+        pos = ops.cast(
+            resample_pos_embed(params["pos_embed"], config.grid_size, (gh, gw), covered, config.pos_interp),
+            x.dtype,
+        )
+        x = x + pos[covered:]
+        prefix = [t + pos[j] for j, t in enumerate(prefix)] if covered else prefix
+    tokens = [ops.stack(prefix)] if prefix else []  # (P0, D)
+    if config.reg_tokens:  # registers have no position (Darcet et al. 2024)
+        tokens.append(params["reg_tokens"])
+    if tokens:
+        head = ops.cast(ops.concatenate(tokens, axis=0), x.dtype)
+        x = ops.concatenate([ops.broadcast_to(head[None], (batch, head.shape[0], d)), x], axis=1)  # (B, T, D)
+    if config.pre_norm:  # CLIP's ln_pre
+        x = layer_norm(x, params["norm_pre.scale"], params["norm_pre.bias"], config.layer_norm_eps)
+    return x
 
 
 def block(
@@ -111,19 +165,20 @@ def block(
     attention_delta=None,
     scratch: dict | None = None,
     return_mlp_hidden: bool = False,
+    rope=None,
 ):
     """One pre-norm transformer block: (B, T, D) -> (B, Q, D), probs (B, H, T, T) or None.
 
     Q = T, or num_queries: then only the first Q tokens' outputs are computed. attention_delta,
-    scratch: see `ops.attention`. return_mlp_hidden=True appends a third result, the MLP's
-    hidden layer after the GELU, (B, Q, M): the units that feature visualisation maximises.
+    scratch, rope: see `ops.attention`. return_mlp_hidden=True appends a third result, the MLP's
+    hidden layer after its activation, (B, Q, M): the units that feature visualisation maximises.
     """
-    b = f"blocks.{i}."
-    h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], config.layer_norm_eps)
+    b, eps = f"blocks.{i}.", config.layer_norm_eps
+    h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], eps)
     h, probs = attention(
         h,
         params[b + "attn.qkv.kernel"],
-        params[b + "attn.qkv.bias"],
+        params.get(b + "attn.qkv.bias"),
         params[b + "attn.proj.kernel"],
         params[b + "attn.proj.bias"],
         config.num_heads,
@@ -131,22 +186,50 @@ def block(
         num_queries=num_queries,
         attention_delta=attention_delta,
         scratch=scratch,
+        rope=rope,
+        num_prefix=config.num_prefix_tokens,
     )
     if num_queries is not None:
         x = x[:, :num_queries]
-    x = x + h
-    h = layer_norm(x, params[b + "norm2.scale"], params[b + "norm2.bias"], config.layer_norm_eps)
-    if return_mlp_hidden:
-        hidden = mlp_hidden(h, params[b + "mlp.fc1.kernel"], params[b + "mlp.fc1.bias"])  # (B, Q, M)
-        return x + dense(hidden, params[b + "mlp.fc2.kernel"], params[b + "mlp.fc2.bias"]), probs, hidden
-    x = x + mlp(
+    x = x + (h * params[b + "ls1.gamma"] if config.layer_scale else h)  # LayerScale (Touvron et al. 2021)
+    h = layer_norm(x, params[b + "norm2.scale"], params[b + "norm2.bias"], eps)
+    hidden = mlp_hidden(
         h,
         params[b + "mlp.fc1.kernel"],
         params[b + "mlp.fc1.bias"],
-        params[b + "mlp.fc2.kernel"],
-        params[b + "mlp.fc2.bias"],
-    )
+        config.act,
+        params.get(b + "mlp.fc1_g.kernel"),
+        params.get(b + "mlp.fc1_g.bias"),
+    )  # (B, Q, M)
+    h = dense(hidden, params[b + "mlp.fc2.kernel"], params[b + "mlp.fc2.bias"])
+    x = x + (h * params[b + "ls2.gamma"] if config.layer_scale else h)
+    if return_mlp_hidden:
+        return x, probs, hidden
     return x, probs
+
+
+def _pool(params, config: ViTConfig, x, return_attention: bool, pool_delta):
+    """The features of the last tokens x (B, T, D), and the pooling head's attention (B, H, N)
+    for pool "map" (else None)."""
+    c, probs = config, None
+    if c.pool == "token":
+        features = (x[:, 0] + x[:, 1]) / 2 if c.distilled else x[:, 0]  # DeiT: the mean of both tokens
+    elif c.pool == "avg":
+        features = mean(x[:, c.num_prefix_tokens :], 1)  # the patches only (timm's global_pool="avg")
+    else:
+        pool = {k[len("attn_pool.") :]: v for k, v in params.items() if k.startswith("attn_pool.")}
+        features, probs = attention_pool(
+            x[:, c.num_prefix_tokens :],
+            pool,
+            c.num_heads,
+            c.act,
+            c.layer_norm_eps,
+            return_probs=return_attention,
+            attention_delta=pool_delta,
+        )
+    if c.fc_norm:
+        features = layer_norm(features, params["fc_norm.scale"], params["fc_norm.bias"], c.layer_norm_eps)
+    return features, probs
 
 
 def forward(
@@ -159,45 +242,69 @@ def forward(
     reductions=None,
     attention_delta=None,
 ) -> dict:
-    """Run the model on preprocessed NHWC images (B, H, W, 3); H, W multiples of the patch.
+    """Run the model on preprocessed images (B, Y, X, 3); Y, X multiples of the patch.
 
     Returns a dict:
-      "features": (B, D) the final-normed CLS token (DeiT distilled: mean of CLS and dist;
-        models with a pre-logits layer: its tanh output, (B, representation_size));
-      "logits": (B, classes), only when the model has a head;
-      "logits_cls", "logits_dist": (B, classes) each, DeiT distilled with a head: the two heads
+      "features": (B, D) the pooled output after the final norm: the class token (DeiT
+        distilled: the mean of class and distillation tokens), the mean of the patch tokens, or
+        the attention-pool head's output, as config.pool says (models with a pre-logits
+        layer: its tanh output, (B, representation_size));
+      "logits": (B, C), only when the model has a head;
+      "logits_cls", "logits_dist": (B, C) each, DeiT distilled with a head: the two heads
         whose mean is "logits";
-      "attention": list of (B, heads, T, T) softmax probabilities, one per block, on request;
-      "hidden": list of depth + 1 arrays (B, T, D): the embeddings and each block's output,
-        on request;
+      "embedding": (B, proj_dim), the features through the output projection (CLIP's image
+        embedding, not L2-normalised), when the model has one;
+      "attention": list of (B, H, T, T) softmax probabilities, one per block, on request;
+      "pool_attention": (B, H, N), the attention-pool head's query over the patches (pool
+        "map"), with the attention on request;
+      "hidden": list of L + 1 arrays (B, T, D): the input of the first block (after CLIP's
+        pre-norm) and each block's output, before the final norm, on request;
       "reductions": dict of small arrays, when `reductions` (a `vitops.analysis.Reductions`)
         names analyses to compute block by block; only one block's maps exist at a time.
-    attention_delta: list of one array per block, broadcastable to (B, heads, T, T), added to
-      that block's attention probabilities (zeros change nothing; the gradient with respect to
-      them is the gradient with respect to the probabilities, see `ops.attention`).
+    attention_delta: list of one array per block, broadcastable to (B, H, T, T), and for pool
+      "map" one more, broadcastable to (B, H, N), added to the attention probabilities (zeros
+      change nothing; the gradient with respect to them is the gradient with respect to the
+      probabilities, see `ops.attention`).
     """
-    if attention_delta is not None and len(attention_delta) != config.depth:
+    c = config
+    wanted = c.depth + (c.pool == "map")
+    if attention_delta is not None and len(attention_delta) != wanted:
         raise AnalysisError(
-            f"attention_delta needs one array per block ({config.depth}), got {len(attention_delta)}"
+            f"attention_delta needs one array per block ({c.depth})"
+            + (" and one for the attention-pool head" if c.pool == "map" else "")
+            + f", got {len(attention_delta)}"
         )
-    grid = check_images(images, config)
-    x = embed(params, config, images)
+    grid = check_images(images, c)
+    x = embed(params, c, images)
+    tables = rope(c, grid)
     attentions: list = []
     hidden: list = [x] if return_hidden else []
     need_probs = return_attention or (reductions is not None and reductions.needs_attention)
-    all_tokens = return_hidden or (reductions is not None and reductions.needs_all_tokens)
-    state = reductions.start(x, config, grid) if reductions is not None else None
+    # The class token alone leaves the last block unless the pooling, the hidden states or a
+    # reduction read the other tokens.
+    all_tokens = (
+        return_hidden or c.pool != "token" or (reductions is not None and reductions.needs_all_tokens)
+    )
+    state = reductions.start(x, c, grid) if reductions is not None else None
     # Maps that only the reductions read, block by block, can share one buffer (see attention).
     scratch: dict | None = {} if state is not None and not return_attention else None
-    for i in range(config.depth):
-        last = i == config.depth - 1
+    for i in range(c.depth):
+        last = i == c.depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
-        # the hidden states are asked for, its other tokens' outputs are never computed (the
-        # result is the same; about 1/16 of ViT-B's work is skipped).
-        last_only = config.num_prefix_tokens if last and not all_tokens else None
+        # the other tokens are read, their outputs are never computed (the result is the same;
+        # about 1/16 of ViT-B's work is skipped).
+        last_only = c.num_prefix_tokens if last and not all_tokens else None
         delta = None if attention_delta is None else attention_delta[i]
         x, probs = block(
-            params, config, i, x, need_probs, num_queries=last_only, attention_delta=delta, scratch=scratch
+            params,
+            c,
+            i,
+            x,
+            need_probs,
+            num_queries=last_only,
+            attention_delta=delta,
+            scratch=scratch,
+            rope=tables,
         )
         if return_attention:
             attentions.append(probs)
@@ -205,28 +312,31 @@ def forward(
             hidden.append(x)
         if state is not None:
             state = reductions.step(state, x, probs, last)
-    x = layer_norm(x, params["norm.scale"], params["norm.bias"], config.layer_norm_eps)
+    if not c.fc_norm:
+        x = layer_norm(x, params["norm.scale"], params["norm.bias"], c.layer_norm_eps)
+    pool_delta = attention_delta[c.depth] if attention_delta is not None and c.pool == "map" else None
+    features, pool_probs = _pool(params, c, x, need_probs, pool_delta)
     out = {}
-    if config.distilled:
-        cls, dist = x[:, 0], x[:, 1]
-        out["features"] = (cls + dist) / 2
-        if config.num_classes:
+    if c.representation_size:  # Google i21k: pre_logits = tanh(dense(cls))
+        features = ops.tanh(dense(features, params["pre_logits.kernel"], params["pre_logits.bias"]))
+    out["features"] = features
+    if c.num_classes:
+        if c.distilled:
             # Both heads are kept apart for distillation training (DeiT, Sec. 4); inference
             # averages them.
-            out["logits_cls"] = dense(cls, params["head.kernel"], params["head.bias"])
-            out["logits_dist"] = dense(dist, params["head_dist.kernel"], params["head_dist.bias"])
+            out["logits_cls"] = dense(x[:, 0], params["head.kernel"], params["head.bias"])
+            out["logits_dist"] = dense(x[:, 1], params["head_dist.kernel"], params["head_dist.bias"])
             out["logits"] = (out["logits_cls"] + out["logits_dist"]) / 2
-    else:
-        features = x[:, 0]
-        if config.representation_size:  # Google i21k: pre_logits = tanh(dense(cls))
-            features = ops.tanh(dense(features, params["pre_logits.kernel"], params["pre_logits.bias"]))
-        out["features"] = features
-        if config.num_classes:
+        else:
             out["logits"] = dense(features, params["head.kernel"], params["head.bias"])
+    if c.proj_dim:
+        out["embedding"] = dense(features, params["proj.kernel"])
     if return_attention:
         out["attention"] = attentions
+        if pool_probs is not None:
+            out["pool_attention"] = pool_probs
     if return_hidden:
         out["hidden"] = hidden
     if state is not None:
-        out["reductions"] = reductions.finish(state)
+        out["reductions"] = reductions.finish(state, pool_probs)
     return out
