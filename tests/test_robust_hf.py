@@ -63,8 +63,15 @@ def edited(src, dst, name, change):
         ("config.json", {"layer_norm_eps": -1e-12}, "layer_norm_eps must be in"),  # converted, then NaN
         ("config.json", {"layer_norm_eps": "tiny"}, "layer_norm_eps must be a number"),
         ("config.json", {"image_size": [32, 32, 3]}, "image_size must be an integer or"),
-        ("config.json", {"model_type": ["vit"]}, "model_type \\['vit'\\] is not a ViT"),
-        ("config.json", {"qkv_bias": "yes"}, "qkv_bias='yes' is not supported"),
+        ("config.json", {"model_type": ["vit"]}, "model_type \\['vit'\\] is not one vitops converts"),
+        ("config.json", {"qkv_bias": "yes"}, "qkv_bias must be true or false, got 'yes'"),
+        ("config.json", {"qkv_bias": False}, "qkv_bias=false is not supported"),
+        ("config.json", {"hidden_act": "relu"}, "hidden_act 'relu' is not one vitops implements"),
+        (
+            "config.json",
+            {"model_type": "siglip_vision_model"},
+            "the tensors are not of one: class_token True",
+        ),
         ("config.json", {"num_channels": 1}, "num_channels 1"),
         ("config.json", {"id2label": {"0": "a", "1": "b"}}, "2 class names for a head of 3 classes"),
         ("config.json", {"id2label": {"0": "a", "2": "b", "3": "c"}}, "id2label indices are not 0..2"),

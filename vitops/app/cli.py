@@ -20,13 +20,25 @@ def _convert(args) -> int:
     from ..converters import convert
 
     config = convert(
-        args.src, args.dst, arch=args.arch, format=args.format, which=args.which, labels=args.labels
+        args.src,
+        args.dst,
+        arch=args.arch,
+        format=args.format,
+        which=args.which,
+        labels=args.labels,
+        act=args.act,
     )
     head = f"{config.num_classes} classes" if config.num_classes else "headless (features)"
+    if config.proj_dim:
+        head += f", a {config.proj_dim}-dim projection"
+    extras = [f"{config.reg_tokens} registers"] if config.reg_tokens else []
+    extras += ["no class token"] if not config.class_token else []
+    extras += ["2-D RoPE"] if config.rope_base else []
     print(
         f"wrote {args.dst}: {config.name or 'custom ViT'} ({config.family}), "
         f"{config.image_size[0]}x{config.image_size[1]} px, patch {config.patch_size}, "
-        f"dim {config.dim}, depth {config.depth}, {config.num_heads} heads, {head}"
+        f"dim {config.dim}, depth {config.depth}, {config.num_heads} heads, {config.act}, "
+        + ", ".join([head, *extras])
     )
     if not args.arch:
         print(
@@ -149,12 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from ..converters import FORMATS
     from ..converters.releases import WHICH
+    from ..core.config import ACTIVATIONS
 
     p = sub.add_parser("convert", help="convert a checkpoint into a vitops .safetensors file")
     p.add_argument(
         "src",
-        help="checkpoint: timm .safetensors/.pth, DeiT or DINO release .pth, "
-        "Hugging Face directory (or its weight file), Google .npz",
+        help="checkpoint: timm .safetensors/.pth, a release file (DeiT, DINO, DINOv2, DINOv3, "
+        "OpenCLIP), Hugging Face directory (or its weight file), Google .npz",
     )
     p.add_argument("dst", help="output vitops .safetensors file (written atomically)")
     p.add_argument(
@@ -170,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=WHICH[0],
         choices=WHICH,
         help="for DINO training checkpoints: which network to convert",
+    )
+    p.add_argument(
+        "--act",
+        choices=ACTIVATIONS,
+        help="MLP activation where the checkpoint cannot say: quick_gelu for OpenAI's CLIP "
+        "weights, gelu for LAION's (default: from --arch, the format, or gelu)",
     )
     p.add_argument(
         "--labels",

@@ -1,15 +1,18 @@
 """Convert foreign checkpoints into one vitops .safetensors file.
 
     convert(src, dst, arch=None, format=None, which="teacher", labels=None,
-            preprocessing=None) -> ViTConfig
+            preprocessing=None, act=None) -> ViTConfig
 
 Formats (detected, or named with `format`):
-  timm   timm state dicts, .safetensors (timm's hub files) or .pth
-  deit   DeiT release .pth files ({"model": state_dict})
-  dino   DINO release .pth files: backbones, or training checkpoints with teacher/student
-  hf     Hugging Face ViT / DeiT / DINO: a save_pretrained directory, or its weight file
-         (.safetensors or .bin) with config.json beside it
-  npz    Google .npz (original, augreg, big_vision; ImageNet-21k pre-logits included)
+  timm      timm state dicts, .safetensors (timm's hub files) or .pth: every family
+  deit      DeiT and DeiT III release .pth files ({"model": state_dict})
+  dino      DINO release .pth files: backbones, or training checkpoints with teacher/student
+  dinov2    DINOv2 release .pth files, with and without registers
+  dinov3    DINOv3 release .pth files
+  openclip  OpenCLIP / OpenAI CLIP state dicts (the image tower under "visual.")
+  hf        Hugging Face ViT, DeiT, Dinov2 (with registers), CLIP, SigLIP and DINOv3 models: a
+            save_pretrained directory, or its weight file with config.json beside it
+  npz       Google .npz (original, augreg, big_vision; ImageNet-21k pre-logits included)
 
 Class names and preprocessing travel with the weights (metadata "labels" and
 "preprocessing"; sources in convert/labels.py and convert/preprocessing.py).
@@ -17,23 +20,24 @@ Class names and preprocessing travel with the weights (metadata "labels" and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
-from ..core.config import ViTConfig
+from ..core.config import ACTIVATIONS, ViTConfig
 from ..errors import ConfigError, ConversionError, capped, clip
 from ..io import weight_file
 from ..io.temporary import atomic_output
 from ..preprocess import Preprocessing
 from .checkpoint_files import flatten_tensors, read_checkpoint
-from .hf import find_files, hf_config, hf_to_timm, is_hf_state_dict, read_hf_info
+from .hf import find_files, hf_config, hf_to_timm, ignored, is_hf_state_dict, missing_bias, read_hf_info
 from .labels import check_labels, default_labels, read_labels_file
 from .npz import is_npz_dict, npz_to_vitops, read_npz
 from .preprocessing import given_preprocessing, hf_preprocessing, timm_preprocessing
-from .releases import WHICH, is_wrapped, unwrap
+from .releases import POS_INTERP, RELEASES, TO_TIMM, WHICH, is_wrapped, kept, release_format, unwrap
 from .timm import checked_arch, is_timm_state_dict, timm_to_vitops
 
-FORMATS = ("timm", "deit", "dino", "hf", "npz")
+FORMATS = ("timm", *RELEASES, "hf", "npz")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Checkpoint:
 def detect_format(sd) -> str:
     if is_wrapped(sd):
         return unwrap(sd)[1]
+    if release_format(sd):
+        return release_format(sd)
     if is_npz_dict(sd):
         return "npz"
     if is_hf_state_dict(sd):
@@ -77,7 +83,9 @@ def _apply_arch(config: ViTConfig, arch: str | None) -> ViTConfig:
 def _load_hf(src, arch) -> Checkpoint:
     wfile, cfile, pfile = find_files(src)
     info = read_hf_info(cfile, pfile)  # the JSON files first: cheap, and they bound the model
-    sd = hf_to_timm(flatten_tensors(read_checkpoint(wfile), wfile))
+    raw = read_checkpoint(wfile)
+    tensors = flatten_tensors({k: v for k, v in raw.items() if not ignored(k)}, wfile)
+    sd = hf_to_timm(tensors, info.model_type, missing_bias(info))
     config = _apply_arch(hf_config(info, sd), arch)
     params, config = timm_to_vitops(sd, config=config)
     pre = None
@@ -91,7 +99,7 @@ def _load_hf(src, arch) -> Checkpoint:
     return Checkpoint(params, config, "hf", wfile, labels, f"{cfile} id2label", pre)
 
 
-def _load(src, arch, format, which) -> Checkpoint:
+def _load(src, arch, format, which, act) -> Checkpoint:
     if os.path.isdir(src) or format == "hf":
         return _load_hf(src, arch)
     if src.endswith(".npz") or format == "npz":
@@ -104,22 +112,46 @@ def _load(src, arch, format, which) -> Checkpoint:
     if fmt == "npz":
         params, config = npz_to_vitops(flatten_tensors(raw, src))
         return Checkpoint(params, _apply_arch(config, arch), "npz", src)
-    sd, fmt = unwrap(raw, which) if is_wrapped(raw) else (raw, fmt)
-    prefer = fmt if fmt in ("deit", "dino") else None
-    params, config = timm_to_vitops(flatten_tensors(sd, src), arch, prefer=None if arch else prefer)
+    if is_wrapped(raw):
+        sd, found = unwrap(raw, which)
+        fmt = format or found
+    else:
+        sd = raw
+    openai = fmt == "openclip" and "input_resolution" in sd  # OpenAI's own state dicts hold it
+    tensors = flatten_tensors({k: v for k, v in sd.items() if kept(fmt, k)}, src)
+    if fmt in TO_TIMM:
+        tensors = TO_TIMM[fmt](tensors)
+    if fmt == "openclip" and act is None and not arch and not openai:
+        raise ConversionError(
+            f"{src}: an OpenCLIP state dict does not say which activation its tower was trained "
+            "with: pass act='quick_gelu' (OpenAI's weights, open_clip's *-quickgelu models) or "
+            "act='gelu' (--act on the command line)"
+        )
+    prefer = fmt if fmt in ("deit", "dino", "dinov2") else None
+    params, config = timm_to_vitops(tensors, arch, prefer=None if arch else prefer)
+    if fmt in POS_INTERP:
+        config = config.replace(pos_interp=POS_INTERP[fmt](sd))
+    if openai and act is None:
+        config = config.replace(act="quick_gelu")
     return Checkpoint(params, config, fmt, src)
 
 
-def load_checkpoint(src, arch=None, format=None, which="teacher") -> Checkpoint:
+def load_checkpoint(src, arch=None, format=None, which="teacher", act=None) -> Checkpoint:
     """Read any supported checkpoint into vitops arrays and config; every problem is a
-    ConversionError naming the file."""
+    ConversionError naming the file. `act` sets the activation where the tensors cannot
+    tell it (a CLIP tower: OpenAI's QuickGELU or GELU)."""
     src = os.fspath(src)
+    if act is not None and act not in ACTIVATIONS:
+        raise ConversionError(f"unknown activation {clip(act)}; one of {', '.join(ACTIVATIONS)}")
     if format is not None and format not in FORMATS:
         raise ConversionError(f"unknown format {clip(format)}; known formats: {', '.join(FORMATS)}")
     if which not in WHICH:
         raise ConversionError(f"which must be one of {', '.join(WHICH)}, got {clip(which)}")
     try:
-        return _load(src, arch, format, which)
+        ck = _load(src, arch, format, which, act)
+        if act is not None and act != ck.config.act:
+            ck = dataclasses.replace(ck, config=ck.config.replace(act=act))
+        return ck
     except ConfigError as e:  # shapes or a name that make no valid ViT: say which file
         raise ConversionError(f"{src}: {e}") from None
 
@@ -132,6 +164,7 @@ def convert(
     which: str = "teacher",
     labels=None,
     preprocessing=None,
+    act: str | None = None,
 ) -> ViTConfig:
     """Convert checkpoint `src` into vitops file `dst`; returns the model's config.
 
@@ -140,6 +173,8 @@ def convert(
     1000-class timm/DeiT/Google head. preprocessing: a Preprocessing or a mapping of its fields
     (a registry entry's); default: the checkpoint's own files, else timm's pretrained config
     for `arch` with a tag (when timm is installed), else none recorded (family defaults).
+    act: the MLP activation, where the checkpoint cannot say (a CLIP tower trained with
+    QuickGELU, as OpenAI's were, or GELU); it replaces what the tensors or `arch` give.
 
     The destination is checked first (a folder, an unwritable place), everything else before
     anything is written, and the write is atomic: on any error or interruption `dst` is left
@@ -160,7 +195,7 @@ def convert(
     if preprocessing is not None:
         given_preprocessing(preprocessing, Preprocessing.for_family("vit"))  # fail early
     with atomic_output(dst, ConversionError, weight_file.is_weight_file, "vitops weight file") as tmp:
-        ck = load_checkpoint(src, arch, format, which)
+        ck = load_checkpoint(src, arch, format, which, act)
         config = ck.config
         names, source = (labels, "the labels given") if labels is not None else (ck.labels, ck.labels_source)
         if names is None and config.num_classes:

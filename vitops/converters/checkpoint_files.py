@@ -50,6 +50,13 @@ def read_torch_pickle(path) -> dict:
             f"reading {path} (a PyTorch pickle) needs PyTorch installed; "
             "or convert a .safetensors file instead"
         ) from e
+    if is_torchscript(path):
+        raise ConversionError(
+            f"{path} is a TorchScript archive (as OpenAI's CLIP .pt files are): a program, which "
+            "vitops does not run to read weights. Export its state dict where you trust it, "
+            "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'clip.pth'), "
+            "and convert that (format openclip), or convert timm's or Hugging Face's copy"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors, truncation, refused globals
@@ -60,6 +67,19 @@ def read_torch_pickle(path) -> dict:
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def is_torchscript(path) -> bool:
+    """A TorchScript archive: a zip whose members include the serialised code (code/...) and
+    constants.pkl, which torch.save's zip files never hold."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def _is_float(value) -> bool:

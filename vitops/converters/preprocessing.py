@@ -40,9 +40,10 @@ def _side(value, source, key):
 def hf_preprocessing(p: Mapping, base: Preprocessing, source: str) -> Preprocessing:
     """A Hugging Face image processor config -> Preprocessing, fields it lacks from `base`.
 
-    ViTImageProcessor resizes to `size` without cropping (crop_pct 1.0; vitops keeps the aspect
-    ratio and takes the centre, which differs for non-square images); DeiT's resizes to `size`
-    and centre-crops `crop_size` (crop_pct = crop_size / size).
+    ViTImageProcessor, SigLIP's and DINOv3's resize to `size` {"height", "width"} without
+    cropping and without keeping the aspect ratio (crop_pct 1.0, keep_aspect False); DeiT's,
+    CLIP's and Dinov2's resize the short side and centre-crop `crop_size` (crop_pct =
+    crop_size / short side).
     """
     fields = {}
     for key, target in (("image_mean", "mean"), ("image_std", "std")):
@@ -72,8 +73,8 @@ def hf_preprocessing(p: Mapping, base: Preprocessing, source: str) -> Preprocess
         resized_short = short or (min(resize) if resize else None)
         if resized_short:
             fields["crop_pct"] = min(out) / resized_short
-    elif resize is not None:
-        fields["size"], fields["crop_pct"] = list(resize), 1.0
+    elif resize is not None:  # resized to (height, width) whatever the aspect ratio, uncropped
+        fields["size"], fields["crop_pct"], fields["keep_aspect"] = list(resize), 1.0, False
     if "crop_pct" in p and p["crop_pct"] is not None:
         fields["crop_pct"] = p["crop_pct"]
     try:

@@ -84,6 +84,7 @@ _TOP = {
     "head.bias": ("head.bias", None),
     "head_dist.weight": ("head_dist.kernel", _T),
     "head_dist.bias": ("head_dist.bias", None),
+    "proj.weight": ("proj.kernel", _T),  # the other formats' bias-free projection
 }
 # Ranks the layouts above rely on (tokens and tables as timm stores them, (1, T, D), or flat).
 _NDIM = {
@@ -93,6 +94,7 @@ _NDIM = {
     "dist_token": (1, 2, 3),
     "reg_token": (2, 3),
     "attn_pool.latent": (1, 2, 3),
+    "proj.weight": (2,),
 }
 # DeiT III's release files and timm's Eva (DINOv3) name LayerScale gamma_1 and gamma_2.
 _RENAMES = ((re.compile(r"^(blocks\.\d+\.)gamma_([12])$"), r"\1ls\2.gamma"),)
@@ -144,9 +146,28 @@ def _zero(sd, key) -> bool:
     return key in sd and not np.any(np.asarray(sd[key]))
 
 
+def unplaced(sd: Mapping) -> list[str]:
+    """Tensors no ViT of the family has a place for (by name)."""
+    out = []
+    for key in sd:
+        m = _BLOCK_KEY.match(key)
+        if not (
+            key in _TOP or (m and (m.group(2) in _BLOCK or m.group(2) in ("attn.q_bias", "attn.v_bias")))
+        ):
+            out.append(key)
+    return sorted(out)
+
+
 def structure(sd: Mapping) -> dict:
     """What the tensors say of the architecture, as ViTConfig fields: sizes from their shapes,
-    the config deltas from which tensors exist."""
+    the config deltas from which tensors exist. Tensors with no place are an error first: they
+    say more about an unsupported variant than a tensor it lacks."""
+    unknown = unplaced(sd)
+    if unknown:
+        raise ConversionError(
+            f"{len(unknown)} tensor(s) of this checkpoint have no place in the ViT family vitops runs "
+            f"(an unsupported variant?): {capped(unknown, 20)}"
+        )
     problems = _rank_problems(sd)
     if problems:
         raise ConversionError(f"tensors of the wrong rank or empty for a ViT: {capped(problems)}")
@@ -182,9 +203,12 @@ def structure(sd: Mapping) -> dict:
         fc_norm="fc_norm.weight" in sd and "norm.weight" not in sd,
     )
     n_classes = np.shape(sd["head.weight"])[0] if "head.weight" in sd else 0
-    # CLIP's projection is timm's head with a zero bias (timm's OpenAI conversion writes zeros)
-    projection = facts["pre_norm"] and n_classes and _zero(sd, "head.bias")
-    facts.update(num_classes=0 if projection else n_classes, proj_dim=n_classes if projection else 0)
+    if "proj.weight" in sd:  # a bias-free projection, as the other formats name it (torch layout)
+        facts.update(num_classes=n_classes, proj_dim=_shape(sd, "proj.weight", "the projection")[0])
+    else:
+        # CLIP's projection is timm's head with a zero bias (timm's OpenAI conversion writes zeros)
+        projection = facts["pre_norm"] and n_classes and _zero(sd, "head.bias")
+        facts.update(num_classes=0 if projection else n_classes, proj_dim=n_classes if projection else 0)
     prefix = int(facts["class_token"]) + int(facts["distilled"])
     if "pos_embed" in sd:
         rows = _shape(sd, "pos_embed", "the position embedding")[-2]
@@ -266,6 +290,13 @@ def infer_config(
     facts = structure(sd)
     if arch:  # the head count and the rest come from the name; what the tensors say is checked
         base = checked_arch(arch, {k: facts[k] for k in _CHECKED})
+        if "proj.weight" in sd:  # a projection by name: the head, if any, is a classifier
+            if base.proj_dim not in (0, facts["proj_dim"]):
+                raise ConversionError(
+                    f"checkpoint does not match architecture {arch!r}: a projection to "
+                    f"{base.proj_dim} dims, checkpoint's has {facts['proj_dim']}"
+                )
+            return base.replace(num_classes=facts["num_classes"], proj_dim=facts["proj_dim"])
         heads = facts["num_classes"] + facts["proj_dim"]
         if base.proj_dim:  # the named tower ends in a projection: the checkpoint's head is it
             if heads != base.proj_dim:
@@ -365,7 +396,7 @@ def timm_to_vitops(
         if m and sub in _BLOCK:
             new, fn = _BLOCK[sub]
             new = f"blocks.{m.group(1)}.{new}"
-        elif key in ("head.weight", "head.bias") and config.proj_dim:
+        elif key in ("head.weight", "head.bias") and config.proj_dim and "proj.weight" not in sd:
             if key == "head.bias":  # a projection has none: timm's zero bias goes, a real one is refused
                 if np.any(arr):
                     raise ConversionError(

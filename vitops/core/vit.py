@@ -143,7 +143,8 @@ def embed(params, config: ViTConfig, images):
             x.dtype,
         )
         x = x + pos[covered:]
-        prefix = [t + pos[j] for j, t in enumerate(prefix)] if covered else prefix
+        # ops.add, not +: the params may be plain numpy arrays (numpy + torch tensor fails)
+        prefix = [ops.add(pos[j], ops.cast(t, x.dtype)) for j, t in enumerate(prefix)] if covered else prefix
     tokens = [ops.stack(prefix)] if prefix else []  # (P0, D)
     if config.reg_tokens:  # registers have no position (Darcet et al. 2024)
         tokens.append(params["reg_tokens"])
