@@ -386,3 +386,55 @@ def test_openclip_without_its_activation_and_torchscript_are_clear_errors(tmp_pa
     with pytest.raises(ConversionError, match="TorchScript archive"):
         vitops.convert(tmp_path / "ViT-B-16.pt", tmp_path / "p.safetensors")
     assert not os.path.exists(tmp_path / "p.safetensors")
+
+
+# ---- the registry's entries for these families, at their real sizes ----
+
+
+@pytest.mark.parametrize(
+    "entry,timm_name,kwargs",
+    [
+        ("dinov2_vits14", "vit_small_patch14_dinov2", {}),
+        ("dinov2_vits14_reg4", "vit_small_patch14_reg4_dinov2", {}),
+        ("deit3_small_patch16_224", "deit3_small_patch16_224", {}),
+        ("dinov3_vits16", "vit_small_patch16_dinov3", dict(global_pool="token")),
+        ("siglip_vitb16_webli", "vit_base_patch16_siglip_224", {}),
+        ("clip_vitb16_openai", "vit_base_patch16_clip_quickgelu_224", dict(num_classes=512)),
+    ],
+)
+def test_registry_entries_convert_their_source_layout(tmp_path, monkeypatch, entry, timm_name, kwargs):
+    """Each entry's arch, format and preprocessing, on a random checkpoint of its source's layout
+    (the download itself is tested in test_hub): the converted model matches timm."""
+    from vitops import hub
+    from vitops.preprocess import Preprocessing
+
+    monkeypatch.delenv("VITOPS_REGISTRY", raising=False)
+    e = hub.registry()[entry]
+    ref = make_timm(timm_name, seed=6, **kwargs)
+    if e["format"] == "timm":
+        save_state_dict(ref, tmp_path / "src.safetensors")
+        src = tmp_path / "src.safetensors"
+    else:
+        if e["format"] == "openclip":
+            projection_head(ref)
+        if e["format"] == "deit":  # DeiT III's models_v2.py names LayerScale gamma_1, gamma_2
+            names = {
+                k: k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2") for k in ref.state_dict()
+            }
+            layout = {"model": {names[k]: v for k, v in ref.state_dict().items()}}
+        else:
+            layout = release_of(ref, e["format"])
+        layout.pop("input_resolution", None)  # open_clip's state dicts do not carry it
+        src = tmp_path / "src.pth"
+        torch.save(layout, src)
+    config = vitops.convert(
+        src, tmp_path / "m.safetensors", arch=e["arch"], format=e["format"], preprocessing=e["preprocessing"]
+    )
+    model = vitops.load(tmp_path / "m.safetensors")
+    assert Preprocessing.for_model(config, model.metadata) == Preprocessing.for_family(
+        config.family, config.image_size
+    )
+    key = "embedding" if config.proj_dim else "logits" if config.num_classes else "features"
+    x = np.random.default_rng(0).standard_normal((1, *config.image_size, 3)).astype(np.float32)
+    out, att, _ = compare(model, timm_outputs(ref, x), x, key)
+    assert out < 1e-5 and att < 1e-6, (out, att)

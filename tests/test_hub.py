@@ -15,6 +15,7 @@ from vitops import hub
 from vitops.converters import FORMATS
 from vitops.core.variants import get_config
 from vitops.errors import HubError
+from vitops.hub.registry import PUBLISHED_SCORES
 
 # The reference implementations: without them the module is skipped, not an error.
 torch = pytest.importorskip("torch")
@@ -175,6 +176,11 @@ def test_every_registry_entry_is_well_formed():
     for size in ("tiny", "small", "base"):
         required |= {f"deit_{size}_patch16_224", f"deit_{size}_distilled_patch16_224"}
     required |= {"deit_base_patch16_384", "deit_base_distilled_patch16_384"}
+    for short in "sblg":
+        required |= {f"dinov2_vit{short}14", f"dinov2_vit{short}14_reg4"}
+    required |= {f"deit3_{size}_patch16_224" for size in ("small", "base", "large")}
+    required |= {"clip_vitb16_openai", "clip_vitl14_openai", "siglip_vitb16_webli"}
+    required |= {f"dinov3_vit{short}16" for short in "sbl"}
     assert required <= set(entries)
     for name, e in entries.items():
         config = get_config(e["arch"])
@@ -194,5 +200,11 @@ def test_every_registry_entry_is_well_formed():
         assert pub["source"], name
         numbers = [v for k, v in pub.items() if k.startswith("imagenet")]
         assert all(v is None or 50 < v < 100 for v in numbers), name
-        if config.family == "dino":
+        if config.family in ("dino", "dinov2"):
             assert pub["imagenet_knn"] and pub["imagenet_linear"], name
+        if config.family in ("clip", "siglip"):
+            assert pub["imagenet_zeroshot"] and config.act == (
+                "quick_gelu" if "openai" in name else "gelu"
+            ), name
+        assert {k for k in pub if k.startswith("imagenet")} <= set(PUBLISHED_SCORES), name
+        assert (config.reg_tokens == 4) == ("reg4" in name or config.family == "dinov3"), name

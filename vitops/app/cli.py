@@ -52,6 +52,7 @@ def _models(args) -> int:
     from ..core.variants import VARIANTS
     from ..hub import cache as hub
     from ..hub import shipped
+    from ..hub.registry import PUBLISHED_SCORES
 
     entries = hub.registry()
     cache = hub.home()
@@ -62,17 +63,13 @@ def _models(args) -> int:
     for name, e in entries.items():
         pub = e.get("published") or {}
         score = (
-            f"top-1 {pub['imagenet_top1']}"
-            if pub.get("imagenet_top1")
-            else f"k-NN {pub.get('imagenet_knn')} / linear {pub.get('imagenet_linear')}"
-            if "imagenet_knn" in pub
-            else "top-1 n/a"
+            " / ".join(f"{label} {pub[k]}" for k, label in PUBLISHED_SCORES.items() if pub.get(k)) or "n/a"
         )
         try:
             cached = "cached" if hub.cached_path(name).exists() else ""
         except (VitopsError, OSError):
             cached = ""
-        print(f"  {name:34s} {str(e.get('arch') or '-'):34s} {score:26s} {cached}")
+        print(f"  {name:34s} {str(e.get('arch') or '-'):38s} {score:26s} {cached}")
     print("\nArchitectures (for --arch):")
     print(
         f"{'name':34s} {'family':6s} {'size':>7s} {'patch':>5s} {'dim':>5s} {'depth':>5s} "

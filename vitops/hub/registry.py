@@ -20,6 +20,16 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Checkpoint files vitops converts, by extension (convert._io reads them by extension).
 SOURCE_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz")
 MAX_REGISTRY_CHARS = 4 << 20
+# The published scores an entry may quote (key in "published" -> how `vitops models` names it):
+# supervised top-1, self-supervised k-NN and linear probes, zero-shot with the text tower
+# (CLIP, SigLIP), linear probes on the ImageNet-ReaL labels (DINOv3's model card).
+PUBLISHED_SCORES = {
+    "imagenet_top1": "top-1",
+    "imagenet_knn": "k-NN",
+    "imagenet_linear": "linear",
+    "imagenet_zeroshot": "zero-shot",
+    "imagenet_real_linear": "ReaL linear",
+}
 
 
 def is_safe_name(name) -> bool:
