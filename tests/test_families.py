@@ -438,3 +438,78 @@ def test_registry_entries_convert_their_source_layout(tmp_path, monkeypatch, ent
     x = np.random.default_rng(0).standard_normal((1, *config.image_size, 3)).astype(np.float32)
     out, att, _ = compare(model, timm_outputs(ref, x), x, key)
     assert out < 1e-5 and att < 1e-6, (out, att)
+
+
+# ---- analyses that know registers and class-free models ----
+
+
+def test_attention_mass_against_float64_numpy():
+    from vitops.analysis import attention_mass
+
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((2, 3, 9, 12))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # (B, H, Q, T)
+    got = to_np(attention_mass(probs.astype(np.float32), 1, 4))
+    received = probs.mean(axis=2)
+    want = np.stack([received[..., :1].sum(-1), received[..., 1:5].sum(-1), received[..., 5:].sum(-1)], -1)
+    assert np.abs(got - want).max() < 1e-6
+    assert np.allclose(got.sum(-1), 1.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def register_and_pool_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("families")
+    files = {}
+    for name, kwargs in (
+        ("vit_small_patch14_reg4_dinov2", dict(img_size=56)),
+        ("vit_base_patch16_siglip_224", dict(img_size=64)),
+    ):
+        ref = make_timm(name, seed=8, **{**SMALL, **kwargs})
+        save_state_dict(ref, folder / f"{name}.timm.safetensors")
+        vitops.convert(folder / f"{name}.timm.safetensors", folder / f"{name}.safetensors")
+        files[name] = folder / f"{name}.safetensors"
+    return files
+
+
+def test_token_mass_in_the_forward_pass_equals_the_maps(register_and_pool_models):
+    from vitops.analysis import Reductions, attention_mass
+
+    model = vitops.load(register_and_pool_models["vit_small_patch14_reg4_dinov2"])
+    x = np.random.default_rng(3).standard_normal((2, 56, 42, 3)).astype(np.float32)
+    out = model.infer(x, return_attention=True, reductions=Reductions(token_mass=True, rollout="cls"))
+    got = to_np(out["reductions"]["token_mass"])  # (B, L, 3)
+    want = np.stack([to_np(attention_mass(a, 1, 4)).mean(axis=1) for a in out["attention"]], axis=1)
+    assert got.shape == (2, 2, 3) and np.abs(got - want).max() < 1e-6
+    assert (got[..., 1] > 0.01).all()  # random registers do receive attention
+    assert to_np(out["reductions"]["rollout"]).shape == (2, 4 * 3)  # the patches only
+
+
+def test_analyze_a_registers_model_and_a_siglip_tower(register_and_pool_models, tmp_path):
+    """The report of DINOv2 with registers and SigLIP: maps over the patches only, the registers'
+    share of attention, and the pooling query standing in for SigLIP's missing class token."""
+    import json
+
+    from vitops.app.commands import analyze
+    from vitops.hub.shipped import samples
+
+    dinov2, siglip = register_and_pool_models.values()
+    summary = analyze(
+        [str(dinov2), str(siglip)], [str(p) for p in samples()[:5]], tmp_path / "out", show=2, progress=False
+    )
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "token_mass.png" in summary["figures"]
+    for label, grid, registers, query in (
+        ("vit_small_patch14_reg4_dinov2", (4, 4), 4, "class token"),
+        ("vit_base_patch16_siglip_224", (4, 4), 0, "attention-pool query (no class token)"),
+    ):
+        m = next(v for k, v in metrics["models"].items() if k.startswith(label))
+        assert np.shape(m["rollout"]["mean"]) == grid
+        sample = next(iter(m["samples"].values()))
+        assert np.shape(sample["rollout"]) == grid and np.shape(sample["cls_attention"]) == (2, *grid)
+        assert m["tokens"] == {"class": int(registers > 0), "registers": registers, "patches": 16}
+        assert m["query"] == query
+        mass = np.asarray(m["token_mass"]["mean"])  # (L, 3)
+        assert mass.shape == (2, 3) and np.allclose(mass.sum(-1), 1.0, atol=1e-5)
+        assert (mass[:, 1] > 0.01).all() if registers else (mass[:, :2] == 0).all()
+    assert "The registers receive" in page and "attention-pool head's query stands in" in page

@@ -36,6 +36,11 @@ def converted(tmp_path, name, **kwargs):
         ("vit_small_patch16_224", {"num_classes": 7}),
         ("deit_tiny_distilled_patch16_224", {"num_classes": 7}),
         ("vit_small_patch16_224.dino", {"num_classes": 5}),
+        # registers between the class token and the patches (Darcet et al. 2024)
+        ("vit_small_patch16_224", {"num_classes": 7, "reg_tokens": 4, "no_embed_class": True}),
+        ("deit3_small_patch16_224", {"num_classes": 7}),
+        # no class token: the attention-pool head's query stands in for its row
+        ("vit_base_patch16_siglip_224", {"num_classes": 7}),
     ],
 )
 def test_gradient_rollout_equals_chefer_on_timm(tmp_path, name, kwargs):

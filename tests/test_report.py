@@ -62,6 +62,7 @@ def test_outputs_and_skipped_images(report):
             "attention_heatmaps",
             "rollout_mean",
             "cls_trajectory",
+            "token_mass",
             "cka",
             "cka_cross",
             "position_similarity",

@@ -73,6 +73,9 @@ def captured(model, grads: bool = False):
         got["attention"].append(output)
 
     hooks = [model.blocks[0].register_forward_pre_hook(lambda m, a: got["hidden"].append(a[0]))]
+    pool = getattr(model, "attn_pool", None)
+    if pool is not None:  # SigLIP's head: its probabilities through an unfused copy of its forward
+        pool.forward = _pool_forward_keeping(pool, got, grads)
     fused = [blk.attn.fused_attn for blk in model.blocks]
     for blk in model.blocks:
         blk.attn.fused_attn = False
@@ -81,10 +84,30 @@ def captured(model, grads: bool = False):
     try:
         yield got
     finally:
+        if pool is not None:
+            del pool.forward  # back to the class's own
         for h in hooks:
             h.remove()
         for blk, f in zip(model.blocks, fused):
             blk.attn.fused_attn = f
+
+
+def _pool_forward_keeping(pool, got, grads):
+    """timm's AttentionPoolLatent.forward (one latent query, no mask), unfused, keeping the
+    probabilities (B, H, 1, N) in got["pool"]."""
+
+    def forward(x, attn_mask=None):
+        b, n, c = x.shape
+        q = pool.q(pool.latent.expand(b, -1, -1)).reshape(b, 1, pool.num_heads, pool.head_dim).transpose(1, 2)
+        k, v = pool.kv(x).reshape(b, n, 2, pool.num_heads, pool.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((pool.q_norm(q) * pool.scale) @ pool.k_norm(k).transpose(-2, -1)).softmax(dim=-1)
+        if grads:
+            attn.retain_grad()
+        got["pool"] = attn
+        y = pool.proj((attn @ v).transpose(1, 2).reshape(b, 1, c))
+        return (y + pool.mlp(pool.norm(y)))[:, 0]
+
+    return forward
 
 
 def nchw(images_nhwc: np.ndarray) -> torch.Tensor:
@@ -124,6 +147,11 @@ def chefer_relevance(model, images_nhwc, classes=None, score=None, dtype=torch.f
     with torch.no_grad():
         for a in attention:
             r = r + (a.grad.to(dtype) * a.to(dtype)).clamp(min=0).mean(dim=1) @ r
+        if "pool" in got:  # no class token: the pooling query's gradient-weighted row over the patches
+            a = got["pool"]
+            f = (a.grad.to(dtype) * a.to(dtype)).clamp(min=0).mean(dim=1)[:, 0]  # (B, N)
+            f = torch.nn.functional.pad(f, (t - f.shape[-1], 0))
+            return (f[:, None] @ r)[:, 0].numpy(), None if classes is None else classes.numpy()
     return r[:, 0].numpy(), None if classes is None else classes.numpy()
 
 

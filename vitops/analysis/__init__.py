@@ -16,6 +16,7 @@ from .gradients import gradient_rollout, input_gradients
 from .heatmap import attention_heatmaps
 from .reductions import Reductions
 from .rollout import attention_rollout, cls_rollout
+from .tokens import TOKEN_GROUPS, attention_mass
 
 __all__ = [
     "distance_matrix",
@@ -42,4 +43,6 @@ __all__ = [
     "save_states",
     "load_states",
     "Reductions",
+    "attention_mass",
+    "TOKEN_GROUPS",
 ]

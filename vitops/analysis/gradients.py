@@ -8,7 +8,8 @@ each block, in forward order, adds its gradient-weighted attention,
     R <- R + mean_h[(dA * A)^+] R,
 
 with A the block's attention probabilities (B, H, T, T) and dA the gradient of the target
-score with respect to them; the map is R's CLS row over the patches. The gradients come from
+score with respect to them; the map is R's CLS row over the patches (a model without a class
+token, SigLIP, starts from its attention-pool head's gradient-weighted row instead). The gradients come from
 one forward and one backward pass: `vitops.forward`'s attention_delta adds a zero array to each
 block's probabilities, and the gradient with respect to that zero is dA (no hooks). The whole
 computation (forward, backward, the rule) is compiled as one function where the backend
@@ -61,21 +62,34 @@ def _relevance(params, images, classes, *, config, target, compute_dtype):
     gh, gw = check_images(images, config)
     b, p = images.shape[0], config.num_prefix_tokens
     t = p + gh * gw
-    # Zeros added to each block's probabilities: their gradient is dA, (B, H, T, T) per block.
+    pooled = config.pool == "map"
+    # Zeros added to each block's probabilities: their gradient is dA, (B, H, T, T) per block,
+    # and (B, H, N) for an attention-pool head's.
     deltas = [ops.zeros((b, config.num_heads, t, t), compute_dtype) for _ in range(config.depth)]
+    if pooled:
+        deltas.append(ops.zeros((b, config.num_heads, gh * gw), compute_dtype))
 
     def objective(deltas, params, images, classes):
         out = forward(params, config, images, return_attention=True, attention_delta=deltas)
         scores, chosen = _scores(out, classes, target)
+        maps = out["attention"] + ([out["pool_attention"]] if pooled else [])
         # Images are independent, so the gradient of the sum is each image's own gradient.
-        return ops.sum(scores), (out["attention"], chosen)
+        return ops.sum(scores), (maps, chosen)
 
     grad_fn = value_and_grad(objective, 0, has_aux=True, compile=False)
     (_, (attentions, chosen)), grads = grad_fn(deltas, params, images, classes)
+    attentions, grads = list(attentions), list(grads)
     acc = _accumulation_dtype(compute_dtype)
     # R_L = (I + F_L) ... (I + F_1), F_l = mean_h[(dA_l * A_l)^+]; its CLS row e_0^T R_L is
     # taken from the last block down as vector-matrix products: O(L T^2), not O(L T^3).
-    row = ops.one_hot(ops.zeros((b,), "int32"), t, dtype=acc)  # (B, T)
+    if pooled:
+        # No class token (SigLIP): the pooling query's row, F_pool = mean_h[(dA * A)^+] over the
+        # patches, stands in for e_0^T (the query is no token, so it has no identity term).
+        a, g = attentions.pop(), grads.pop()
+        row = mean(ops.relu(ops.cast(g, acc) * ops.cast(a, acc)), 1)  # (B, N)
+        row = ops.pad(row, ((0, 0), (p, 0)))  # (B, T)
+    else:
+        row = ops.one_hot(ops.zeros((b,), "int32"), t, dtype=acc)  # (B, T)
     for a, g in zip(reversed(attentions), reversed(grads)):
         f = mean(ops.relu(ops.cast(g, acc) * ops.cast(a, acc)), 1)  # (B, T, T)
         row = row + matmul(row[:, None, :], f)[:, 0]

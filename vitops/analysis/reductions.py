@@ -24,6 +24,7 @@ from .cka import centred_gram
 from .distance import mean_distance_of, padded_distance
 from .embeddings import cosine_to_final
 from .rollout import _fused, _fused_row, rollout_options
+from .tokens import attention_mass, token_counts
 
 ROLLOUTS = ("cls", "full")
 
@@ -42,6 +43,13 @@ class Reductions:
                                (`vitops.analysis.embeddings.cosine_to_final`)
     grams          (L+1, B, B) each layer's Gram matrix of its flattened tokens, centred over
                                the batch (the per-layer terms of minibatch CKA)
+    token_mass     (B, L, 3)   the share of attention the class tokens, the registers and the
+                               patches receive per block, over heads and query tokens
+                               (`vitops.analysis.tokens.attention_mass`)
+
+    For a model without a class token (SigLIP), the attention-pool head's query stands in for
+    the class token's row (rollout, cls_attention), and the mean patch token for the class
+    token (cls_tokens, cls_trajectory).
     """
 
     distance: bool = False
@@ -53,6 +61,7 @@ class Reductions:
     cls_tokens: bool = False
     cls_trajectory: bool = False
     grams: bool = False
+    token_mass: bool = False
 
     def __post_init__(self):
         flags = [f.name for f in dataclasses.fields(self) if f.type in (bool, "bool")]
@@ -66,13 +75,13 @@ class Reductions:
 
     @property
     def needs_attention(self) -> bool:
-        return self.distance or self.rollout is not None or self.cls_attention
+        return self.distance or self.rollout is not None or self.cls_attention or self.token_mass
 
     @property
     def needs_all_tokens(self) -> bool:
         """The last block's output for every token (not only the prefix tokens) is read (a
         model without a class token reads them all anyway: see `vit.forward`)."""
-        return self.grams
+        return self.grams or self.token_mass  # every query row, in the last block too
 
     def replace(self, **changes) -> Reductions:
         return dataclasses.replace(self, **changes)
@@ -90,6 +99,9 @@ class Reductions:
             state["cls_tokens"] = [self._query_token(state, x)]
         if self.grams:
             state["grams"] = [centred_gram(whole_batch(x))]
+        if self.token_mass:
+            state["token_mass"] = []
+            state["_groups"] = token_counts(config)
         if self.distance:
             state["distance"] = []
             state["_dist"] = ops.convert_to_tensor(
@@ -113,6 +125,8 @@ class Reductions:
         if probs is None:
             return state
         a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
+        if self.token_mass:  # (B, H, 3) over the query rows present (the last block: its prefix)
+            state["token_mass"].append(ops.mean(attention_mass(a, *state["_groups"]), axis=1))
         if self.distance:
             state["distance"].append(
                 mean_distance_of(a, state["_dist"], prefix, self.renormalize, state["_patches"])
@@ -164,4 +178,6 @@ class Reductions:
                 out["cls_trajectory"] = cosine_to_final(tokens)
         if self.grams:
             out["grams"] = ops.stack(state["grams"])  # (L+1, B, B)
+        if self.token_mass:
+            out["token_mass"] = ops.stack(state["token_mass"], axis=1)  # (B, L, 3)
         return out

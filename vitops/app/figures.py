@@ -25,6 +25,10 @@ CAPTIONS = {
     "rollout_mean": "Attention rollout averaged over all images: where the models look on average.",
     "cls_trajectory": "The CLS token through the blocks: cosine similarity to its final state (mean and one "
     "standard deviation over all images; lines: the sample images).",
+    "token_mass": "Where attention goes, per block: the share received by the class token(s), the registers and "
+    "the patches, averaged over heads, query tokens and all images (band: one standard deviation across "
+    "images). Registers take over the global attention that otherwise lands on a few high-norm patches "
+    "(Darcet et al. 2024).",
     "cka": "Centered kernel alignment between the layers of each model (minibatch estimator of Nguyen et al. "
     "2021 over all images; Kornblith et al. 2019).",
     "cka_cross": "Centered kernel alignment between every layer of one model and every layer of another, over "
@@ -121,6 +125,12 @@ def figures(study, summary) -> dict:
         plot.cls_trajectory(cos, ms.samples.names, fig=sub, mean=t["mean"], std=t["std"], title=ms.label)
 
     figs["cls_trajectory"] = _panels(models, 6.5, 4, trajectory)
+
+    def mass(ms, sub):
+        t = of[ms.label]["token_mass"]
+        plot.token_mass(np.asarray(t["mean"]), np.asarray(t["std"]), t["groups"], fig=sub, title=ms.label)
+
+    figs["token_mass"] = _panels(models, 6.5, 4, mass)
 
     # CKA: each model's layers against its own, then every pair of models
     matrices = [

@@ -21,6 +21,34 @@ def _sizes(m) -> str:
     return analysed if analysed == native else f"{analysed} (native {native})"
 
 
+def _percent(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _tokens(label: str, m: dict) -> str:
+    """One model's tokens, the attention its registers receive, and what stands in for a
+    missing class token."""
+    e = html.escape
+    t, mass = m["tokens"], m["token_mass"]["mean"]  # mass: (L, [class, registers, patches])
+    text = f"<b>{e(label)}</b>: {t['class']} class token(s), {t['registers']} register(s), {t['patches']} patches."
+    if t["registers"] and mass:
+        regs = [row[1] for row in mass]
+        known = [v for v in regs if v is not None]
+        mean = sum(known) / len(known) if known else None
+        peak = max(range(len(regs)), key=lambda i: -1 if regs[i] is None else regs[i])
+        text += (
+            f" The registers receive {_percent(mean)} of the attention averaged over blocks, "
+            f"{_percent(regs[-1])} in the last block and most in block {peak + 1} ({_percent(regs[peak])})."
+        )
+    if m["query"] != "class token":
+        text += (
+            " No class token: its attention-pool head's query stands in for the class token's row in the "
+            "rollout, the CLS attention heat maps and the relevance maps, and the mean patch token for the "
+            "class token in the CLS trajectory."
+        )
+    return f"<li>{text}</li>"
+
+
 def page(summary: dict, pngs: dict[str, bytes]) -> str:
     """report.html from the summary (after `strict_json`) and the figures' PNG bytes."""
     e = html.escape
@@ -50,6 +78,12 @@ def page(summary: dict, pngs: dict[str, bytes]) -> str:
     parts.append(
         "<table><tr><th>model</th><th>family</th><th>input</th><th>patch</th><th>blocks</th>"
         f"<th>heads</th><th>width</th><th>classes</th><th>preprocessing</th></tr>{rows}</table>"
+    )
+    parts.append(
+        "<h2>Tokens</h2><p>Rollout, heat maps, relevance and the per-image maps cover the patches only; "
+        "class tokens and registers are kept apart.</p><ul>"
+        + "".join(_tokens(label, m) for label, m in models.items())
+        + "</ul>"
     )
     if summary.get("non_finite_values"):
         parts.append(

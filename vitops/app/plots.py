@@ -182,6 +182,25 @@ def cls_trajectory(cos: np.ndarray, names, fig=None, mean=None, std=None, title:
     return fig
 
 
+def token_mass(mean: np.ndarray, std: np.ndarray, groups, fig=None, title: str = ""):
+    """The share of attention each kind of token receives per block: mean and std (L, G) over
+    all images, one line per group (class tokens, registers, patches)."""
+    fig = fig if fig is not None else Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    blocks = np.arange(1, len(mean) + 1)
+    for g, name in enumerate(groups):
+        ax.plot(blocks, mean[:, g], marker="o", ms=3, label=name)
+        ax.fill_between(blocks, mean[:, g] - std[:, g], mean[:, g] + std[:, g], alpha=0.2)
+    ax.set_xlabel("block")
+    ax.set_ylabel("share of the attention received")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(blocks)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Attention by token group")
+    return fig
+
+
 def cka_matrix(
     matrix: np.ndarray,
     title: str = "",

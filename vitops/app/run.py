@@ -213,6 +213,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
         ms.rollout.update_values(rollout)
         ms.cls_attention.update_values(cls_attention)
         ms.cls_trajectory.update_values(trajectory)
+        ms.token_mass.update_values(red["token_mass"])
         top = prob = None
         if "logits" in out:
             logits = keras.ops.convert_to_numpy(out["logits"]).astype(np.float64)

@@ -111,6 +111,7 @@ class RunSettings:
             cls_attention=True,
             cls_trajectory=True,
             grams=True,
+            token_mass=True,
         )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..analysis.accumulate import load_states
 from ..analysis.cka import MinibatchCKA
+from ..analysis.tokens import TOKEN_GROUPS
 from ..core.config import FAMILIES, ViTConfig
 from ..errors import AnalysisError, ConfigError, VitopsError, clip
 from ..io import schema
@@ -127,6 +128,7 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
         "rollout": grid,
         "cls_attention": (c.num_heads, *grid),
         "cls_trajectory": (c.depth + 1,),
+        "token_mass": (c.depth, len(TOKEN_GROUPS)),
     }
     for name, shape in moments.items():
         acc = getattr(ms, name)

@@ -3,7 +3,7 @@
 Every part of a Study merges exactly (float64 sums, rows keyed by image position), so shards
 analysed apart and merged by `vitops report` give the numbers one run over all images gives.
 The names here are the names in metrics.json and in the per-image files: distance, rollout,
-cls_attention, cls_trajectory, cka, samples, probes (of the weights), per_image.
+cls_attention, cls_trajectory, token_mass, cka, samples, probes (of the weights), per_image.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ class ModelStudy:
         self.rollout = Moments((*grid,), what="rollout")
         self.cls_attention = Moments((heads, *grid), what="last-block CLS attention")
         self.cls_trajectory = Moments((depth + 1,), what="CLS cosine to final")
+        # the share of attention each kind of token receives, per block: TOKEN_GROUPS
+        self.token_mass = Moments((depth, len(analysis.TOKEN_GROUPS)), what="attention by token group")
         self.cka = analysis.MinibatchCKA()
         self.samples = Samples()
         self.per_image = PerImage(depth, heads, grid, bool(config.num_classes))
@@ -112,6 +114,7 @@ class ModelStudy:
         "rollout",
         "cls_attention",
         "cls_trajectory",
+        "token_mass",
         "cka",
         "samples",
         "per_image",

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..analysis.heatmap import mass_masks
+from ..analysis.tokens import TOKEN_GROUPS, token_counts
 
 
 def _label(info, cls: int) -> str:
@@ -26,6 +27,8 @@ def _model_summary(ms, settings) -> dict:
     c = ms.config
     dist = ms.distance.result()
     cos = ms.cls_trajectory.result()
+    mass = ms.token_mass.result()
+    n_class, n_reg = token_counts(c)
     out = {
         "name": c.name,
         "family": c.family,
@@ -42,6 +45,10 @@ def _model_summary(ms, settings) -> dict:
         "rollout": {"mean": ms.rollout.result()["mean"]},
         "cls_attention": {"mean": ms.cls_attention.result()["mean"]},
         "cls_trajectory": {"mean": cos["mean"], "std": cos["std"]},
+        # what stands in for the class token where a model has none (SigLIP)
+        "query": "class token" if c.class_token else "attention-pool query (no class token)",
+        "tokens": {"class": n_class, "registers": n_reg, "patches": int(np.prod(ms.grid))},
+        "token_mass": {"groups": list(TOKEN_GROUPS), "mean": mass["mean"], "std": mass["std"]},
         "cka": None,
         "samples": {},
         "position_similarity": ms.probes.arrays["position_similarity"],

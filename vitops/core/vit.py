@@ -129,11 +129,13 @@ def embed(params, config: ViTConfig, images):
     in the order [class, distillation, registers, patches] (timm's and Hugging Face's)."""
     gh, gw = check_images(images, config)
     p, d = config.patch_size, config.dim
-    # A stride-p convolution with a p x p kernel is a matmul over flattened patches.
-    x = ops.reshape(images, (-1, gh, p, gw, p, 3))
-    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, I, J, p, p, 3)
-    x = ops.reshape(x, (-1, gh * gw, p * p * 3))
-    x = dense(x, ops.reshape(params["patch_embed.kernel"], (p * p * 3, d)), params.get("patch_embed.bias"))
+    # A stride-p convolution, as the references compute it: the same kernel as PyTorch's on the
+    # torch backend and the same sums on jax (a matmul over flattened patches is equal in exact
+    # arithmetic but rounds differently, up to 1e-6 relative, which the blocks then carry).
+    kernel = ops.cast(params["patch_embed.kernel"], images.dtype)
+    x = ops.reshape(ops.conv(images, kernel, strides=p, padding="valid"), (-1, gh * gw, d))  # (B, N, D)
+    if "patch_embed.bias" in params:
+        x = x + ops.cast(params["patch_embed.bias"], x.dtype)
     batch = ops.shape(x)[0]
     prefix = [params[k] for k in ("cls_token", "dist_token") if k in params]  # (D,) each
     if config.pos_embed != "none":

@@ -25,8 +25,8 @@ from .safetensors_header import MAX_HEADER_BYTES, format_of, read_header, read_t
 from .temporary import atomic_output
 
 FORMAT = "vitops-analysis-state"
-VERSION = "2"  # 2: names as JSON; the accumulators named as in metrics.json
-SUPPORTED_VERSIONS = ("2",)
+VERSION = "3"  # 2: names as JSON, accumulators named as in metrics.json; 3: token_mass
+SUPPORTED_VERSIONS = ("3",)
 
 
 def is_state_file(path) -> bool:
@@ -62,7 +62,8 @@ def read_state(path) -> tuple[dict[str, np.ndarray], dict, dict]:
     if meta.get("format_version") not in SUPPORTED_VERSIONS:
         raise AnalysisError(
             f"{path}: analysis state format version {meta.get('format_version')!r} is not "
-            f"one this vitops reads ({', '.join(SUPPORTED_VERSIONS)})"
+            f"one this vitops reads ({', '.join(SUPPORTED_VERSIONS)}): written by another version "
+            "of vitops; analyse the images again with this one"
         )
     if "accumulators" not in meta:
         raise AnalysisError(f"{path}: no accumulators in its metadata")
