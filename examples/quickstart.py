@@ -6,14 +6,19 @@ arbitrary), saved exactly as timm's hub files are. With a real checkpoint the st
     KERAS_BACKEND=jax python examples/quickstart.py
 """
 
+# isort: off
+# first: PyTorch and the torch._dynamo / triton modules timm loads crash in a process that
+# loaded TensorFlow before them (KERAS_BACKEND=tensorflow)
+import torch
+import timm
+# isort: on
+
 import os
 import tempfile
 
 import keras
 import matplotlib.cbook
 import numpy as np
-import timm
-import torch
 from safetensors.torch import save_file
 from timm.data import ImageNetInfo
 

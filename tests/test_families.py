@@ -513,3 +513,18 @@ def test_analyze_a_registers_model_and_a_siglip_tower(register_and_pool_models, 
         assert mass.shape == (2, 3) and np.allclose(mass.sum(-1), 1.0, atol=1e-5)
         assert (mass[:, 1] > 0.01).all() if registers else (mass[:, :2] == 0).all()
     assert "The registers receive" in page and "attention-pool head's query stands in" in page
+
+
+def test_pool_query_rollout_kept_factors_equal_the_joint_product(register_and_pool_models):
+    """SigLIP's rollout row: the pool query's fused row times every block's factor, whether the
+    factors are kept to the end or the joint product is carried forward."""
+    from vitops.analysis import Reductions
+
+    model = vitops.load(register_and_pool_models["vit_base_patch16_siglip_224"])
+    x = np.random.default_rng(4).standard_normal((3, 48, 64, 3)).astype(np.float32)
+    kept = to_np(model.infer(x, reductions=Reductions(rollout="cls"))["reductions"]["rollout"])
+    joint = to_np(
+        model.infer(x, reductions=Reductions(rollout="cls", rollout_memory=0))["reductions"]["rollout"]
+    )
+    assert kept.shape == (3, 12) and np.allclose(kept.sum(-1), 1.0, atol=1e-5)
+    assert np.abs(kept - joint).max() < 1e-6

@@ -32,9 +32,16 @@ def materialised(model, x):
 
 
 @pytest.mark.parametrize(
-    "fusion,ratio,renorm", [("mean", 0.0, False), ("max", 0.3, True), ("min", 0.0, False)]
+    "fusion,ratio,renorm,memory",
+    [
+        ("mean", 0.0, False, 1 << 30),
+        ("max", 0.3, True, 1 << 30),
+        ("min", 0.0, False, 1 << 30),
+        ("mean", 0.0, False, 0),
+    ],
+    ids=["mean", "max-discard", "min", "mean-joint-product"],
 )
-def test_in_forward_equals_materialised_kernels(model, fusion, ratio, renorm):
+def test_in_forward_equals_materialised_kernels(model, fusion, ratio, renorm, memory):
     config = model.config
     x = np.random.default_rng(0).standard_normal((5, 48, 80, 3)).astype(np.float32)  # 3x5 grid
     grid, prefix = (3, 5), config.num_prefix_tokens
@@ -47,6 +54,7 @@ def test_in_forward_equals_materialised_kernels(model, fusion, ratio, renorm):
         cls_attention=True,
         cls_tokens=True,
         grams=True,
+        rollout_memory=memory,  # 0: no factor kept, the joint product carried block by block
     )
     got = model.infer(x, reductions=spec)
     red = {k: np_(v) for k, v in got["reductions"].items()}
@@ -136,5 +144,9 @@ def test_only_one_blocks_maps_are_live():
         return jax.jit(f).lower(params, x).compile().memory_analysis().temp_size_in_bytes
 
     spec = Reductions(distance=True, rollout="cls", cls_attention=True, cls_tokens=True, grams=True)
+    factors = config.depth * b * t * t * 4  # the rollout's head-fused factors, kept for its row
     extra = scratch(reductions=spec) - scratch()
-    assert extra <= one_block, (extra, one_block)  # materialising all maps costs depth x one_block
+    # materialising all maps would cost depth x one_block
+    assert extra <= one_block + factors, (extra, one_block, factors)
+    extra = scratch(reductions=spec.replace(rollout=None)) - scratch()
+    assert extra <= one_block, (extra, one_block)

@@ -365,7 +365,7 @@ def render_in_browser(page_path, tmp_path):
 def test_report_renders_every_image_in_a_browser(report, tmp_path):
     out, summary, _ = report
     loaded, total = render_in_browser(out / "report.html", tmp_path)
-    assert total == len(summary["figures"]) == 9
+    assert total == len(summary["figures"]) == 10  # token_mass.png among them
     assert loaded == total
 
 
@@ -466,5 +466,5 @@ def test_each_model_is_fed_its_own_preprocessing(two_resolutions):
 def test_two_resolutions_report_renders_in_a_browser(two_resolutions, tmp_path):
     out, summary, _, _ = two_resolutions
     loaded, total = render_in_browser(out / "report.html", tmp_path)
-    assert total == len(summary["figures"]) == 9
+    assert total == len(summary["figures"]) == 10  # token_mass.png among them
     assert loaded == total

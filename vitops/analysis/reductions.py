@@ -23,10 +23,16 @@ from ..errors import AnalysisError, clip
 from .cka import centred_gram
 from .distance import mean_distance_of, padded_distance
 from .embeddings import cosine_to_final
-from .rollout import _fused, _fused_row, rollout_options
-from .tokens import attention_mass, token_counts
+from .rollout import _FUSE, _factor, _fused_row, rollout_options
+from .tokens import group_shares, token_counts
 
 ROLLOUTS = ("cls", "full")
+# The CLS row of the rollout, e_0^T A_L ... A_1, is a product from the last block down. Kept
+# below this size, every block's fused factor (B, T, T) is held until the last block and the
+# row costs L vector-matrix products, O(L T^2); above it (very large grids or batches), the
+# joint product A_l ... A_1 is carried forward instead, O(L T^3) (at 518 px and patch 14,
+# T = 1370, as much work again as the attention itself).
+ROLLOUT_FACTORS_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class Reductions:
     cls_trajectory: bool = False
     grams: bool = False
     token_mass: bool = False
+    rollout_memory: int = ROLLOUT_FACTORS_BYTES  # bytes the rollout's kept factors may take
 
     def __post_init__(self):
         flags = [f.name for f in dataclasses.fields(self) if f.type in (bool, "bool")]
@@ -71,6 +78,12 @@ class Reductions:
         if self.rollout is not None and self.rollout not in ROLLOUTS:
             raise AnalysisError(f"rollout must be None or one of {ROLLOUTS}, got {clip(self.rollout)}")
         _, ratio = rollout_options(self.head_fusion, self.discard_ratio)
+        if (
+            isinstance(self.rollout_memory, bool)
+            or not isinstance(self.rollout_memory, int)
+            or self.rollout_memory < 0
+        ):
+            raise AnalysisError(f"rollout_memory must be a number of bytes, got {clip(self.rollout_memory)}")
         object.__setattr__(self, "discard_ratio", ratio)
 
     @property
@@ -102,6 +115,11 @@ class Reductions:
         if self.token_mass:
             state["token_mass"] = []
             state["_groups"] = token_counts(config)
+        if self.rollout == "cls":
+            t, b = x.shape[1], x.shape[0]
+            known = isinstance(b, int)  # a batch of unknown size (a traced TF graph) carries the joint
+            state["_store"] = known and 4 * b * config.depth * t * t <= self.rollout_memory
+            state["_factors"] = []
         if self.distance:
             state["distance"] = []
             state["_dist"] = ops.convert_to_tensor(
@@ -125,16 +143,22 @@ class Reductions:
         if probs is None:
             return state
         a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
-        if self.token_mass:  # (B, H, 3) over the query rows present (the last block: its prefix)
-            state["token_mass"].append(ops.mean(attention_mass(a, *state["_groups"]), axis=1))
+        # Heads averaged once, for the token groups and for a mean-fused rollout.
+        mean_fused = self.rollout is not None and self.head_fusion == "mean"
+        mean_map = ops.mean(a, axis=1) if self.token_mass or mean_fused else None  # (B, T, T)
+        if self.token_mass:  # (B, 3): received per token, averaged over heads and query rows
+            state["token_mass"].append(group_shares(ops.mean(mean_map, axis=1), *state["_groups"]))
         if self.distance:
             state["distance"].append(
                 mean_distance_of(a, state["_dist"], prefix, self.renormalize, state["_patches"])
             )  # (B, H)
         if self.rollout is not None:
-            f = _fused(a, self.head_fusion, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
+            fused = mean_map if self.head_fusion == "mean" else _FUSE[self.head_fusion](a, axis=1)
+            f = _factor(fused, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
             joint = state.get("rollout")
-            if joint is None:
+            if self.rollout == "cls" and state["_store"]:
+                state["_factors"].append(f)
+            elif joint is None:
                 state["rollout"] = f
             elif last and self.rollout == "cls" and state["_class"]:
                 # e_0^T A_L (A_{L-1} ... A_1): the last factor's CLS row alone
@@ -152,7 +176,20 @@ class Reductions:
         prefix = state["_prefix"]
         if self.distance:
             out["distance"] = ops.stack(state["distance"], axis=1)  # (B, L, H)
-        if self.rollout == "cls":
+        if self.rollout == "cls" and state["_store"]:
+            # from the last block down: e_0^T A_L, then times each earlier factor
+            factors = state["_factors"]
+            if state["_class"]:
+                row = factors[-1][:, 0]  # (B, T)
+            else:
+                q = _fused_row(
+                    ops.cast(pool_probs, "float32"), self.head_fusion, self.discard_ratio
+                )  # (B, N)
+                row = ops.matmul(ops.pad(q, ((0, 0), (prefix, 0)))[:, None], factors[-1])[:, 0]  # (B, T)
+            for f in reversed(factors[:-1]):
+                row = ops.matmul(row[:, None], f)[:, 0]
+            out["rollout"] = row[:, prefix:]  # (B, N)
+        elif self.rollout == "cls":
             row = state["rollout"]
             if len(row.shape) == 3:
                 if state["_class"]:  # a single block: its factor's CLS row

@@ -40,7 +40,11 @@ _FUSE = {"mean": ops.mean, "max": ops.max, "min": ops.min}
 def _fused(attention, head_fusion: str, discard_ratio: float, keep_first: bool = True):
     """One block's (B, H, T, T) -> the rollout factor (B, T, T), rows summing to 1.
     keep_first: column 0 (the attention to the class token) is never discarded."""
-    a = _FUSE[head_fusion](attention, axis=1)
+    return _factor(_FUSE[head_fusion](attention, axis=1), discard_ratio, keep_first)
+
+
+def _factor(a, discard_ratio: float, keep_first: bool = True):
+    """Heads already fused (B, T, T) -> the rollout factor: discard, add I, renormalise."""
     t = a.shape[-1]
     if discard_ratio > 0:
         start = 1 if keep_first else 0

@@ -22,14 +22,9 @@ def token_counts(config) -> tuple[int, int]:
     return int(config.class_token) + int(config.distilled), config.reg_tokens
 
 
-def attention_mass(attention, num_class: int, num_registers: int):
-    """(B, H, Q, T) attention probabilities -> (B, H, 3): the share of each head's attention that
-    the class tokens, the registers and the patches receive, averaged over the Q query rows
-    (each row sums to 1, so the three shares do too). Tokens in the order [class tokens,
-    registers, patches]."""
-    attention = as_tensor(attention, "attention")
-    check_rank(attention, 4, "attention", "(B, heads, queries, tokens)")
-    received = ops.mean(ops.cast(attention, "float32"), axis=2)  # (B, H, T)
+def group_shares(received, num_class: int, num_registers: int):
+    """(..., T) attention received per token -> (..., 3): summed over [class tokens, registers,
+    patches]."""
     cut = num_class + num_registers
     return ops.stack(
         [
@@ -39,3 +34,14 @@ def attention_mass(attention, num_class: int, num_registers: int):
         ],
         axis=-1,
     )
+
+
+def attention_mass(attention, num_class: int, num_registers: int):
+    """(B, H, Q, T) attention probabilities -> (B, H, 3): the share of each head's attention that
+    the class tokens, the registers and the patches receive, averaged over the Q query rows
+    (each row sums to 1, so the three shares do too). Tokens in the order [class tokens,
+    registers, patches]."""
+    attention = as_tensor(attention, "attention")
+    check_rank(attention, 4, "attention", "(B, heads, queries, tokens)")
+    received = ops.mean(ops.cast(attention, "float32"), axis=2)  # (B, H, T)
+    return group_shares(received, num_class, num_registers)
