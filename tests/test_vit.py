@@ -126,6 +126,33 @@ def test_fused_and_explicit_attention_paths_agree(tmp_path):
     assert rel_err(plain, explicit) <= 1e-5
 
 
+@pytest.mark.parametrize(
+    "step_bytes,queries",
+    [
+        (1 << 20, None),  # every head in one step
+        (2 * 23 * 23 * 4, None),  # two of the six heads per step
+        (23 * 23 * 4 // 3, None),  # one head at a time, its queries in chunks of 8 (the last padded)
+        (23 * 23 * 4 // 3, 2),  # the same for the first two queries only (the last block)
+    ],
+)
+def test_attend_in_steps_equals_float64_attention(monkeypatch, step_bytes, queries):
+    """The fused attention without maps, in however many steps the XLA path takes, against
+    softmax(q k^T / sqrt(E)) v in float64 numpy."""
+    from vitops.backend import fused
+
+    monkeypatch.setattr(fused, "ATTENTION_STEP_BYTES", step_bytes)
+    rng = np.random.default_rng(3)
+    b, t, h, e = 2, 23, 6, 8
+    q, k, v = (rng.standard_normal((b, t, h, e)).astype(np.float32) for _ in range(3))
+    q = q[:, :queries] if queries else q
+    logits = np.einsum("bqhe,bkhe->bhqk", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(e)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    want = np.einsum("bhqk,bkhe->bqhe", p / p.sum(-1, keepdims=True), v.astype(np.float64))
+    got = to_np(fused.attend(*(keras.ops.convert_to_tensor(a) for a in (q, k, v)), e**-0.5))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+
+
 def test_attention_maps_with_and_without_autograd(tmp_path):
     """On PyTorch the softmax is written over the logits when autograd is off (inference,
     predict_on_batch), and kept out of place when it records: both give timm's maps, and

@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 from keras.backend import standardize_dtype
 
+from ..backend.fused import affine, attend
 from ..backend.torch_memory import attention_logits, softmax_of_temporary
 
 # float64 is for numerical checks (finite differences). Keras' type promotion maps float64 to
@@ -58,8 +59,10 @@ def layer_norm(x, scale, bias, eps: float):
 
 def dense(x, kernel, bias=None):
     """x (..., I) @ kernel (I, O) + bias (O,); no bias when it is None."""
-    y = matmul(x, kernel)
-    return y if bias is None else y + bias
+    if is_float64(x.dtype):
+        y = matmul(x, kernel)
+        return y if bias is None else y + bias
+    return affine(x, kernel, bias)
 
 
 def activation(x, kind: str):
@@ -185,7 +188,7 @@ def attention(
         k, v = kv[:, :, 0], kv[:, :, 1]
     k = _rotate_patches(k, rope, num_prefix)
     if not explicit:
-        out = ops.dot_product_attention(q, k, v, scale=scale)  # (B, Q, H, E)
+        out = attend(q, k, v, scale)  # (B, Q, H, E)
         return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, T, E)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, E, T)
