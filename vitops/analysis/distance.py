@@ -52,7 +52,8 @@ def padded_distance(grid, patch_size: float, num_prefix_tokens: int) -> np.ndarr
 
 def mean_distance_of(attention, dist, num_prefix_tokens: int, renormalize: bool, num_patches: int):
     """(B, H, T, T) probabilities and padded (T, T) distances -> (B, H): the kernel itself,
-    uncompiled, so the forward pass can apply it block by block (vitops.analysis.reductions)."""
+    uncompiled (the forward pass reduces the same sums a chunk of query rows at a time, in
+    vitops.analysis.reductions)."""
     b, h, t, _ = attention.shape
     dist = ops.cast(dist, attention.dtype)
     if not renormalize:

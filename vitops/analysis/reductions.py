@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 from keras import ops
 
 from ..backend.distribute import whole_batch
+from ..backend.reduce import weighted_total
 from ..errors import AnalysisError, clip
 from .cka import centred_gram
-from .distance import mean_distance_of, padded_distance
+from .distance import padded_distance
 from .embeddings import cosine_to_final
 from .rollout import _FUSE, _factor, _fused_row, rollout_options
 from .tokens import group_shares, token_counts
@@ -133,27 +135,71 @@ class Reductions:
         (SigLIP) the mean of the patch tokens, which its attention-pool head reads."""
         return x[:, 0] if state["_class"] else ops.mean(x[:, state["_prefix"] :], axis=1)
 
-    def step(self, state: dict, x, probs, last: bool) -> dict:
-        """Fold in one block: its output x (B, Q, D) and attention probabilities (B, H, T, T)."""
+    def consumer(self, state: dict):
+        """(fn, row_inputs) for `ops.attention`: fn reduces a chunk of query rows of one block's
+        probabilities (B, H, c, T) to what `step` folds in, each part summed or stacked over the
+        chunks afterwards. row_inputs hold, per query row, its distances to every token (zero
+        on prefix rows and columns), whether it is a patch and whether it is a real row (the
+        chunks past the last row are zero padding)."""
+        prefix = state["_prefix"]
+        t = prefix + state["_patches"]
+        row = np.arange(t)
+        inputs = {"valid": ops.convert_to_tensor(np.ones(t, np.float32))}
+        if self.distance:
+            inputs["dist"] = state["_dist"]
+            if self.renormalize:
+                inputs["patch"] = ops.convert_to_tensor((row >= prefix).astype(np.float32))
+
+        def reduce_rows(probs, rows):
+            a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
+            parts = {}
+            if self.distance:
+                if self.renormalize:  # each patch row renormalised over the patches
+                    ap, d = a[..., prefix:], rows["dist"][:, prefix:]
+                    ratio = ops.sum(ap * d, axis=-1) / ops.sum(ap, axis=-1)  # (B, H, c)
+                    parts["distance"] = ops.sum(ratio * rows["patch"], axis=-1)  # (B, H)
+                else:  # sum of a * d; d is zero on prefix and padded rows
+                    parts["distance"] = weighted_total(a, rows["dist"])  # (B, H)
+            # Heads averaged once, for the token groups and a mean-fused rollout.
+            mean_fused = self.rollout is not None and self.head_fusion == "mean"
+            mean_rows = ops.mean(a, axis=1) if self.token_mass or mean_fused else None  # (B, c, T)
+            if self.token_mass:  # attention received per token, summed over the real query rows
+                parts["received"] = ops.sum(mean_rows * rows["valid"][None, :, None], axis=1)  # (B, T)
+            if self.rollout is not None:
+                parts["fused"] = mean_rows if mean_fused else _FUSE[self.head_fusion](a, axis=1)  # (B, c, T)
+            if self.cls_attention:
+                parts["first"] = a[:, :, 0] + 0.0  # (B, H, T): the chunk's first row, a copy
+            return parts
+
+        return reduce_rows, inputs
+
+    def parts_of(self, state: dict, probs):
+        """`step`'s parts from whole maps (B, H, T, T), as one chunk; None without maps."""
+        if probs is None or not self.needs_attention:
+            return None
+        fn, inputs = self.consumer(state)
+        return {k: v[None] for k, v in fn(probs, inputs).items()}
+
+    def step(self, state: dict, x, parts, last: bool) -> dict:
+        """Fold in one block: its output x (B, Q, D) and the parts of its attention that
+        `consumer`'s function reduced, stacked over the query chunks (S, ...)."""
         prefix = state["_prefix"]
         if self.cls_tokens or self.cls_trajectory:
             state["cls_tokens"].append(self._query_token(state, x))
         if self.grams:
             state["grams"].append(centred_gram(whole_batch(x)))
-        if probs is None:
+        if parts is None:
             return state
-        a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
-        # Heads averaged once, for the token groups and for a mean-fused rollout.
-        mean_fused = self.rollout is not None and self.head_fusion == "mean"
-        mean_map = ops.mean(a, axis=1) if self.token_mass or mean_fused else None  # (B, T, T)
+        t = prefix + state["_patches"]
         if self.token_mass:  # (B, 3): received per token, averaged over heads and query rows
-            state["token_mass"].append(group_shares(ops.mean(mean_map, axis=1), *state["_groups"]))
+            received = ops.sum(parts["received"], axis=0) / t  # (B, T)
+            state["token_mass"].append(group_shares(received, *state["_groups"]))
         if self.distance:
-            state["distance"].append(
-                mean_distance_of(a, state["_dist"], prefix, self.renormalize, state["_patches"])
-            )  # (B, H)
+            state["distance"].append(ops.sum(parts["distance"], axis=0) / state["_patches"])  # (B, H)
         if self.rollout is not None:
-            fused = mean_map if self.head_fusion == "mean" else _FUSE[self.head_fusion](a, axis=1)
+            rows = parts["fused"]  # (S, B, c, T)
+            s, c = rows.shape[0], rows.shape[2]
+            fused = ops.reshape(ops.transpose(rows, (1, 0, 2, 3)), (-1, s * c, t))[:, :t]  # (B, T, T)
             f = _factor(fused, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
             joint = state.get("rollout")
             if self.rollout == "cls" and state["_store"]:
@@ -166,7 +212,7 @@ class Reductions:
             else:
                 state["rollout"] = ops.matmul(f, joint)  # (B, T, T)
         if last and self.cls_attention and state["_class"]:
-            state["cls_attention"] = a[:, :, 0, prefix:] + 0.0  # (B, H, N); a copy, not a view of the map
+            state["cls_attention"] = parts["first"][0][:, :, prefix:]  # (B, H, N)
         return state
 
     def finish(self, state: dict, pool_probs=None) -> dict:

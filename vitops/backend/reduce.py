@@ -8,21 +8,21 @@ from . import name
 
 
 def weighted_total(a, w):
-    """sum over the last two axes of a * w: (B, ..., T, T), (T, T) -> (B, ...).
+    """sum over the last two axes of a * w: (B, ..., R, T), (R, T) -> (B, ...).
 
-    A matrix-vector product reads `a` once without a (B, ..., T, T) temporary. Under XLA (jax,
-    tensorflow) it is one product per image, (M, T*T) @ (T*T,) with w broadcast over the batch
-    (a (B, T*T) copy, 1/H of one block's maps): XLA:CPU's single large gemv changes its
-    summation order with the number of rows, so a batch split over devices would no longer
-    give the one-device numbers; per image it does. (a * w summed is not fused there: it
-    writes the whole product first.) Eager PyTorch runs one gemv.
+    A matrix-vector product reads `a` once without a (B, ..., R, T) temporary. Under XLA (jax,
+    tensorflow) it is one product per image, (M, R*T) @ (R*T,) with w broadcast over the batch
+    (a (B, R*T) copy, 1/H of the maps): XLA:CPU's single large gemv changes its summation
+    order with the number of rows, so a batch split over devices would no longer give the
+    one-device numbers; per image it does. (a * w summed is not fused there: it writes the
+    whole product first.) Eager PyTorch runs one gemv.
     """
-    lead, t = a.shape[:-2], a.shape[-1]
+    lead, size = a.shape[:-2], a.shape[-2] * a.shape[-1]
     if name() == "torch":
         return keras.ops.reshape(
-            keras.ops.matmul(keras.ops.reshape(a, (-1, t * t)), keras.ops.reshape(w, (t * t,))), lead
+            keras.ops.matmul(keras.ops.reshape(a, (-1, size)), keras.ops.reshape(w, (size,))), lead
         )
     b = keras.ops.shape(a)[0]
-    flat = keras.ops.reshape(a, (b, -1, t * t))  # (B, M, T*T)
-    wb = keras.ops.broadcast_to(keras.ops.reshape(w, (1, t * t, 1)), (b, t * t, 1))
+    flat = keras.ops.reshape(a, (b, -1, size))  # (B, M, R*T)
+    wb = keras.ops.broadcast_to(keras.ops.reshape(w, (1, size, 1)), (b, size, 1))
     return keras.ops.reshape(keras.ops.matmul(flat, wb), lead)

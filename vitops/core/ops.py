@@ -14,8 +14,9 @@ import numpy as np
 from keras import ops
 from keras.backend import standardize_dtype
 
+from ..backend import fused
 from ..backend.fused import affine, attend
-from ..backend.torch_memory import attention_logits, softmax_of_temporary
+from ..backend.torch_memory import softmax_of_temporary
 
 # float64 is for numerical checks (finite differences). Keras' type promotion maps float64 to
 # float32 on jax and torch (keras.backend.result_type), and ops.mean, ops.layer_normalization,
@@ -142,7 +143,7 @@ def attention(
     return_probs: bool = False,
     num_queries: int | None = None,
     attention_delta=None,
-    scratch: dict | None = None,
+    consume=None,
     rope=None,
     num_prefix: int = 0,
 ):
@@ -163,10 +164,14 @@ def attention(
     gradient with respect to the attention probabilities: what gradient-weighted attention
     methods need, without hooks.
 
-    scratch: a dict owned by the caller for one forward pass, given when the probabilities are
-    read before the next block runs and never kept (in-forward reductions): the backend may then
-    compute every block's logits and probabilities in one reused buffer (see
-    `vitops.backend.torch_memory.attention_logits`).
+    consume: (fn, row_inputs), for maps that are read and reduced, never returned (the
+    in-forward reductions): the probabilities are computed a chunk of query rows at a time
+    (`fused.row_step_bytes`; eager PyTorch takes a block's rows at once) and fn(probs
+    (B, H, c, T) float, inputs) reduces each chunk to a dict of small arrays, where inputs
+    holds the chunk's rows of row_inputs (arrays whose first axis is the T query rows,
+    zero-padded past the last). Returns (out, parts): parts stacks fn's results over the
+    chunks, (S, ...). On XLA one chunk's maps exist at a time, not one block's (the
+    distances, the rollout factors and the token groups all reduce row by row).
     """
     n, d = x.shape[-2], x.shape[-1]
     head_dim = d // num_heads
@@ -176,7 +181,8 @@ def attention(
     return_probs = return_probs or attention_delta is not None
     # Fused kernels compute float64 in float32 on some backends (see `is_float64`).
     explicit = return_probs or is_float64(x.dtype)
-    if nq == n or explicit:
+    rows = consume is not None and not explicit  # every query row's map is read
+    if nq == n or explicit or rows:
         qkv = dense(x, qkv_kernel, qkv_bias)  # (B, T, 3D), columns [q | k | v], each head-major
         qkv = ops.reshape(qkv, (-1, n, 3, num_heads, head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, E) each
@@ -187,17 +193,49 @@ def attention(
         kv = ops.reshape(dense(x, qkv_kernel[:, d:], kvb), (-1, n, 2, num_heads, head_dim))
         k, v = kv[:, :, 0], kv[:, :, 1]
     k = _rotate_patches(k, rope, num_prefix)
+    if rows:
+        out, parts = _attend_rows(q, k, v, scale, *consume)  # (B, T, H, E)
+        return dense(ops.reshape(out[:, :nq], (-1, nq, d)), proj_kernel, proj_bias), parts
     if not explicit:
         out = attend(q, k, v, scale)  # (B, Q, H, E)
         return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), None
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, T, E)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, E, T)
     v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, T, E)
-    logits = matmul(q, k) if is_float64(q.dtype) else attention_logits(q, k, scratch)
+    logits = matmul(q, k)
     probs = softmax_of_temporary(logits, axis=-1)  # (B, H, T, T)
     weights = probs if attention_delta is None else probs + ops.cast(attention_delta, probs.dtype)
     out = ops.transpose(matmul(weights[:, :, :nq], v), (0, 2, 1, 3))  # (B, Q, H, E)
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs if return_probs else None
+
+
+def _attend_rows(q, k, v, scale: float, fn, row_inputs: dict):
+    """Attention a chunk of query rows at a time, each chunk's probabilities reduced by fn (see
+    `attention`): q, k, v (B, T, H, E) -> (out (B, T, H, E), parts {name: (S, ...)})."""
+    b, n, heads, e = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
+    per_row = (b if isinstance(b, int) else 1) * heads * n * 4  # bytes of one query row's maps
+    budget = fused.row_step_bytes()
+    c = n if budget is None else max(1, min(n, budget // per_row))
+    steps = -(-n // c)
+    pad = steps * c - n
+    q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, T, E), as the explicit path
+    q = ops.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    qs = ops.transpose(ops.reshape(q, (-1, heads, steps, c, e)), (2, 0, 1, 3, 4))  # (S, B, H, c, E)
+    k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, E, T)
+    v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, T, E)
+    inputs = {
+        name: ops.reshape(ops.pad(r, ((0, pad),) + ((0, 0),) * (len(r.shape) - 1)), (steps, c, *r.shape[1:]))
+        for name, r in row_inputs.items()
+    }  # (S, c, ...)
+
+    def chunk(args):
+        qc, rows = args
+        probs = softmax_of_temporary(matmul(qc, k), axis=-1)  # (B, H, c, T)
+        return matmul(probs, v), fn(probs, rows)  # (B, H, c, E)
+
+    out, parts = ops.map(chunk, (qs, inputs))  # (S, B, H, c, E)
+    out = ops.reshape(ops.transpose(out, (1, 0, 3, 2, 4)), (-1, steps * c, heads, e))  # (B, S c, H, E)
+    return out[:, :n], parts
 
 
 def attention_pool(

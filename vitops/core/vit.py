@@ -166,15 +166,16 @@ def block(
     return_attention: bool = False,
     num_queries: int | None = None,
     attention_delta=None,
-    scratch: dict | None = None,
+    consume=None,
     return_mlp_hidden: bool = False,
     rope=None,
 ):
     """One pre-norm transformer block: (B, T, D) -> (B, Q, D), probs (B, H, T, T) or None.
 
     Q = T, or num_queries: then only the first Q tokens' outputs are computed. attention_delta,
-    scratch, rope: see `ops.attention`. return_mlp_hidden=True appends a third result, the MLP's
-    hidden layer after its activation, (B, Q, M): the units that feature visualisation maximises.
+    consume, rope: see `ops.attention` (with consume, the second result is its parts).
+    return_mlp_hidden=True appends a third result, the MLP's hidden layer after its
+    activation, (B, Q, M): the units that feature visualisation maximises.
     """
     b, eps = f"blocks.{i}.", config.layer_norm_eps
     h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], eps)
@@ -188,7 +189,7 @@ def block(
         return_probs=return_attention,
         num_queries=num_queries,
         attention_delta=attention_delta,
-        scratch=scratch,
+        consume=consume,
         rope=rope,
         num_prefix=config.num_prefix_tokens,
     )
@@ -263,7 +264,9 @@ def forward(
       "hidden": list of L + 1 arrays (B, T, D): the input of the first block (after CLIP's
         pre-norm) and each block's output, before the final norm, on request;
       "reductions": dict of small arrays, when `reductions` (a `vitops.analysis.Reductions`)
-        names analyses to compute block by block; only one block's maps exist at a time.
+        names analyses to compute block by block; the maps they read are reduced a chunk of
+        query rows at a time, so only one chunk's maps exist at a time (with
+        return_attention, every block's maps are returned and reduced whole).
     attention_delta: list of one array per block, broadcastable to (B, H, T, T), and for pool
       "map" one more, broadcastable to (B, H, N), added to the attention probabilities (zeros
       change nothing; the gradient with respect to them is the gradient with respect to the
@@ -289,8 +292,11 @@ def forward(
         return_hidden or c.pool != "token" or (reductions is not None and reductions.needs_all_tokens)
     )
     state = reductions.start(x, c, grid) if reductions is not None else None
-    # Maps that only the reductions read, block by block, can share one buffer (see attention).
-    scratch: dict | None = {} if state is not None and not return_attention else None
+    # Maps that only the reductions read are reduced a chunk of query rows at a time, inside
+    # the attention (see `ops.attention`); returned maps (and the gradient path) are whole.
+    consume = None
+    if state is not None and reductions.needs_attention and not return_attention and attention_delta is None:
+        consume = reductions.consumer(state)
     for i in range(c.depth):
         last = i == c.depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
@@ -303,10 +309,10 @@ def forward(
             c,
             i,
             x,
-            need_probs,
+            need_probs and consume is None,
             num_queries=last_only,
             attention_delta=delta,
-            scratch=scratch,
+            consume=consume,
             rope=tables,
         )
         if return_attention:
@@ -314,7 +320,8 @@ def forward(
         if return_hidden:
             hidden.append(x)
         if state is not None:
-            state = reductions.step(state, x, probs, last)
+            parts = probs if consume is not None else reductions.parts_of(state, probs)
+            state = reductions.step(state, x, parts, last)
     if not c.fc_norm:
         x = layer_norm(x, params["norm.scale"], params["norm.bias"], c.layer_norm_eps)
     pool_delta = attention_delta[c.depth] if attention_delta is not None and c.pool == "map" else None
