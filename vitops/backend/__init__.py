@@ -8,7 +8,7 @@ module, importing the backend itself only when asked:
                   and waiting for asynchronous results
     grad          value and gradient of a pure function (jax, torch autograd, tf.GradientTape)
     distribute    data parallelism over devices (keras.distribution, JAX)
-    torch_memory  eager PyTorch's softmax written over the attention logits
+    torch_memory  eager PyTorch's buffer reuse for the attention maps
     fused         fused kernels keras.ops does not name (PyTorch's linear)
     reduce        a weighted sum whose summation order is the same on one device or several
 

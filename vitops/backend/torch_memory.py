@@ -1,4 +1,4 @@
-"""Eager PyTorch's memory for the attention maps: the softmax written over its logits.
+"""Eager PyTorch's memory for the attention maps: one reused buffer, softmax in place.
 
 XLA (jax, tensorflow) plans its own buffers, so there these are the plain ops.
 """
@@ -8,6 +8,27 @@ from __future__ import annotations
 import keras
 
 from . import name
+
+
+def attention_logits(q, k, scratch: dict | None = None):
+    """q @ k: (B, H, T, E) @ (B, H, E, T) -> (B, H, T, T) attention logits.
+
+    With a scratch dict (one forward pass whose maps are read block by block and not kept),
+    eager PyTorch writes every block's logits into one buffer kept in it, rather than into a
+    fresh 15 MB (ViT-B/16, batch 8) allocation per block that the allocator maps and the
+    kernel page-faults in anew. Not while autograd records (an out= product cannot be
+    differentiated through). XLA plans its own buffers; there it is the plain product.
+    """
+    if scratch is not None and name() == "torch":
+        import torch
+
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
+            shape = (*q.shape[:-1], k.shape[-1])
+            buf = scratch.get("logits")
+            if buf is None or tuple(buf.shape) != shape or buf.dtype != q.dtype:
+                buf = scratch["logits"] = torch.empty(shape, dtype=q.dtype, device=q.device)
+            return torch.matmul(q, k, out=buf)
+    return keras.ops.matmul(q, k)
 
 
 def softmax_of_temporary(x, axis: int = -1):

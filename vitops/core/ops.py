@@ -16,7 +16,7 @@ from keras.backend import standardize_dtype
 
 from ..backend import fused
 from ..backend.fused import affine, attend
-from ..backend.torch_memory import softmax_of_temporary
+from ..backend.torch_memory import attention_logits, softmax_of_temporary
 
 # float64 is for numerical checks (finite differences). Keras' type promotion maps float64 to
 # float32 on jax and torch (keras.backend.result_type), and ops.mean, ops.layer_normalization,
@@ -164,14 +164,16 @@ def attention(
     gradient with respect to the attention probabilities: what gradient-weighted attention
     methods need, without hooks.
 
-    consume: (fn, row_inputs), for maps that are read and reduced, never returned (the
+    consume: (fn, row_inputs, scratch), for maps that are read and reduced, never returned (the
     in-forward reductions): the probabilities are computed a chunk of query rows at a time
     (`fused.row_step_bytes`; eager PyTorch takes a block's rows at once) and fn(probs
     (B, H, c, T) float, inputs) reduces each chunk to a dict of small arrays, where inputs
     holds the chunk's rows of row_inputs (arrays whose first axis is the T query rows,
     zero-padded past the last). Returns (out, parts): parts stacks fn's results over the
     chunks, (S, ...). On XLA one chunk's maps exist at a time, not one block's (the
-    distances, the rollout factors and the token groups all reduce row by row).
+    distances, the rollout factors and the token groups all reduce row by row). scratch: a
+    dict owned by the caller for one forward pass, where eager PyTorch keeps one logits buffer
+    for every block (`vitops.backend.torch_memory.attention_logits`).
     """
     n, d = x.shape[-2], x.shape[-1]
     head_dim = d // num_heads
@@ -209,7 +211,7 @@ def attention(
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs if return_probs else None
 
 
-def _attend_rows(q, k, v, scale: float, fn, row_inputs: dict):
+def _attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict):
     """Attention a chunk of query rows at a time, each chunk's probabilities reduced by fn (see
     `attention`): q, k, v (B, T, H, E) -> (out (B, T, H, E), parts {name: (S, ...)})."""
     b, n, heads, e = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
@@ -230,7 +232,7 @@ def _attend_rows(q, k, v, scale: float, fn, row_inputs: dict):
 
     def chunk(args):
         qc, rows = args
-        probs = softmax_of_temporary(matmul(qc, k), axis=-1)  # (B, H, c, T)
+        probs = softmax_of_temporary(attention_logits(qc, k, scratch), axis=-1)  # (B, H, c, T)
         return matmul(probs, v), fn(probs, rows)  # (B, H, c, E)
 
     out, parts = ops.map(chunk, (qs, inputs))  # (S, B, H, c, E)

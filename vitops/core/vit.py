@@ -296,7 +296,7 @@ def forward(
     # the attention (see `ops.attention`); returned maps (and the gradient path) are whole.
     consume = None
     if state is not None and reductions.needs_attention and not return_attention and attention_delta is None:
-        consume = reductions.consumer(state)
+        consume = (*reductions.consumer(state), {})  # {}: the pass's logits buffer
     for i in range(c.depth):
         last = i == c.depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
