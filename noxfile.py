@@ -61,7 +61,7 @@ def _tests_session(backend):
 
 
 # The benchmark scripts and the arguments each runs with by default (results: benchmarks/README.md).
-BENCHMARKS = {"forward": [], "load": [], "analysis": [], "analyze": ["cost"], "gradients": []}
+BENCHMARKS = {"forward": [], "load": [], "analysis": [], "analyze": ["cost"], "reductions": [], "gradients": []}
 
 
 def _bench_session(backend):
