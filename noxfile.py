@@ -61,7 +61,14 @@ def _tests_session(backend):
 
 
 # The benchmark scripts and the arguments each runs with by default (results: benchmarks/README.md).
-BENCHMARKS = {"forward": [], "load": [], "analysis": [], "analyze": ["cost"], "reductions": [], "gradients": []}
+BENCHMARKS = {
+    "forward": [],
+    "load": [],
+    "analysis": [],
+    "analyze": ["cost"],
+    "reductions": [],
+    "gradients": [],
+}
 
 
 def _bench_session(backend):

@@ -154,3 +154,26 @@ def test_only_a_chunk_of_maps_is_live(monkeypatch):
     factors = config.depth * fused_map  # the rollout's factors, kept for its row
     extra = scratch(reductions=spec) - scratch()
     assert extra <= factors + fused_map, (extra, factors, fused_map)
+
+
+@pytest.mark.parametrize("renorm", [False, True])
+def test_chunked_rows_equal_whole_maps_and_float64(model, monkeypatch, renorm):
+    """The reductions read in chunks of 7 query rows (the last one padded) equal those of whole
+    maps, on every backend; float64 (the explicit path) gives them too, to float32 rounding."""
+    from vitops.backend import fused
+
+    spec = Reductions(
+        distance=True, renormalize=renorm, rollout="cls", cls_attention=True, token_mass=True, grams=True
+    )
+    params, config = model._params(), model.config
+    x = np.random.default_rng(4).standard_normal((3, *config.image_size, 3)).astype(np.float32)
+    t = config.num_tokens
+    whole = vitops.forward(params, config, x, reductions=spec)["reductions"]
+    monkeypatch.setattr(fused, "row_step_bytes", lambda: 7 * 3 * config.num_heads * t * 4)
+    chunked = vitops.forward(params, config, x, reductions=spec)["reductions"]
+    p64 = {k: keras.ops.cast(v, "float64") for k, v in params.items()}
+    f64 = vitops.forward(p64, config, x.astype(np.float64), reductions=spec)["reductions"]
+    assert whole.keys() == chunked.keys() == f64.keys()
+    for k in whole:
+        np.testing.assert_allclose(np_(chunked[k]), np_(whole[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(np_(f64[k]), np_(whole[k]), rtol=1e-4, atol=1e-5, err_msg=k)

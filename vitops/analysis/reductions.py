@@ -6,8 +6,9 @@ together, and only small arrays leave the model.
     out["reductions"]["distance"]   # (B, L, H) mean attention distance, pixels
 
 A spec is a frozen, hashable value: a compiled forward pass (jax.jit, tf.function) is built once
-per spec. Each reduction applies the same kernel as `vitops.analysis` does to materialised maps,
-so the two give the same numbers (tests/test_reductions.py). Shapes: B images, L blocks,
+per spec. Each reduction computes what `vitops.analysis` computes from materialised maps, here
+from each block's maps a chunk of query rows at a time (sums taken per chunk, so equal to
+float32 rounding; tests/test_reductions.py). Shapes: B images, L blocks,
 H heads, T tokens (prefix + patches), N patches, D width, P prefix tokens.
 """
 
@@ -157,7 +158,9 @@ class Reductions:
                 if self.renormalize:  # each patch row renormalised over the patches
                     ap, d = a[..., prefix:], rows["dist"][:, prefix:]
                     ratio = ops.sum(ap * d, axis=-1) / ops.sum(ap, axis=-1)  # (B, H, c)
-                    parts["distance"] = ops.sum(ratio * rows["patch"], axis=-1)  # (B, H)
+                    # prefix rows may give the patches no weight at all (0 / 0): not summed
+                    ratio = ops.where(rows["patch"] > 0, ratio, ops.zeros_like(ratio))
+                    parts["distance"] = ops.sum(ratio, axis=-1)  # (B, H)
                 else:  # sum of a * d; d is zero on prefix and padded rows
                     parts["distance"] = weighted_total(a, rows["dist"])  # (B, H)
             # Heads averaged once, for the token groups and a mean-fused rollout.

@@ -1,8 +1,10 @@
-"""Fused kernels a backend has and `keras.ops` does not name.
+"""Fused kernels a backend has and `keras.ops` does not name, and how attention is stepped.
 
-XLA (jax, tensorflow) fuses a bias add into the matmul that produces it; eager PyTorch runs
-each op as written, so there the affine map goes through `torch.nn.functional.linear`
-(one addmm) rather than a matmul and a separate broadcast add over its whole output.
+`affine`: XLA (jax, tensorflow) fuses a bias add into the matmul that produces it; eager
+PyTorch runs each op as written, so there the affine map goes through
+`torch.nn.functional.linear` (one addmm) rather than a matmul and a broadcast add.
+`attend`: attention without its maps, PyTorch's fused kernel or XLA in cache-sized steps.
+`row_step_bytes`: the chunk of query rows the in-forward reductions read at a time.
 """
 
 from __future__ import annotations

@@ -215,7 +215,8 @@ def _attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict):
     """Attention a chunk of query rows at a time, each chunk's probabilities reduced by fn (see
     `attention`): q, k, v (B, T, H, E) -> (out (B, T, H, E), parts {name: (S, ...)})."""
     b, n, heads, e = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
-    per_row = (b if isinstance(b, int) else 1) * heads * n * 4  # bytes of one query row's maps
+    # bytes of one query row's maps (a batch of unknown size, a traced graph, sized as 8 images)
+    per_row = (b if isinstance(b, int) else 8) * heads * n * 4
     budget = fused.row_step_bytes()
     c = n if budget is None else max(1, min(n, budget // per_row))
     steps = -(-n // c)

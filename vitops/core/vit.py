@@ -17,7 +17,7 @@ from keras import ops
 
 from ..errors import AnalysisError, ImageError
 from .config import ViTConfig
-from .ops import attention, attention_pool, dense, layer_norm, mean, mlp_hidden, rope_tables
+from .ops import attention, attention_pool, dense, is_float64, layer_norm, mean, mlp_hidden, rope_tables
 from .posemb import resample_pos_embed
 
 
@@ -293,9 +293,11 @@ def forward(
     )
     state = reductions.start(x, c, grid) if reductions is not None else None
     # Maps that only the reductions read are reduced a chunk of query rows at a time, inside
-    # the attention (see `ops.attention`); returned maps (and the gradient path) are whole.
+    # the attention (see `ops.attention`); returned maps, the gradient path and float64 (the
+    # explicit path throughout) give whole maps.
     consume = None
-    if state is not None and reductions.needs_attention and not return_attention and attention_delta is None:
+    whole = return_attention or attention_delta is not None or is_float64(x.dtype)
+    if state is not None and reductions.needs_attention and not whole:
         consume = (*reductions.consumer(state), {})  # {}: the pass's logits buffer
     for i in range(c.depth):
         last = i == c.depth - 1
