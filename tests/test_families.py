@@ -514,8 +514,6 @@ def test_pool_query_rollout_kept_factors_equal_the_joint_product(register_and_po
     model = vitops.load(register_and_pool_models["vit_base_patch16_siglip_224"])
     x = np.random.default_rng(4).standard_normal((3, 48, 64, 3)).astype(np.float32)
     kept = to_np(model.infer(x, reductions=Reductions(rollout="cls"))["reductions"]["rollout"])
-    joint = to_np(
-        model.infer(x, reductions=Reductions(rollout="cls", rollout_memory=0))["reductions"]["rollout"]
-    )
+    joint = to_np(model.infer(x, reductions=Reductions(rollout="cls", memory=0))["reductions"]["rollout"])
     assert kept.shape == (3, 12) and np.allclose(kept.sum(-1), 1.0, atol=1e-5)
     assert np.abs(kept - joint).max() < 1e-6

@@ -119,7 +119,8 @@ def test_metrics_are_the_materialised_kernels_numbers(report, name):
     np.testing.assert_allclose(metrics["cka"]["matrix"], cka.result(), rtol=1e-5, atol=1e-6)
     pos = model.get_params()["pos_embed"][prefix:].astype(np.float64)
     pos /= np.linalg.norm(pos, axis=-1, keepdims=True)
-    np.testing.assert_allclose(metrics["position_similarity"], pos @ pos.T, atol=1e-5)
+    refs = metrics["position_similarity_patches"]
+    np.testing.assert_allclose(metrics["position_similarity"], (pos @ pos.T)[refs], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -195,6 +196,15 @@ def test_figures_hold_their_data(rng):
     np.testing.assert_allclose(
         mosaic[4:7, 5:9], sim[5].reshape(3, 4)
     )  # patch (1, 1): rows 1*(3+1), cols 1*(4+1)
+    # a 40 x 20 grid: the tiles of a 16 x 16 lattice, each the full row at its lattice place
+    from vitops.analysis import reference_patches
+
+    refs = reference_patches((40, 20))
+    assert len(refs) == 256 and refs[0] == 0 and refs[-1] == 40 * 20 - 1
+    sim = rng.random((256, 800))
+    mosaic = plot.position_similarity(sim, (40, 20), patches=refs).axes[0].images[0].get_array()
+    assert mosaic.shape == (16 * 41, 16 * 21)
+    np.testing.assert_allclose(mosaic[41 : 41 + 40, 21 * 2 : 21 * 2 + 20], sim[16 + 2].reshape(40, 20))
     filters = rng.random((10, 4, 4, 3))
     tiles = plot.projection_filters(filters).axes[0].images[0].get_array()
     np.testing.assert_allclose(tiles[0:4, 0:4], filters[0], rtol=1e-6)
@@ -223,6 +233,12 @@ def test_figures_hold_their_data(rng):
     heads = rng.random((3, 8, 8))
     fig = plot.attention_heatmaps(images[0], heads)
     assert len([ax for ax in fig.axes if ax.images]) == 3
+    # a large image is drawn reduced, its map at the reduced size (memory while rendering)
+    big = rng.random((1, 1000, 600, 3)).astype(np.float32)
+    fig = plot.sample_overlays([big], [rollout[:1]], [heat[:1]], [["a"]], ["m"])
+    shown, overlay = fig.axes[0].images[0].get_array(), fig.axes[0].images[1].get_array()
+    assert shown.shape == (plot.DISPLAY_PIXELS, 230, 3) and overlay.shape == shown.shape[:2]
+    np.testing.assert_allclose(shown.mean(), big.mean(), rtol=1e-3)  # area averaging
 
 
 # ---- errors and the output folder ----

@@ -135,18 +135,32 @@ def test_in_process_shards_and_an_empty_shard(tmp_path, images):
     np.testing.assert_array_equal(b.samples.positions, a.samples.positions)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="data parallelism runs through keras.distribution on JAX")
-def test_two_simulated_devices_equal_one(tmp_path, images):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    common = ["--model", MODELS[0], "--model", MODELS[1], "--batch-size", "6", "--show", "4"]
-    cli("analyze", images, "--out", tmp_path / "one", *common, env=env)
-    cli("analyze", images, "--out", tmp_path / "two", *common, "--devices", "2", env=env)
-    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert_same_metrics(one, two, rtol=1e-6, atol=1e-7)
+PARALLEL = ["--model", MODELS[0], "--model", MODELS[1], "--batch-size", "6", "--show", "4"]
+
+
+@pytest.fixture(scope="module")
+def one_device_report(tmp_path_factory, images):
+    """The report of a one-process, one-device run, the reference of the parallel runs."""
+    out = tmp_path_factory.mktemp("parallel") / "one"
+    cli("analyze", images, "--out", out, *PARALLEL)
+    return out
+
+
+def assert_same_report(one, other):
+    """metrics.json within 1e-6 (float32 work split another way) and identical predictions."""
+    a = json.loads((one / "metrics.json").read_text())
+    b = json.loads((other / "metrics.json").read_text())
+    assert_same_metrics(a, b, rtol=1e-6, atol=1e-7)
     for m in MODELS:  # predictions identical, image by image
-        a = np.load(tmp_path / "one" / "per_image" / f"{m}_top.npy")
-        np.testing.assert_array_equal(a, np.load(tmp_path / "two" / "per_image" / f"{m}_top.npy"))
+        top = np.load(one / "per_image" / f"{m}_top.npy")
+        np.testing.assert_array_equal(top, np.load(other / "per_image" / f"{m}_top.npy"))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="data parallelism runs through keras.distribution on JAX")
+def test_two_simulated_devices_equal_one(tmp_path, images, one_device_report):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    cli("analyze", images, "--out", tmp_path / "two", *PARALLEL, "--devices", "2", env=env)
+    assert_same_report(one_device_report, tmp_path / "two")
     proc = subprocess.run(
         [sys.executable, "-m", "vitops", "analyze", "--devices", "3", "--out", tmp_path / "x"],
         capture_output=True,
@@ -154,6 +168,43 @@ def test_two_simulated_devices_equal_one(tmp_path, images):
         env={**os.environ, **env},
     )
     assert proc.returncode == 2 and "sees 2 device" in proc.stderr
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="multi-process runs are JAX's (jax.distributed)")
+def test_two_processes_equal_one(tmp_path, images, one_device_report):
+    """Two JAX processes on localhost, joined from the environment as a launcher sets it
+    (`--cluster`), one CPU device each, the same command line and the same --out (a shared
+    file system): process 0 writes the report of one run, process 1 writes nothing."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "cluster"
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "JAX_PLATFORMS": "cpu",
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(rank),
+        }
+        command = [sys.executable, "-m", "vitops", "analyze", str(images), "--out", str(out), *PARALLEL]
+        procs.append(
+            subprocess.Popen(
+                [*command, "--cluster"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-3000:]
+    assert "process 1 of 2" in results[1][0]
+    assert_same_report(one_device_report, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"]["analysed"] == 18
 
 
 # ---- the accumulators themselves ----

@@ -10,7 +10,13 @@ sums in float64 numpy.
 from .accumulate import Accumulator, Moments, load_states, save_states
 from .cka import MinibatchCKA, linear_cka, rbf_cka
 from .distance import AttentionDistance, distance_matrix, mean_attention_distance
-from .embeddings import cls_trajectory, cosine_to_final, position_similarity, projection_filters
+from .embeddings import (
+    cls_trajectory,
+    cosine_to_final,
+    position_similarity,
+    projection_filters,
+    reference_patches,
+)
 from .features import TopK, feature_activation_map, unit_activations, visualize_feature
 from .gradients import gradient_rollout, input_gradients
 from .heatmap import attention_heatmaps
@@ -29,6 +35,7 @@ __all__ = [
     "rbf_cka",
     "MinibatchCKA",
     "position_similarity",
+    "reference_patches",
     "projection_filters",
     "cls_trajectory",
     "cosine_to_final",

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import numpy as np
 from keras import ops
 
 from ..errors import AnalysisError
 from ._checks import as_tensor
 
+# The position-similarity figure (ViT paper, Fig. 7 centre) shows one tile per patch; above this
+# many patches a side, the tiles of an evenly spaced lattice of patches (a 64 x 64 grid's full
+# matrix is 16.8 M numbers: 356 MB in metrics.json).
+MAX_REFERENCE_SIDE = 16
 
-def position_similarity(pos_embed, num_prefix_tokens: int = 1):
-    """Cosine similarity between the patches' position embeddings: (T, D) or (1, T, D) -> (N, N).
+
+def reference_patches(grid, most: int = MAX_REFERENCE_SIDE) -> np.ndarray:
+    """Row-major indices of the patches whose position similarity a report keeps: every patch
+    of a grid (I, J) up to `most` a side, else an evenly spaced lattice of most x most
+    (fewer along a shorter side), first and last rows and columns included."""
+    rows = np.unique(np.linspace(0, grid[0] - 1, min(grid[0], most)).round().astype(int))
+    cols = np.unique(np.linspace(0, grid[1] - 1, min(grid[1], most)).round().astype(int))
+    return (rows[:, None] * grid[1] + cols[None, :]).reshape(-1)
+
+
+def position_similarity(pos_embed, num_prefix_tokens: int = 1, patches=None):
+    """Cosine similarity between the patches' position embeddings: (T, D) or (1, T, D) -> (N, N),
+    or (K, N) for the K patches (row-major indices) given.
 
     Row i reshaped to the patch grid shows which positions patch i's embedding resembles
     (ViT paper, Fig. 7 centre).
@@ -25,7 +41,8 @@ def position_similarity(pos_embed, num_prefix_tokens: int = 1):
         )
     p = ops.cast(p[num_prefix_tokens:], "float32")
     p = p / ops.sqrt(ops.sum(p * p, axis=-1, keepdims=True))
-    return ops.matmul(p, ops.transpose(p))  # (N, N)
+    rows = p if patches is None else ops.take(p, ops.convert_to_tensor(np.asarray(patches, np.int32)), axis=0)
+    return ops.matmul(rows, ops.transpose(p))  # (N or K, N)
 
 
 def projection_filters(params):
@@ -73,4 +90,10 @@ def cosine_to_final(tokens):
     return ops.concatenate([cos, last], axis=1)
 
 
-__all__ = ["position_similarity", "projection_filters", "cls_trajectory", "cosine_to_final"]
+__all__ = [
+    "position_similarity",
+    "reference_patches",
+    "projection_filters",
+    "cls_trajectory",
+    "cosine_to_final",
+]

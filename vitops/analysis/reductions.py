@@ -24,18 +24,23 @@ from ..backend.distribute import whole_batch
 from ..backend.reduce import weighted_total
 from ..errors import AnalysisError, clip
 from .cka import centred_gram
-from .distance import padded_distance
 from .embeddings import cosine_to_final
 from .rollout import _FUSE, _factor, _fused_row, rollout_options
 from .tokens import group_shares, token_counts
 
 ROLLOUTS = ("cls", "full")
-# The CLS row of the rollout, e_0^T A_L ... A_1, is a product from the last block down. Kept
-# below this size, every block's fused factor (B, T, T) is held until the last block and the
-# row costs L vector-matrix products, O(L T^2); above it (very large grids or batches), the
-# joint product A_l ... A_1 is carried forward instead, O(L T^3) (at 518 px and patch 14,
-# T = 1370, as much work again as the attention itself).
-ROLLOUT_FACTORS_BYTES = 1 << 30
+# The memory the in-forward analyses may take beyond the plain forward pass, by default: the
+# chunks of attention rows they read at a time (`vitops.backend.fused.row_step_bytes`) and the
+# rollout's kept factors. The CLS row of the rollout, e_0^T A_L ... A_1, is a product from the
+# last block down. When every block's head-fused factor (B, T, T) fits this budget, the
+# factors are kept until the last block and the row costs L vector-matrix products. Above it
+# (large grids or batches: ViT-S/16 at 1024 px, batch 2, 1.6 GB of factors) each block's input
+# (B, T, D) is kept instead, T / D times smaller, and after the last block the row is carried
+# down, each block's attention computed again from its input a chunk of rows at a time: one
+# more pass over the attention, O(L T^2 D), never a (B, T, T) matrix (carrying the joint
+# product forward would be O(L T^3): 200 s a batch there on a 2-core CPU, against 10 s for
+# the forward pass).
+ANALYSIS_MEMORY_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Reductions:
     cls_trajectory: bool = False
     grams: bool = False
     token_mass: bool = False
-    rollout_memory: int = ROLLOUT_FACTORS_BYTES  # bytes the rollout's kept factors may take
+    memory: int = ANALYSIS_MEMORY_BYTES  # bytes of maps and factors held at a time (see above)
 
     def __post_init__(self):
         flags = [f.name for f in dataclasses.fields(self) if f.type in (bool, "bool")]
@@ -81,12 +86,8 @@ class Reductions:
         if self.rollout is not None and self.rollout not in ROLLOUTS:
             raise AnalysisError(f"rollout must be None or one of {ROLLOUTS}, got {clip(self.rollout)}")
         _, ratio = rollout_options(self.head_fusion, self.discard_ratio)
-        if (
-            isinstance(self.rollout_memory, bool)
-            or not isinstance(self.rollout_memory, int)
-            or self.rollout_memory < 0
-        ):
-            raise AnalysisError(f"rollout_memory must be a number of bytes, got {clip(self.rollout_memory)}")
+        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 0:
+            raise AnalysisError(f"memory must be a number of bytes, got {clip(self.memory)}")
         object.__setattr__(self, "discard_ratio", ratio)
 
     @property
@@ -104,12 +105,15 @@ class Reductions:
 
     # ---- the pass itself: start, one step per block, finish ----
 
-    def start(self, x, config, grid) -> dict:
-        """State before the first block, from the embeddings x (B, T, D)."""
+    def start(self, x, config, grid, whole: bool = False) -> dict:
+        """State before the first block, from the embeddings x (B, T, D). whole: the pass reads
+        whole maps (returned, perturbed or float64), so the rollout keeps its factors."""
         state = {
             "_prefix": config.num_prefix_tokens,
             "_patches": grid[0] * grid[1],
             "_class": config.class_token,
+            "_grid": grid,
+            "_patch_size": config.patch_size,
         }
         if self.cls_tokens or self.cls_trajectory:
             state["cls_tokens"] = [self._query_token(state, x)]
@@ -120,14 +124,12 @@ class Reductions:
             state["_groups"] = token_counts(config)
         if self.rollout == "cls":
             t, b = x.shape[1], x.shape[0]
-            known = isinstance(b, int)  # a batch of unknown size (a traced TF graph) carries the joint
-            state["_store"] = known and 4 * b * config.depth * t * t <= self.rollout_memory
+            b = b if isinstance(b, int) else 8  # a batch of unknown size (a traced graph) sized as 8
+            state["_store"] = whole or 4 * b * config.depth * t * t <= self.memory
             state["_factors"] = []
+            state["_inputs"] = [] if state["_store"] else [x]  # each block's input, for the second pass
         if self.distance:
             state["distance"] = []
-            state["_dist"] = ops.convert_to_tensor(
-                padded_distance(grid, config.patch_size, config.num_prefix_tokens), "float32"
-            )
         return state
 
     @staticmethod
@@ -139,37 +141,31 @@ class Reductions:
     def consumer(self, state: dict):
         """(fn, row_inputs) for `ops.attention`: fn reduces a chunk of query rows of one block's
         probabilities (B, H, c, T) to what `step` folds in, each part summed or stacked over the
-        chunks afterwards. row_inputs hold, per query row, its distances to every token (zero
-        on prefix rows and columns), whether it is a patch and whether it is a real row (the
-        chunks past the last row are zero padding)."""
+        chunks afterwards. row_inputs hold, per query row, its patch centre in pixels (zero on
+        prefix rows), whether it is a patch and whether it is a real row (the chunks past the
+        last row are zero padding)."""
         prefix = state["_prefix"]
-        t = prefix + state["_patches"]
-        row = np.arange(t)
-        inputs = {"valid": ops.convert_to_tensor(np.ones(t, np.float32))}
-        if self.distance:
-            inputs["dist"] = state["_dist"]
-            if self.renormalize:
-                inputs["patch"] = ops.convert_to_tensor((row >= prefix).astype(np.float32))
+        inputs = _row_inputs(state)
+        keys = _key_positions(state)  # (T, 2), (T,): every token's centre and patch flag
+        fused_rows = self.rollout == "full" or (self.rollout == "cls" and state["_store"])
 
         def reduce_rows(probs, rows):
             a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
             parts = {}
             if self.distance:
+                d = _distances(rows, keys)  # (c, T), zero on prefix rows and columns
                 if self.renormalize:  # each patch row renormalised over the patches
-                    ap, d = a[..., prefix:], rows["dist"][:, prefix:]
+                    ap, d = a[..., prefix:], d[:, prefix:]
                     ratio = ops.sum(ap * d, axis=-1) / ops.sum(ap, axis=-1)  # (B, H, c)
                     # prefix rows may give the patches no weight at all (0 / 0): not summed
                     ratio = ops.where(rows["patch"] > 0, ratio, ops.zeros_like(ratio))
                     parts["distance"] = ops.sum(ratio, axis=-1)  # (B, H)
                 else:  # sum of a * d; d is zero on prefix and padded rows
-                    parts["distance"] = weighted_total(a, rows["dist"])  # (B, H)
-            # Heads averaged once, for the token groups and a mean-fused rollout.
-            mean_fused = self.rollout is not None and self.head_fusion == "mean"
-            mean_rows = ops.mean(a, axis=1) if self.token_mass or mean_fused else None  # (B, c, T)
+                    parts["distance"] = weighted_total(a, d)  # (B, H)
             if self.token_mass:  # attention received per token, summed over the real query rows
-                parts["received"] = ops.sum(mean_rows * rows["valid"][None, :, None], axis=1)  # (B, T)
-            if self.rollout is not None:
-                parts["fused"] = mean_rows if mean_fused else _FUSE[self.head_fusion](a, axis=1)  # (B, c, T)
+                parts["received"] = _row_sum(a, rows["valid"])  # (B, T)
+            if fused_rows:
+                parts["fused"] = _FUSE[self.head_fusion](a, axis=1)  # (B, c, T)
             if self.cls_attention:
                 parts["first"] = a[:, :, 0] + 0.0  # (B, H, T): the chunk's first row, a copy
             return parts
@@ -191,6 +187,8 @@ class Reductions:
             state["cls_tokens"].append(self._query_token(state, x))
         if self.grams:
             state["grams"].append(centred_gram(whole_batch(x)))
+        if self.rollout == "cls" and not state["_store"] and not last:
+            state["_inputs"].append(x)  # the next block's input
         if parts is None:
             return state
         t = prefix + state["_patches"]
@@ -199,24 +197,73 @@ class Reductions:
             state["token_mass"].append(group_shares(received, *state["_groups"]))
         if self.distance:
             state["distance"].append(ops.sum(parts["distance"], axis=0) / state["_patches"])  # (B, H)
-        if self.rollout is not None:
+        if "fused" in parts:
             rows = parts["fused"]  # (S, B, c, T)
             s, c = rows.shape[0], rows.shape[2]
             fused = ops.reshape(ops.transpose(rows, (1, 0, 2, 3)), (-1, s * c, t))[:, :t]  # (B, T, T)
             f = _factor(fused, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
-            joint = state.get("rollout")
-            if self.rollout == "cls" and state["_store"]:
+            if self.rollout == "cls":
                 state["_factors"].append(f)
-            elif joint is None:
-                state["rollout"] = f
-            elif last and self.rollout == "cls" and state["_class"]:
-                # e_0^T A_L (A_{L-1} ... A_1): the last factor's CLS row alone
-                state["rollout"] = ops.matmul(f[:, :1], joint)[:, 0]  # (B, T)
             else:
-                state["rollout"] = ops.matmul(f, joint)  # (B, T, T)
+                joint = state.get("rollout")
+                state["rollout"] = f if joint is None else ops.matmul(f, joint)  # (B, T, T)
         if last and self.cls_attention and state["_class"]:
             state["cls_attention"] = parts["first"][0][:, :, prefix:]  # (B, H, N)
         return state
+
+    @property
+    def carries_down(self) -> bool:
+        """The CLS row of the rollout may need a second pass from the last block down: call
+        `rollout_down` after the last block when the state says so."""
+        return self.rollout == "cls"
+
+    def rollout_down(self, state: dict, block_parts, pool_probs=None) -> dict:
+        """The rollout's CLS row from the last block down, from each block's kept input:
+        block_parts(i, x, consume) reduces block i's attention of input x (B, T, D) with
+        consume (fn, row_inputs) and returns the parts stacked over chunks (see
+        `vitops.core.ops.attention`). Nothing to do when the factors were kept."""
+        if self.rollout != "cls" or state["_store"]:
+            return state
+        prefix, t = state["_prefix"], state["_prefix"] + state["_patches"]
+        row = self._start_row(state, pool_probs)  # (B, T)
+        inputs = _row_inputs(state)
+        for i in reversed(range(len(state["_inputs"]))):
+            if self.discard_ratio > 0:  # the discarded share is of a whole fused map: one block's
+                fn = lambda probs, rows: {
+                    "fused": _FUSE[self.head_fusion](ops.cast(probs, "float32"), axis=1)
+                }
+                parts = block_parts(i, state["_inputs"][i], (fn, inputs))["fused"]  # (S, B, c, T)
+                s, c = parts.shape[0], parts.shape[2]
+                fused = ops.reshape(ops.transpose(parts, (1, 0, 2, 3)), (-1, s * c, t))[:, :t]
+                f = _factor(fused, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
+                row = ops.matmul(row[:, None], f)[:, 0]
+                continue
+            weights = dict(inputs, row=ops.transpose(row))  # (T, B): this row's weight per query
+
+            def down(probs, rows):
+                # row (B, T) times the factor (fused + I) / (sum(fused) + 1), this chunk's rows
+                fused = _FUSE[self.head_fusion](ops.cast(probs, "float32"), axis=1)  # (B, c, T)
+                w = ops.transpose(rows["row"]) / (ops.sum(fused, axis=-1) + 1.0)  # (B, c), 0 on padding
+                return {"mixed": ops.matmul(w[:, None], fused)[:, 0], "self": w}  # (B, T), (B, c)
+
+            parts = block_parts(i, state["_inputs"][i], (down, weights))
+            s, c = parts["self"].shape[0], parts["self"].shape[2]
+            own = ops.reshape(ops.transpose(parts["self"], (1, 0, 2)), (-1, s * c))[:, :t]  # (B, T)
+            row = ops.sum(parts["mixed"], axis=0) + own  # (B, T)
+        state["rollout"] = row[:, prefix:]
+        state["_inputs"] = []
+        return state
+
+    def _start_row(self, state: dict, pool_probs):
+        """The vector the rollout row starts from: e_0 for the class token, else the
+        attention-pool query's fused row over the patches (its stand-in), (B, T)."""
+        prefix = state["_prefix"]
+        if state["_class"]:
+            first = ops.cast(state["_inputs"][0][:, :, 0], "float32")  # (B, T): any (B, T) array
+            e0 = ops.concatenate([ops.ones_like(first[:, :1]), ops.zeros_like(first[:, 1:])], axis=1)
+            return e0
+        q = _fused_row(ops.cast(pool_probs, "float32"), self.head_fusion, self.discard_ratio)  # (B, N)
+        return ops.pad(q, ((0, 0), (prefix, 0)))
 
     def finish(self, state: dict, pool_probs=None) -> dict:
         """The outputs; pool_probs (B, H, N), the attention-pool head's attention over the patches,
@@ -238,18 +285,8 @@ class Reductions:
             for f in reversed(factors[:-1]):
                 row = ops.matmul(row[:, None], f)[:, 0]
             out["rollout"] = row[:, prefix:]  # (B, N)
-        elif self.rollout == "cls":
-            row = state["rollout"]
-            if len(row.shape) == 3:
-                if state["_class"]:  # a single block: its factor's CLS row
-                    row = row[:, 0]
-                else:  # the pooling query's fused row over the patches, through every block
-                    q = _fused_row(
-                        ops.cast(pool_probs, "float32"), self.head_fusion, self.discard_ratio
-                    )  # (B, N)
-                    q = ops.pad(q, ((0, 0), (prefix, 0)))  # (B, T)
-                    row = ops.matmul(q[:, None], row)[:, 0]  # (B, T)
-            out["rollout"] = row[:, prefix:]  # (B, N)
+        elif self.rollout == "cls":  # carried down from the last block (`rollout_down`)
+            out["rollout"] = state["rollout"]  # (B, N)
         elif self.rollout == "full":
             out["rollout"] = state["rollout"]  # (B, T, T)
         if self.cls_attention:
@@ -267,3 +304,50 @@ class Reductions:
         if self.token_mass:
             out["token_mass"] = ops.stack(state["token_mass"], axis=1)  # (B, L, 3)
         return out
+
+
+# ---- per-row inputs of the consumer: positions instead of a (T, T) table ----
+
+
+def _positions(state: dict) -> np.ndarray:
+    """(T, 3) float32 per token: its patch centre (row, column) in pixels and 1 for a patch;
+    zeros for the prefix tokens."""
+    (rows, cols), prefix, p = state["_grid"], state["_prefix"], float(state["_patch_size"])
+    i, j = np.divmod(np.arange(rows * cols), cols)
+    pos = np.zeros((prefix + rows * cols, 3), np.float32)
+    pos[prefix:, 0], pos[prefix:, 1], pos[prefix:, 2] = p * i, p * j, 1.0
+    return pos
+
+
+def _row_inputs(state: dict) -> dict:
+    """Per query row (first axis T): "pos" (T, 3) from `_positions`, "patch" (T,) and "valid"
+    (T,), ones (a row past the last is padding, zero)."""
+    pos = _positions(state)
+    return {
+        "pos": ops.convert_to_tensor(pos),
+        "patch": ops.convert_to_tensor(pos[:, 2]),
+        "valid": ops.convert_to_tensor(np.ones(len(pos), np.float32)),
+    }
+
+
+def _key_positions(state: dict):
+    return ops.convert_to_tensor(_positions(state))  # (T, 3)
+
+
+def _distances(rows: dict, keys):
+    """(c, T) pixel distances between the chunk's query rows and every token, zero where
+    either is a prefix token or the row is padding: computed per chunk, never a (T, T) table
+    (67 MB at 1024 px and patch 16)."""
+    q, k = rows["pos"], keys  # (c, 3), (T, 3)
+    dy = q[:, None, 0] - k[None, :, 0]
+    dx = q[:, None, 1] - k[None, :, 1]
+    return ops.sqrt(dy * dy + dx * dx) * (q[:, None, 2] * k[None, :, 2])
+
+
+def _row_sum(a, valid):
+    """(B, H, c, T) probabilities, (c,) row weights -> (B, T): summed over the weighted rows and
+    averaged over the heads, as products (a reduction over a non-minor axis ran 3x slower on
+    XLA:CPU at 4,097 tokens)."""
+    b, h, c = ops.shape(a)[0], a.shape[1], a.shape[2]
+    w = ops.broadcast_to(ops.reshape(valid, (1, 1, 1, c)), (b, h, 1, c))
+    return ops.mean(ops.matmul(w, a)[:, :, 0], axis=1)  # (B, T)

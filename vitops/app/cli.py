@@ -88,6 +88,13 @@ def _analyze(args) -> int:
     from .commands import analyze
     from .inputs import parse_shard
 
+    process = None
+    if args.cluster:  # before anything touches a device
+        from ..backend.distribute import join_cluster
+
+        process = join_cluster()
+        if args.devices is None:
+            args.devices = "all"
     images = args.images
     if not images:
         images = [str(p) for p in shipped.samples()]
@@ -109,6 +116,9 @@ def _analyze(args) -> int:
         save_state=args.save_state,
         **settings,
     )
+    if process is not None and process[0] != 0:
+        print(f"process {process[0]} of {process[1]}: analysed its share; process 0 writes the results")
+        return 0
     if out is not None:
         _print_summary(summary, out)
     if args.save_state:
@@ -230,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="I/N: analyse the I-th of N slices of the image list (0-based)")
     p.add_argument("--save-state", help="also write every accumulator to this file, for `vitops report`")
     p.add_argument("--devices", default=None, help="data-parallel devices on JAX: 'all' or a count")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="join a multi-process JAX run first (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+        "JAX_PROCESS_ID, or a SLURM, Open MPI or Kubernetes job), over all its devices; "
+        "process 0 writes the results",
+    )
     p.set_defaults(func=_analyze)
     p = sub.add_parser(
         "report",

@@ -59,6 +59,11 @@ def analyze(
         preprocessing=preprocessing,
         progress=progress,
     )
+    from ..backend.distribute import is_writer
+
+    if not is_writer():  # a multi-process run: the first process writes the report and the state
+        study = run_study(models, images, per_image_dir=None, **dict(run, keep_per_image=False))
+        return _state_summary(study)
     if out_dir is None:  # a shard's state alone: no figures
         if save_state is None:
             raise AnalysisError("nothing to write: give an output folder, a state file, or both")

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..analysis.embeddings import reference_patches
 from . import plots as plot
 
 # Figures in the order the report shows them, with their captions.
@@ -34,7 +35,7 @@ CAPTIONS = {
     "cka_cross": "Centered kernel alignment between every layer of one model and every layer of another, over "
     "the same images (minibatch CKA).",
     "position_similarity": "Cosine similarity of each patch's position embedding (tile at its place) to every other "
-    "patch's (ViT, Fig. 7).",
+    "patch's (ViT, Fig. 7); above 16 patches a side, the tiles of an evenly spaced lattice of 16 x 16 patches.",
     "projection_filters": "Patch-embedding filters, each scaled to [0, 1] (ViT, Fig. 7).",
 }
 
@@ -167,6 +168,7 @@ def figures(study, summary) -> dict:
                 ms.config.grid_size,
                 fig=sub,
                 title=f"{ms.label}: position embedding similarity",
+                patches=reference_patches(ms.config.grid_size),
             ),
         )
     figs["projection_filters"] = _panels(

@@ -59,24 +59,31 @@ def image_names(items) -> list[str]:
 
 
 def batch_count(n: int, size: int) -> int:
-    """How many batches `batches` makes of n images: ceil(n / size), one fewer when the last
-    would hold under MIN_CKA_BATCH images (it joins the one before)."""
+    """How many batches `batches` makes of n images: ceil(n / size)."""
     if size < 1:
         raise AnalysisError(f"batch size must be at least 1, got {size}")
-    k = -(-n // size)
-    if k >= 2 and n - (k - 1) * size < MIN_CKA_BATCH:
-        k -= 1
-    return k
+    return -(-n // size)
 
 
 def _edge(j: int, n: int, size: int, k: int) -> int:
-    """Where batch j starts (j = k: the end of the list)."""
-    return n if j >= k else j * size
+    """Where batch j starts (j = k: the end of the list). No batch holds more than size images
+    (the batch size bounds a pass's memory); when the last would hold under MIN_CKA_BATCH and
+    the last two can both hold that many, they share their images evenly, so that every batch
+    feeds the unbiased CKA estimator."""
+    if j >= k:
+        return n
+    if j == k - 1 and k >= 2:
+        pair = n - (k - 2) * size  # the images of the last two batches
+        if pair - size < MIN_CKA_BATCH <= pair // 2:
+            return (k - 2) * size + (pair + 1) // 2
+    return j * size
 
 
 def batches(n: int, size: int, shard: tuple[int, int] | None = None) -> list[range]:
-    """Batches of image positions; a last batch under 4 images joins the one before, so every
-    batch can feed the unbiased CKA estimator (when all its images decode). With shard (I, N):
+    """Batches of image positions, at most size each; a last batch under 4 images shares the
+    images of the one before when both can hold 4, so every batch can feed the unbiased CKA
+    estimator (when all its images decode; batches under 4 are counted as skipped for CKA).
+    With shard (I, N):
     only the I-th of N contiguous runs of these batches, so shards see exactly the batches a
     single run makes. Computed, not listed: O(batches of the shard) whatever n is."""
     k = batch_count(n, size)

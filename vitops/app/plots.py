@@ -27,6 +27,24 @@ def side_by_side(count: int, width: float, height: float, title: str = ""):
     return fig, list(subs)
 
 
+# Images are drawn at most this many pixels on their longer side: a panel is about 2 inches
+# wide, and a 1024 px image with its upsampled map would otherwise be held (as float RGBA) for
+# every panel while a figure renders: 0.9 GB for the sample figure of 4 images at 1024 px.
+DISPLAY_PIXELS = 384
+
+
+def _shown(image: np.ndarray) -> np.ndarray:
+    """The image as drawn: reduced (area averaging) when its longer side exceeds DISPLAY_PIXELS."""
+    h, w = image.shape[:2]
+    if max(h, w) <= DISPLAY_PIXELS:
+        return image
+    import cv2
+
+    f = DISPLAY_PIXELS / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return cv2.resize(np.asarray(image, np.float32), size, interpolation=cv2.INTER_AREA)
+
+
 def _upsample(m: np.ndarray, shape) -> np.ndarray:
     import cv2
 
@@ -70,7 +88,7 @@ def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None
     axes = fig.subplots(count, per * models, squeeze=False)
     for m in range(models):
         for s in range(count):
-            image = images[m][s]
+            image = _shown(images[m][s])
             for c, (maps, what) in enumerate(panels[m]):
                 ax = axes[s, per * m + c]
                 ax.axis("off")
@@ -95,6 +113,7 @@ def attention_heatmaps(
     rows, cols = _grid(heads, 6)
     fig = fig if fig is not None else Figure(figsize=(2.2 * cols, 2.3 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    image = _shown(image)
     for h, ax in enumerate(axes):
         ax.axis("off")
         if h >= heads:
@@ -119,15 +138,17 @@ def mean_map(m: np.ndarray, title: str = "", fig=None):
     return fig
 
 
-def position_similarity(sim: np.ndarray, grid, fig=None, title: str = ""):
+def position_similarity(sim: np.ndarray, grid, fig=None, title: str = "", patches=None):
     """ViT paper Fig. 7 (centre): for each patch, its embedding's cosine similarity to all others,
-    shown as an (I, J) tile at the patch's place. sim: (N, N), N = I * J."""
+    shown as an (I, J) tile at the patch's place. sim: (K, N), N = I * J, row k for patch
+    patches[k] (row-major indices on a lattice of rows and columns; None: every patch, K = N)."""
     gh, gw = grid
-    tiles = sim.reshape(gh, gw, gh, gw)  # (row, col, row', col')
-    mosaic = np.full((gh * (gh + 1), gw * (gw + 1)), np.nan, np.float32)
-    for r in range(gh):
-        for c in range(gw):
-            mosaic[r * (gh + 1) : r * (gh + 1) + gh, c * (gw + 1) : c * (gw + 1) + gw] = tiles[r, c]
+    patches = np.arange(gh * gw) if patches is None else np.asarray(patches)
+    rows, cols = np.unique(patches // gw), np.unique(patches % gw)
+    mosaic = np.full((len(rows) * (gh + 1), len(cols) * (gw + 1)), np.nan, np.float32)
+    for k, p in enumerate(patches):
+        r, c = np.searchsorted(rows, p // gw), np.searchsorted(cols, p % gw)
+        mosaic[r * (gh + 1) : r * (gh + 1) + gh, c * (gw + 1) : c * (gw + 1) + gw] = sim[k].reshape(gh, gw)
     fig = fig if fig is not None else Figure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(mosaic, cmap="viridis", vmin=-1, vmax=1)

@@ -38,7 +38,14 @@ def write_into(study, folder: Path) -> dict:
     # File names, class names and model labels are text, not mathtext: "$\\nosuch$.png" is a
     # name to show, not a formula for matplotlib to parse (and fail on, ending the run).
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
-        pngs = {key: _png(fig) for key, fig in figures(study, summary).items()}
+        figs, pngs = figures(study, summary), {}
+        for key in list(figs):
+            # Rendered and released one at a time: a drawn figure holds its canvas and its
+            # images' resampled copies until it is cleared (600 MB for the figures of a
+            # 1024 px run when all were held to the end).
+            fig = figs.pop(key)
+            pngs[key] = _png(fig)
+            fig.clear()
     for key, data in pngs.items():
         (folder / f"{key}.png").write_bytes(data)
     per_image = folder / "per_image"

@@ -203,7 +203,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
                 out = model.infer(distribute.distribute_batch(x, distribution), reductions=spec)
         else:
             out = model.infer(x, reductions=spec)
-        red = {k: keras.ops.convert_to_numpy(v) for k, v in out["reductions"].items()}
+        red = {k: distribute.to_host(v) for k, v in out["reductions"].items()}
         rows, cols = ms.grid
         distance = red["distance"]  # (b, L, H)
         rollout = red["rollout"].reshape(b, rows, cols)
@@ -216,7 +216,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
         ms.token_mass.update_values(red["token_mass"])
         top = prob = None
         if "logits" in out:
-            logits = keras.ops.convert_to_numpy(out["logits"]).astype(np.float64)
+            logits = distribute.to_host(out["logits"]).astype(np.float64)
             p = np.exp(logits - logits.max(-1, keepdims=True))
             top, prob = _top(p / p.sum(-1, keepdims=True))
         if writers:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..analysis.accumulate import load_states
 from ..analysis.cka import MinibatchCKA
+from ..analysis.embeddings import reference_patches
 from ..analysis.tokens import TOKEN_GROUPS
 from ..core.config import FAMILIES, ViTConfig
 from ..errors import AnalysisError, ConfigError, VitopsError, clip
@@ -163,7 +164,8 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
             raise AnalysisError(f"{where} sample images are not among its analysed images")
     probes = ms.probes.arrays
     native = c.grid_size[0] * c.grid_size[1] if c.pos_embed != "none" else 0
-    _expect(probes.get("position_similarity"), (native, native), f"{where} position similarity")
+    refs = len(reference_patches(c.grid_size)) if native else 0
+    _expect(probes.get("position_similarity"), (refs, native), f"{where} position similarity")
     filters = np.shape(probes.get("projection_filters"))
     if len(filters) != 4 or not 1 <= filters[0] <= 64 or filters[1:] != (c.patch_size, c.patch_size, 3):
         raise AnalysisError(f"{where} projection filters have shape {filters}")

@@ -125,11 +125,13 @@ class ModelStudy:
         return {name: getattr(self, name) for name in self.NAMES}
 
     def probe_weights(self, model, max_filters: int = 64) -> None:
-        """Position-embedding similarity (ViT, Fig. 7 centre) and the first patch filters."""
+        """Position-embedding similarity (ViT, Fig. 7 centre) of the reference patches
+        (`analysis.reference_patches`) to every patch, and the first patch filters."""
         params = model.variables_by_key
         if "pos_embed" in params:  # of the table's patch rows
+            refs = analysis.reference_patches(self.config.grid_size)
             sim = keras.ops.convert_to_numpy(
-                analysis.position_similarity(params["pos_embed"], self.config.num_pos_prefix)
+                analysis.position_similarity(params["pos_embed"], self.config.num_pos_prefix, refs)
             )
         else:  # rotary positions (DINOv3): no table to compare
             sim = np.zeros((0, 0), np.float32)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..analysis.embeddings import reference_patches
 from ..analysis.heatmap import mass_masks
 from ..analysis.tokens import TOKEN_GROUPS, token_counts
 
@@ -51,7 +52,9 @@ def _model_summary(ms, settings) -> dict:
         "token_mass": {"groups": list(TOKEN_GROUPS), "mean": mass["mean"], "std": mass["std"]},
         "cka": None,
         "samples": {},
-        "position_similarity": ms.probes.arrays["position_similarity"],
+        "position_similarity": ms.probes.arrays["position_similarity"],  # (K, N): K reference patches
+        # the reference patches' row-major indices on the table's native grid
+        "position_similarity_patches": reference_patches(c.grid_size) if c.pos_embed != "none" else [],
         "projection_filters": ms.probes.arrays["projection_filters"],
     }
     if not ms.cka.empty:

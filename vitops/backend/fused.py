@@ -45,13 +45,21 @@ ATTENTION_STEP_BYTES = 4 << 20
 # products stay efficient. Measured on DINOv2 ViT-S/14 at 518 px, batch 8, every reduction,
 # 2-core AMD EPYC, jax: 16.7 s a batch with whole maps, 10.8 s in 32 MiB chunks. Eager
 # PyTorch pays per op and per small product: there whole maps were faster (10.0 s against
-# 11.4 s in 32 MiB chunks), so a block's maps are one chunk.
+# 11.4 s in 32 MiB chunks), so a block's maps are one chunk while they fit the budget.
 XLA_ROW_STEP_BYTES = 32 << 20
 
+# A chunk's maps exist in about this many copies at once (logits, probabilities, the
+# reductions' products), so a chunk is at most this fraction of the analyses' memory budget.
+CHUNK_COPIES = 4
 
-def row_step_bytes() -> int | None:
-    """Bytes of maps per chunk of query rows for the reductions; None: a block's maps at once."""
-    return None if name() == "torch" else XLA_ROW_STEP_BYTES
+
+def row_step_bytes(block_bytes: int, budget: int) -> int | None:
+    """Bytes of maps per chunk of query rows for the in-forward reductions, given one block's
+    maps (block_bytes) and the memory the analyses may use (budget); None: a block at once."""
+    cap = max(1, budget // CHUNK_COPIES)
+    if name() == "torch":
+        return None if block_bytes <= cap else cap
+    return min(XLA_ROW_STEP_BYTES, cap)
 
 
 def attend(q, k, v, scale: float):

@@ -164,9 +164,10 @@ def attention(
     gradient with respect to the attention probabilities: what gradient-weighted attention
     methods need, without hooks.
 
-    consume: (fn, row_inputs, scratch), for maps that are read and reduced, never returned (the
-    in-forward reductions): the probabilities are computed a chunk of query rows at a time
-    (`fused.row_step_bytes`; eager PyTorch takes a block's rows at once) and fn(probs
+    consume: (fn, row_inputs, scratch, budget), for maps that are read and reduced, never
+    returned (the in-forward reductions): the probabilities are computed a chunk of query rows
+    at a time (`fused.row_step_bytes` of the budget in bytes; eager PyTorch takes a block's
+    rows at once while they fit) and fn(probs
     (B, H, c, T) float, inputs) reduces each chunk to a dict of small arrays, where inputs
     holds the chunk's rows of row_inputs (arrays whose first axis is the T query rows,
     zero-padded past the last). Returns (out, parts): parts stacks fn's results over the
@@ -196,7 +197,7 @@ def attention(
         k, v = kv[:, :, 0], kv[:, :, 1]
     k = _rotate_patches(k, rope, num_prefix)
     if rows:
-        out, parts = _attend_rows(q, k, v, scale, *consume)  # (B, T, H, E)
+        out, parts = attend_rows(q, k, v, scale, *consume)  # (B, T, H, E)
         return dense(ops.reshape(out[:, :nq], (-1, nq, d)), proj_kernel, proj_bias), parts
     if not explicit:
         out = attend(q, k, v, scale)  # (B, Q, H, E)
@@ -211,21 +212,34 @@ def attention(
     return dense(ops.reshape(out, (-1, nq, d)), proj_kernel, proj_bias), probs if return_probs else None
 
 
-def _attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict):
+def attention_parts(x, qkv_kernel, qkv_bias, num_heads: int, consume, rope=None, num_prefix: int = 0):
+    """The probabilities of `attention` over x (B, T, D) for every query row, only reduced by
+    consume (fn, row_inputs, scratch, budget) a chunk of rows at a time: the parts stacked
+    over the chunks, (S, ...). q and k as `attention` computes them (the same products)."""
+    n, d = x.shape[-2], x.shape[-1]
+    head_dim = d // num_heads
+    qkv = ops.reshape(dense(x, qkv_kernel, qkv_bias), (-1, n, 3, num_heads, head_dim))
+    q = _rotate_patches(qkv[:, :, 0], rope, num_prefix)
+    k = _rotate_patches(qkv[:, :, 1], rope, num_prefix)
+    return attend_rows(q, k, None, head_dim**-0.5, *consume)[1]
+
+
+def attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict, budget: int):
     """Attention a chunk of query rows at a time, each chunk's probabilities reduced by fn (see
-    `attention`): q, k, v (B, T, H, E) -> (out (B, T, H, E), parts {name: (S, ...)})."""
+    `attention`): q, k, v (B, T, H, E) -> (out (B, T, H, E), parts {name: (S, ...)}).
+    v None: the probabilities are only reduced, out is None (the rollout's second pass)."""
     b, n, heads, e = q.shape[0], q.shape[1], q.shape[2], q.shape[3]
     # bytes of one query row's maps (a batch of unknown size, a traced graph, sized as 8 images)
     per_row = (b if isinstance(b, int) else 8) * heads * n * 4
-    budget = fused.row_step_bytes()
-    c = n if budget is None else max(1, min(n, budget // per_row))
+    step = fused.row_step_bytes(per_row * n, budget)
+    c = n if step is None else max(1, min(n, step // per_row))
     steps = -(-n // c)
     pad = steps * c - n
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, T, E), as the explicit path
     q = ops.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
     qs = ops.transpose(ops.reshape(q, (-1, heads, steps, c, e)), (2, 0, 1, 3, 4))  # (S, B, H, c, E)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, E, T)
-    v = ops.transpose(v, (0, 2, 1, 3))  # (B, H, T, E)
+    v = None if v is None else ops.transpose(v, (0, 2, 1, 3))  # (B, H, T, E)
     inputs = {
         name: ops.reshape(ops.pad(r, ((0, pad),) + ((0, 0),) * (len(r.shape) - 1)), (steps, c, *r.shape[1:]))
         for name, r in row_inputs.items()
@@ -234,8 +248,12 @@ def _attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict):
     def chunk(args):
         qc, rows = args
         probs = softmax_of_temporary(attention_logits(qc, k, scratch), axis=-1)  # (B, H, c, T)
+        if v is None:
+            return fn(probs, rows)
         return matmul(probs, v), fn(probs, rows)  # (B, H, c, E)
 
+    if v is None:
+        return None, ops.map(chunk, (qs, inputs))
     out, parts = ops.map(chunk, (qs, inputs))  # (S, B, H, c, E)
     out = ops.reshape(ops.transpose(out, (1, 0, 3, 2, 4)), (-1, steps * c, heads, e))  # (B, S c, H, E)
     return out[:, :n], parts

@@ -15,9 +15,19 @@ from __future__ import annotations
 
 from keras import ops
 
-from ..errors import AnalysisError, ImageError
+from ..errors import AnalysisError, ImageError, clip
 from .config import ViTConfig
-from .ops import attention, attention_pool, dense, is_float64, layer_norm, mean, mlp_hidden, rope_tables
+from .ops import (
+    attention,
+    attention_parts,
+    attention_pool,
+    dense,
+    is_float64,
+    layer_norm,
+    mean,
+    mlp_hidden,
+    rope_tables,
+)
 from .posemb import resample_pos_embed
 
 
@@ -119,6 +129,24 @@ def check_images(images, config: ViTConfig) -> tuple[int, int]:
     return h // p, w // p
 
 
+def check_num_blocks(num_blocks, config: ViTConfig, reductions=None, attention_delta=None) -> int:
+    """num_blocks for `forward`'s early stop, checked: an int in [1, depth]."""
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or not 1 <= num_blocks <= config.depth:
+        raise AnalysisError(f"num_blocks must be an int in [1, {config.depth}], got {clip(num_blocks)}")
+    if attention_delta is not None:
+        raise AnalysisError("attention_delta perturbs the whole network: it cannot be used with num_blocks")
+    if (
+        reductions is not None
+        and not config.class_token
+        and (reductions.rollout == "cls" or reductions.cls_attention)
+    ):
+        raise AnalysisError(
+            "without a class token the rollout row and cls_attention read the attention-pool "
+            "head, which a pass stopped by num_blocks never reaches"
+        )
+    return num_blocks
+
+
 def rope(config: ViTConfig, grid):
     """The rotary tables (sin, cos) of the patch grid, or None for a model without them."""
     return rope_tables(tuple(grid), config.head_dim, config.rope_base) if config.rope_base else None
@@ -212,6 +240,23 @@ def block(
     return x, probs
 
 
+def reduced_attention(params, config: ViTConfig, i: int, x, consume, rope=None):
+    """Block i's attention probabilities from its input x (B, T, D), only reduced, a chunk of
+    query rows at a time (consume as in `ops.attention`): the parts, stacked over the chunks.
+    The same operations as the block's own attention, without the values' product."""
+    b = f"blocks.{i}."
+    h = layer_norm(x, params[b + "norm1.scale"], params[b + "norm1.bias"], config.layer_norm_eps)
+    return attention_parts(
+        h,
+        params[b + "attn.qkv.kernel"],
+        params.get(b + "attn.qkv.bias"),
+        config.num_heads,
+        consume,
+        rope=rope,
+        num_prefix=config.num_prefix_tokens,
+    )
+
+
 def _pool(params, config: ViTConfig, x, return_attention: bool, pool_delta):
     """The features of the last tokens x (B, T, D), and the pooling head's attention (B, H, N)
     for pool "map" (else None)."""
@@ -245,6 +290,7 @@ def forward(
     return_hidden: bool = False,
     reductions=None,
     attention_delta=None,
+    num_blocks: int | None = None,
 ) -> dict:
     """Run the model on preprocessed images (B, Y, X, 3); Y, X multiples of the patch.
 
@@ -271,8 +317,21 @@ def forward(
       "map" one more, broadcastable to (B, H, N), added to the attention probabilities (zeros
       change nothing; the gradient with respect to them is the gradient with respect to the
       probabilities, see `ops.attention`).
+    num_blocks: stop early (timm's `forward_intermediates(stop_early=True,
+      intermediates_only=True)`): run only blocks 0 .. num_blocks - 1 and return only the
+      intermediates asked for ("hidden": num_blocks + 1 arrays, "attention": num_blocks maps,
+      "reductions" over those blocks, their last one standing for the last block); no final
+      norm, pooling or head, which never run.
     """
     c = config
+    if num_blocks is not None:
+        check_num_blocks(num_blocks, c, reductions, attention_delta)
+        if not (return_attention or return_hidden or reductions is not None):
+            raise AnalysisError(
+                "num_blocks stops after that block and returns only intermediates: ask for "
+                "return_hidden, return_attention or reductions"
+            )
+    depth = c.depth if num_blocks is None else num_blocks
     wanted = c.depth + (c.pool == "map")
     if attention_delta is not None and len(attention_delta) != wanted:
         raise AnalysisError(
@@ -289,18 +348,26 @@ def forward(
     # The class token alone leaves the last block unless the pooling, the hidden states or a
     # reduction read the other tokens.
     all_tokens = (
-        return_hidden or c.pool != "token" or (reductions is not None and reductions.needs_all_tokens)
+        return_hidden
+        or c.pool != "token"
+        or num_blocks is not None
+        or (reductions is not None and reductions.needs_all_tokens)
     )
-    state = reductions.start(x, c, grid) if reductions is not None else None
     # Maps that only the reductions read are reduced a chunk of query rows at a time, inside
     # the attention (see `ops.attention`); returned maps, the gradient path and float64 (the
     # explicit path throughout) give whole maps.
-    consume = None
     whole = return_attention or attention_delta is not None or is_float64(x.dtype)
+    state = reductions.start(x, c, grid, whole) if reductions is not None else None
+    consume = None
+    scratch: dict = {}  # the pass's logits buffer (eager PyTorch)
     if state is not None and reductions.needs_attention and not whole:
-        consume = (*reductions.consumer(state), {})  # {}: the pass's logits buffer
-    for i in range(c.depth):
-        last = i == c.depth - 1
+        consume = (*reductions.consumer(state), scratch, reductions.memory)
+
+    def block_parts(i, x, rows):  # block i's attention from its input, only reduced (a second pass)
+        return reduced_attention(params, c, i, x, (*rows, scratch, reductions.memory), tables)
+
+    for i in range(depth):
+        last = i == depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
         # the other tokens are read, their outputs are never computed (the result is the same;
         # about 1/16 of ViT-B's work is skipped).
@@ -324,6 +391,16 @@ def forward(
         if state is not None:
             parts = probs if consume is not None else reductions.parts_of(state, probs)
             state = reductions.step(state, x, parts, last)
+    if num_blocks is not None:  # stopped early: the intermediates alone
+        out: dict = {}
+        if return_attention:
+            out["attention"] = attentions
+        if return_hidden:
+            out["hidden"] = hidden
+        if state is not None:
+            state = reductions.rollout_down(state, block_parts)
+            out["reductions"] = reductions.finish(state)
+        return out
     if not c.fc_norm:
         x = layer_norm(x, params["norm.scale"], params["norm.bias"], c.layer_norm_eps)
     pool_delta = attention_delta[c.depth] if attention_delta is not None and c.pool == "map" else None
@@ -350,5 +427,6 @@ def forward(
     if return_hidden:
         out["hidden"] = hidden
     if state is not None:
+        state = reductions.rollout_down(state, block_parts, pool_probs)
         out["reductions"] = reductions.finish(state, pool_probs)
     return out
