@@ -9,7 +9,7 @@ with both peaks and their difference: what the in-forward analyses add.
     KERAS_BACKEND=jax python benchmarks/highres.py --variant vit_small_patch16_224 --size 1024
     KERAS_BACKEND=jax python benchmarks/highres.py --variant vit_large_patch14_dinov2 --size 1036
 
---row-budget-mb sets the attention-row budget of the analyses (VITOPS_ATTENTION_BUDGET_MB).
+--memory-mb sets the analyses' memory budget (`vitops analyze --memory-mb`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], seconds)
 ANALYZE = """
 import sys, time, vitops.app.commands as r
 start = time.perf_counter()
-r.analyze(sys.argv[1], sys.argv[4:], sys.argv[3], batch_size=int(sys.argv[2]), progress=False)
+r.analyze(sys.argv[1], sys.argv[5:], sys.argv[3], batch_size=int(sys.argv[2]), progress=False,
+          **({"memory_mb": int(sys.argv[4])} if sys.argv[4] != "default" else {}))
 seconds = time.perf_counter() - start
 print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], seconds)
 """
@@ -75,24 +76,23 @@ def main():
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--row-budget-mb", type=float, default=None)
+    parser.add_argument("--memory-mb", type=int, default=None)
     args = parser.parse_args()
-    if args.row_budget_mb is not None:
-        os.environ["VITOPS_ATTENTION_BUDGET_MB"] = str(args.row_budget_mb)
     with tempfile.TemporaryDirectory(prefix="vitops-bench-") as tmp:
         ck = os.path.join(tmp, "model.safetensors")
         checkpoint(args.variant, args.size, ck)
         images = photos(tmp, args.images)
         plain_mb, plain_s = peak(PLAIN, ck, str(args.batch), *images)
         start = time.perf_counter()
-        analyze_mb, analyze_s = peak(ANALYZE, ck, str(args.batch), os.path.join(tmp, "out"), *images)
+        memory = "default" if args.memory_mb is None else str(args.memory_mb)
+        analyze_mb, analyze_s = peak(ANALYZE, ck, str(args.batch), os.path.join(tmp, "out"), memory, *images)
     result = {
         "benchmark": "highres_memory",
         "variant": args.variant,
         "size": args.size,
         "batch": args.batch,
         "images": args.images,
-        "row_budget_mb": args.row_budget_mb,
+        "memory_mb": args.memory_mb,
         "plain_forward_peak_mb": round(plain_mb, 1),
         "plain_forward_batch_s": round(plain_s, 2),
         "analyze_peak_mb": round(analyze_mb, 1),

@@ -208,6 +208,50 @@ def test_output_structure(tmp_path):
         np.testing.assert_allclose(to_np(lean[key]), to_np(out[key]), rtol=1e-5, atol=1e-6)
 
 
+def test_stop_early(tmp_path):
+    """num_blocks=k: the first k blocks' hidden states and maps equal timm's, the later blocks and
+    the head are never read (their weights are absent here), on the compiled path too."""
+    from vitops.analysis import Reductions
+
+    ref_model = make_timm("vit_small_patch16_224", **TINY, patch_size=16, num_classes=3)
+    model = vitops.load(convert_timm(tmp_path, ref_model))
+    images = np.random.default_rng(8).standard_normal((2, 48, 64, 3)).astype(np.float32)
+    ref = timm_outputs(ref_model, images)
+    depth, k = model.config.depth, model.config.depth - 1
+    kept = ("patch_embed.", "cls_token", "pos_embed", *(f"blocks.{i}." for i in range(k)))
+    early = {n: v for n, v in model.get_params().items() if n.startswith(kept)}
+    assert len(early) < len(model.get_params()) - 4  # the last block, the final norm and the head gone
+    out = vitops.forward(early, model.config, images, return_attention=True, return_hidden=True, num_blocks=k)
+    assert set(out) == {"attention", "hidden"} and len(out["hidden"]) == k + 1 and len(out["attention"]) == k
+    for h, r in zip(out["hidden"], ref["hidden"][: k + 1]):
+        assert rel_err(to_np(h), r) <= OUT_RTOL
+    for a, r in zip(out["attention"], ref["attention"][:k]):
+        assert np.abs(to_np(a) - r).max() <= ATTN_ATOL
+    spec = Reductions(distance=True, rollout="cls", cls_tokens=True)
+    full = model.infer(images, reductions=spec)["reductions"]
+    part = model.infer(images, reductions=spec, num_blocks=1, return_hidden=True)
+    np.testing.assert_allclose(
+        to_np(part["reductions"]["distance"]), to_np(full["distance"])[:, :1], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_np(part["reductions"]["cls_tokens"]), to_np(full["cls_tokens"])[:, :2], rtol=1e-5
+    )
+    # one block's rollout row: its own factor's class-token row, (mean_h A + I) / 2 for softmax maps
+    a = ref["attention"][0].astype(np.float64).mean(1)[:, 0]  # (B, T)
+    a[:, 0] += 1.0
+    np.testing.assert_allclose(to_np(part["reductions"]["rollout"]), a[:, 1:] / 2, rtol=1e-5, atol=1e-7)
+    assert rel_err(to_np(part["hidden"][1]), ref["hidden"][1]) <= OUT_RTOL
+    for bad, message in [
+        (0, "num_blocks must be"),
+        (depth + 1, "num_blocks must be"),
+        (True, "num_blocks must be"),
+    ]:
+        with pytest.raises(vitops.AnalysisError, match=message):
+            model.infer(images, return_hidden=True, num_blocks=bad)
+    with pytest.raises(vitops.AnalysisError, match="ask for return_hidden"):
+        model(images, num_blocks=1)
+
+
 def test_predict_matches_call(tmp_path):
     ref_model = make_timm("vit_small_patch16_224.dino", **TINY, patch_size=16, num_classes=0)
     model = vitops.load(convert_timm(tmp_path, ref_model))

@@ -11,7 +11,7 @@ import dataclasses
 import numbers
 from dataclasses import dataclass, field
 
-from ..analysis.reductions import Reductions
+from ..analysis.reductions import ANALYSIS_MEMORY_BYTES, Reductions
 from ..analysis.rollout import HEAD_FUSIONS, rollout_options
 from ..errors import AnalysisError, clip
 
@@ -20,6 +20,7 @@ from ..errors import AnalysisError, clip
 MAX_BATCH = 4096
 MAX_SHOW = 256
 MAX_WORKERS = 64
+MAX_MEMORY_MB = 1 << 20  # 1 TiB
 
 
 def _count(value, name: str, low: int, high: int) -> int:
@@ -68,11 +69,20 @@ class RunSettings:
         },
     )
     workers: int = field(default=2, metadata={"help": "image decoding threads", "type": int})
+    memory_mb: int = field(
+        default=ANALYSIS_MEMORY_BYTES >> 20,
+        metadata={
+            "help": "memory the in-forward analyses may hold beyond the forward pass, in MiB: "
+            "attention read in chunks of query rows, the rollout's factors kept or recomputed",
+            "type": int,
+        },
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "batch_size", _count(self.batch_size, "batch size", 1, MAX_BATCH))
         object.__setattr__(self, "show", _count(self.show, "show (sample images)", 0, MAX_SHOW))
         object.__setattr__(self, "workers", _count(self.workers, "workers", 0, MAX_WORKERS))
+        object.__setattr__(self, "memory_mb", _count(self.memory_mb, "memory_mb", 1, MAX_MEMORY_MB))
         fusion, ratio = rollout_options(self.head_fusion, self.discard_ratio)
         object.__setattr__(self, "discard_ratio", ratio)
         t = self.threshold
@@ -84,7 +94,8 @@ class RunSettings:
             raise AnalysisError(f"explain must be True or False, got {clip(self.explain)}")
 
     # Fields that only change how fast a run goes, not its numbers: not recorded, not compared.
-    _SPEED_ONLY = ("workers",)
+    # (memory_mb: chunked and whole maps give the same numbers to float32 rounding.)
+    _SPEED_ONLY = ("workers", "memory_mb")
 
     def recorded(self) -> dict:
         """The settings that decide the numbers: what a state file and metrics.json record."""
@@ -112,6 +123,7 @@ class RunSettings:
             cls_trajectory=True,
             grams=True,
             token_mass=True,
+            memory=self.memory_mb << 20,
         )
 
 

@@ -15,10 +15,12 @@ import numpy as np
 
 from ..backend.compile import compiled
 from .config import ViTConfig
-from .vit import forward, param_shapes
+from .vit import check_num_blocks, forward, param_shapes
 
 
-def _inference(params, images, config, return_attention, return_hidden, reductions, compute_dtype):
+def _inference(
+    params, images, config, return_attention, return_hidden, reductions, compute_dtype, num_blocks
+):
     # What Keras' autocast does for call(): float weights are read in the compute dtype.
     params = {
         k: keras.ops.cast(v, compute_dtype)
@@ -33,13 +35,21 @@ def _inference(params, images, config, return_attention, return_hidden, reductio
         return_attention=return_attention,
         return_hidden=return_hidden,
         reductions=reductions,
+        num_blocks=num_blocks,
     )
 
 
-# One compiled version per (config, outputs asked for, reductions), and per input shape.
+# One compiled version per (config, outputs asked for, reductions, blocks run), and per input shape.
 _compiled_inference = compiled(
     _inference,
-    static_argnames=("config", "return_attention", "return_hidden", "reductions", "compute_dtype"),
+    static_argnames=(
+        "config",
+        "return_attention",
+        "return_hidden",
+        "reductions",
+        "compute_dtype",
+        "num_blocks",
+    ),
     inference=True,
 )
 
@@ -62,6 +72,8 @@ class VisionTransformer(keras.Model):
     "features", "attention" (list of (B, heads, T, T)) and "hidden" (list of (B, T, D)).
     model(images, return_dict=True) -> the dict without intermediates (DeiT distilled: also
     "logits_cls" and "logits_dist").
+    model(images, return_hidden=True, num_blocks=4) -> the first 4 blocks' intermediates only;
+    the later blocks and the head never run (see `vitops.forward`).
     images: NHWC float, preprocessed, height and width multiples of the patch size.
     """
 
@@ -97,7 +109,12 @@ class VisionTransformer(keras.Model):
         return {k: v.value for k, v in zip(self._keys, self._vars)}
 
     def call(
-        self, images, return_attention: bool = False, return_hidden: bool = False, return_dict: bool = False
+        self,
+        images,
+        return_attention: bool = False,
+        return_hidden: bool = False,
+        return_dict: bool = False,
+        num_blocks: int | None = None,
     ):
         out = forward(
             self._params(),
@@ -105,20 +122,30 @@ class VisionTransformer(keras.Model):
             images,
             return_attention=return_attention,
             return_hidden=return_hidden,
+            num_blocks=num_blocks,
         )
-        if return_attention or return_hidden or return_dict:
+        if return_attention or return_hidden or return_dict or num_blocks is not None:
             return out
         return out["logits"] if "logits" in out else out["features"]
 
     def infer(
-        self, images, *, reductions=None, return_attention: bool = False, return_hidden: bool = False
+        self,
+        images,
+        *,
+        reductions=None,
+        return_attention: bool = False,
+        return_hidden: bool = False,
+        num_blocks: int | None = None,
     ) -> dict:
         """The forward pass compiled for inference: jax.jit or tf.function with XLA, compiled
         once per set of outputs and `reductions` (and input shape); eager PyTorch under
         `torch.inference_mode()`. Returns the dict of `vitops.forward`, with
-        out["reductions"] when reductions (a `vitops.analysis.Reductions`) is given.
+        out["reductions"] when reductions (a `vitops.analysis.Reductions`) is given; with
+        num_blocks, only the first num_blocks blocks run (`vitops.forward`).
         images: (B, Y, X, 3) preprocessed, numpy or a backend tensor.
         """
+        if num_blocks is not None:  # checked before it keys the compiled version
+            check_num_blocks(num_blocks, self.config)
         images = keras.ops.convert_to_tensor(images, self.compute_dtype)
         return _compiled_inference(
             self._params(),
@@ -128,6 +155,7 @@ class VisionTransformer(keras.Model):
             return_hidden=bool(return_hidden),
             reductions=reductions,
             compute_dtype=self.compute_dtype,
+            num_blocks=num_blocks,
         )
 
     def get_config(self):

@@ -16,7 +16,7 @@ from keras.backend import standardize_dtype
 
 from ..backend import fused
 from ..backend.fused import affine, attend
-from ..backend.torch_memory import attention_logits, softmax_of_temporary
+from ..backend.torch_memory import attention_logits, release_freed, softmax_of_temporary
 
 # float64 is for numerical checks (finite differences). Keras' type promotion maps float64 to
 # float32 on jax and torch (keras.backend.result_type), and ops.mean, ops.layer_normalization,
@@ -248,9 +248,10 @@ def attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict, budg
     def chunk(args):
         qc, rows = args
         probs = softmax_of_temporary(attention_logits(qc, k, scratch), axis=-1)  # (B, H, c, T)
-        if v is None:
-            return fn(probs, rows)
-        return matmul(probs, v), fn(probs, rows)  # (B, H, c, E)
+        out = fn(probs, rows) if v is None else (matmul(probs, v), fn(probs, rows))  # (B, H, c, E)
+        if steps > 1:  # a chunk's medium buffers freed to the heap: hand their pages back
+            release_freed()
+        return out
 
     if v is None:
         return None, ops.map(chunk, (qs, inputs))
