@@ -178,3 +178,29 @@ def test_chunked_rows_equal_whole_maps_and_float64(model, monkeypatch, renorm):
     for k in whole:
         np.testing.assert_allclose(np_(chunked[k]), np_(whole[k]), rtol=1e-5, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(np_(f64[k]), np_(whole[k]), rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("fusion,ratio", [("mean", 0.0), ("min", 0.2)])
+def test_rollout_second_pass_in_segments(fusion, ratio):
+    """When neither the factors nor every block's input fit the memory budget, every s-th
+    block's input is kept and the blocks between are run again in the second pass: the CLS
+    row equals the rollout of the materialised maps. A model with more tokens than width
+    (65 tokens, width 16, 6 blocks) and a budget that keeps every third input."""
+    config = vitops.ViTConfig(
+        image_size=64, patch_size=8, dim=16, depth=6, num_heads=2, mlp_dim=32, num_classes=3
+    )
+    model = vitops.VisionTransformer(config)
+    rng = np.random.default_rng(9)
+    for v in model.weights:  # larger weights than the initialiser's: maps far from uniform
+        v.assign(rng.standard_normal(v.shape).astype(np.float32) * (0.3 if len(v.shape) > 1 else 0.5))
+    x = rng.standard_normal((3, 64, 64, 3)).astype(np.float32)
+    t, d, b = config.num_tokens, config.dim, 3
+    kept = 4 * b * t * d * config.depth  # every block's input
+    memory = 2 * kept // 3 + 1  # stride 3: blocks 0 and 3 kept
+    assert 4 * b * config.depth * t * t > memory  # the factors do not fit either
+    spec = Reductions(rollout="cls", head_fusion=fusion, discard_ratio=ratio, memory=memory)
+    got = np_(model.infer(x, reductions=spec)["reductions"]["rollout"])
+    maps = model(x, return_attention=True)["attention"]
+    ref = np_(analysis.cls_rollout(maps, fusion, ratio, num_prefix_tokens=1, grid=(8, 8))).reshape(3, -1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert np.abs(ref - ref.mean(-1, keepdims=True)).max() > 1e-3  # not a uniform map

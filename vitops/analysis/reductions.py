@@ -127,7 +127,13 @@ class Reductions:
             b = b if isinstance(b, int) else 8  # a batch of unknown size (a traced graph) sized as 8
             state["_store"] = whole or 4 * b * config.depth * t * t <= self.memory
             state["_factors"] = []
-            state["_inputs"] = [] if state["_store"] else [x]  # each block's input, for the second pass
+            # For the second pass, every s-th block's input is kept, s such that they fit half
+            # the budget (ViT-L/14 at 1036 px, batch 2: every input would be 1.1 GB); the
+            # blocks between are run again from the kept one, a segment at a time.
+            kept = 4 * b * t * x.shape[2] * config.depth
+            state["_stride"] = max(1, -(-2 * kept // max(self.memory, 1)))
+            state["_inputs"] = {} if state["_store"] else {0: x}  # block -> its input
+            state["_done"] = 0  # blocks folded in
         if self.distance:
             state["distance"] = []
         return state
@@ -187,8 +193,10 @@ class Reductions:
             state["cls_tokens"].append(self._query_token(state, x))
         if self.grams:
             state["grams"].append(centred_gram(whole_batch(x)))
-        if self.rollout == "cls" and not state["_store"] and not last:
-            state["_inputs"].append(x)  # the next block's input
+        if self.rollout == "cls":
+            state["_done"] += 1
+            if not state["_store"] and not last and state["_done"] % state["_stride"] == 0:
+                state["_inputs"][state["_done"]] = x  # the next block's input
         if parts is None:
             return state
         t = prefix + state["_patches"]
@@ -211,48 +219,49 @@ class Reductions:
             state["cls_attention"] = parts["first"][0][:, :, prefix:]  # (B, H, N)
         return state
 
-    @property
-    def carries_down(self) -> bool:
-        """The CLS row of the rollout may need a second pass from the last block down: call
-        `rollout_down` after the last block when the state says so."""
-        return self.rollout == "cls"
-
-    def rollout_down(self, state: dict, block_parts, pool_probs=None) -> dict:
-        """The rollout's CLS row from the last block down, from each block's kept input:
+    def rollout_down(self, state: dict, block_parts, pool_probs=None, run_block=None) -> dict:
+        """The rollout's CLS row from the last block down, from the kept block inputs:
         block_parts(i, x, consume) reduces block i's attention of input x (B, T, D) with
         consume (fn, row_inputs) and returns the parts stacked over chunks (see
-        `vitops.core.ops.attention`). Nothing to do when the factors were kept."""
+        `vitops.core.ops.attention`); run_block(i, x) is block i's output, for the inputs
+        between two kept ones. Nothing to do when the factors were kept."""
         if self.rollout != "cls" or state["_store"]:
             return state
-        prefix, t = state["_prefix"], state["_prefix"] + state["_patches"]
         row = self._start_row(state, pool_probs)  # (B, T)
-        inputs = _row_inputs(state)
-        for i in reversed(range(len(state["_inputs"]))):
-            if self.discard_ratio > 0:  # the discarded share is of a whole fused map: one block's
-                fn = lambda probs, rows: {
-                    "fused": _FUSE[self.head_fusion](ops.cast(probs, "float32"), axis=1)
-                }
-                parts = block_parts(i, state["_inputs"][i], (fn, inputs))["fused"]  # (S, B, c, T)
-                s, c = parts.shape[0], parts.shape[2]
-                fused = ops.reshape(ops.transpose(parts, (1, 0, 2, 3)), (-1, s * c, t))[:, :t]
-                f = _factor(fused, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
-                row = ops.matmul(row[:, None], f)[:, 0]
-                continue
-            weights = dict(inputs, row=ops.transpose(row))  # (T, B): this row's weight per query
-
-            def down(probs, rows):
-                # row (B, T) times the factor (fused + I) / (sum(fused) + 1), this chunk's rows
-                fused = _FUSE[self.head_fusion](ops.cast(probs, "float32"), axis=1)  # (B, c, T)
-                w = ops.transpose(rows["row"]) / (ops.sum(fused, axis=-1) + 1.0)  # (B, c), 0 on padding
-                return {"mixed": ops.matmul(w[:, None], fused)[:, 0], "self": w}  # (B, T), (B, c)
-
-            parts = block_parts(i, state["_inputs"][i], (down, weights))
-            s, c = parts["self"].shape[0], parts["self"].shape[2]
-            own = ops.reshape(ops.transpose(parts["self"], (1, 0, 2)), (-1, s * c))[:, :t]  # (B, T)
-            row = ops.sum(parts["mixed"], axis=0) + own  # (B, T)
-        state["rollout"] = row[:, prefix:]
-        state["_inputs"] = []
+        kept = sorted(state["_inputs"])
+        for j in reversed(range(len(kept))):  # segments of blocks, the last first
+            first, end = kept[j], kept[j + 1] if j + 1 < len(kept) else state["_done"]
+            xs = [state["_inputs"].pop(first)]
+            for i in range(first, end - 1):
+                xs.append(run_block(i, xs[-1]))
+            for i in reversed(range(first, end)):
+                row = self._down_step(state, row, block_parts, i, xs.pop())
+        state["rollout"] = row[:, state["_prefix"] :]
         return state
+
+    def _down_step(self, state: dict, row, block_parts, i: int, x):
+        """row (B, T) times block i's rollout factor, its attention recomputed from its input x."""
+        t = state["_prefix"] + state["_patches"]
+        inputs = _row_inputs(state)
+        if self.discard_ratio > 0:  # the discarded share is of a whole fused map: one block's
+            fn = lambda probs, rows: {"fused": _FUSE[self.head_fusion](ops.cast(probs, "float32"), axis=1)}
+            parts = block_parts(i, x, (fn, inputs))["fused"]  # (S, B, c, T)
+            s, c = parts.shape[0], parts.shape[2]
+            fused = ops.reshape(ops.transpose(parts, (1, 0, 2, 3)), (-1, s * c, t))[:, :t]
+            f = _factor(fused, self.discard_ratio, keep_first=state["_class"])  # (B, T, T)
+            return ops.matmul(row[:, None], f)[:, 0]
+        weights = dict(inputs, row=ops.transpose(row))  # (T, B): this row's weight per query
+
+        def down(probs, rows):
+            # row (B, T) times the factor (fused + I) / (sum(fused) + 1), this chunk's rows
+            fused = _FUSE[self.head_fusion](ops.cast(probs, "float32"), axis=1)  # (B, c, T)
+            w = ops.transpose(rows["row"]) / (ops.sum(fused, axis=-1) + 1.0)  # (B, c), 0 on padding
+            return {"mixed": ops.matmul(w[:, None], fused)[:, 0], "self": w}  # (B, T), (B, c)
+
+        parts = block_parts(i, x, (down, weights))
+        s, c = parts["self"].shape[0], parts["self"].shape[2]
+        own = ops.reshape(ops.transpose(parts["self"], (1, 0, 2)), (-1, s * c))[:, :t]  # (B, T)
+        return ops.sum(parts["mixed"], axis=0) + own  # (B, T)
 
     def _start_row(self, state: dict, pool_probs):
         """The vector the rollout row starts from: e_0 for the class token, else the
@@ -260,6 +269,7 @@ class Reductions:
         prefix = state["_prefix"]
         if state["_class"]:
             first = ops.cast(state["_inputs"][0][:, :, 0], "float32")  # (B, T): any (B, T) array
+            # (block 0's input is always kept)
             e0 = ops.concatenate([ops.ones_like(first[:, :1]), ops.zeros_like(first[:, 1:])], axis=1)
             return e0
         q = _fused_row(ops.cast(pool_probs, "float32"), self.head_fusion, self.discard_ratio)  # (B, N)

@@ -366,6 +366,9 @@ def forward(
     def block_parts(i, x, rows):  # block i's attention from its input, only reduced (a second pass)
         return reduced_attention(params, c, i, x, (*rows, scratch, reductions.memory), tables)
 
+    def run_block(i, x):  # block i's output again, from its kept input (the same operations)
+        return block(params, c, i, x, rope=tables)[0]
+
     for i in range(depth):
         last = i == depth - 1
         # Only the prefix tokens leave the last block for the head and the features, so unless
@@ -398,7 +401,7 @@ def forward(
         if return_hidden:
             out["hidden"] = hidden
         if state is not None:
-            state = reductions.rollout_down(state, block_parts)
+            state = reductions.rollout_down(state, block_parts, run_block=run_block)
             out["reductions"] = reductions.finish(state)
         return out
     if not c.fc_norm:
@@ -427,6 +430,6 @@ def forward(
     if return_hidden:
         out["hidden"] = hidden
     if state is not None:
-        state = reductions.rollout_down(state, block_parts, pool_probs)
+        state = reductions.rollout_down(state, block_parts, pool_probs, run_block)
         out["reductions"] = reductions.finish(state, pool_probs)
     return out
