@@ -68,6 +68,8 @@ BENCHMARKS = {
     "analyze": ["cost"],
     "reductions": [],
     "gradients": [],
+    "early": [],
+    "highres": [],
 }
 
 

@@ -183,9 +183,10 @@ def test_chunked_rows_equal_whole_maps_and_float64(model, monkeypatch, renorm):
 @pytest.mark.parametrize("fusion,ratio", [("mean", 0.0), ("min", 0.2)])
 def test_rollout_second_pass_in_segments(fusion, ratio):
     """When neither the factors nor every block's input fit the memory budget, every s-th
-    block's input is kept and the blocks between are run again in the second pass: the CLS
-    row equals the rollout of the materialised maps. A model with more tokens than width
-    (65 tokens, width 16, 6 blocks) and a budget that keeps every third input."""
+    block's input is kept and the blocks between are run again in the second pass (eager
+    PyTorch; XLA keeps every input): the CLS row equals the rollout of the materialised maps.
+    A model with more tokens than width (65 tokens, width 16, 6 blocks) and a budget that
+    keeps every third input."""
     config = vitops.ViTConfig(
         image_size=64, patch_size=8, dim=16, depth=6, num_heads=2, mlp_dim=32, num_classes=3
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from keras import ops
 
+from ..backend.compile import recomputes
 from ..backend.distribute import whole_batch
 from ..backend.reduce import weighted_total
 from ..errors import AnalysisError, clip
@@ -129,9 +130,10 @@ class Reductions:
             state["_factors"] = []
             # For the second pass, every s-th block's input is kept, s such that they fit half
             # the budget (ViT-L/14 at 1036 px, batch 2: every input would be 1.1 GB); the
-            # blocks between are run again from the kept one, a segment at a time.
+            # blocks between are run again from the kept one, a segment at a time. Only where
+            # that frees memory (eager PyTorch; see `recomputes`): under XLA every input.
             kept = 4 * b * t * x.shape[2] * config.depth
-            state["_stride"] = max(1, -(-2 * kept // max(self.memory, 1)))
+            state["_stride"] = max(1, -(-2 * kept // max(self.memory, 1))) if recomputes() else 1
             state["_inputs"] = {} if state["_store"] else {0: x}  # block -> its input
             state["_done"] = 0  # blocks folded in
         if self.distance:
