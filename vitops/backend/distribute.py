@@ -102,7 +102,7 @@ def join_cluster(environ=None) -> tuple[int, int]:
     import jax
 
     env = os.environ if environ is None else environ
-    kwargs = {}
+    kwargs: dict[str, int | str] = {}
     for var, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
         value = env.get(var)
         if value is not None:
@@ -114,7 +114,7 @@ def join_cluster(environ=None) -> tuple[int, int]:
         kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
     if not jax.distributed.is_initialized():
         try:
-            jax.distributed.initialize(**kwargs)
+            jax.distributed.initialize(**kwargs)  # type: ignore[arg-type]
         except (ValueError, RuntimeError) as e:
             raise BackendError(
                 f"could not join the multi-process run ({e}); set {', '.join(CLUSTER_ENV)} or run "

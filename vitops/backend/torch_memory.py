@@ -52,7 +52,7 @@ def softmax_of_temporary(x, axis: int = -1):
     return keras.ops.softmax(x, axis=axis)
 
 
-_LIBC = []
+_LIBC: list = []  # [malloc_trim or None], looked up once
 
 
 def release_freed() -> None:
