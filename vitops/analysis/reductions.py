@@ -154,7 +154,7 @@ class Reductions:
         last row are zero padding)."""
         prefix = state["_prefix"]
         inputs = _row_inputs(state)
-        keys = _key_positions(state)  # (T, 2), (T,): every token's centre and patch flag
+        keys = inputs["pos"]  # (T, 3): every token's centre and patch flag, whole (the keys)
         fused_rows = self.rollout == "full" or (self.rollout == "cls" and state["_store"])
 
         def reduce_rows(probs, rows):
@@ -340,10 +340,6 @@ def _row_inputs(state: dict) -> dict:
         "patch": ops.convert_to_tensor(pos[:, 2]),
         "valid": ops.convert_to_tensor(np.ones(len(pos), np.float32)),
     }
-
-
-def _key_positions(state: dict):
-    return ops.convert_to_tensor(_positions(state))  # (T, 3)
 
 
 def _distances(rows: dict, keys):
