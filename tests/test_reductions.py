@@ -205,3 +205,53 @@ def test_rollout_second_pass_in_segments(fusion, ratio):
     ref = np_(analysis.cls_rollout(maps, fusion, ratio, num_prefix_tokens=1, grid=(8, 8))).reshape(3, -1)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert np.abs(ref - ref.mean(-1, keepdims=True)).max() > 1e-3  # not a uniform map
+
+
+def _timm_states(ref, images_nhwc):
+    """timm's tokens after the embedding (and its pre-norm) and after every block, (L+1) x
+    (B, T, D), run through timm's own modules."""
+    import torch
+    from helpers.timm_reference import nchw
+
+    with torch.no_grad():
+        x = ref.norm_pre(ref.patch_drop(ref._pos_embed(ref.patch_embed(nchw(images_nhwc)))))
+        states = [x]
+        for blk in ref.blocks:
+            states.append(blk(states[-1]))
+    return states
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("deit_tiny_distilled_patch16_224", {}),  # two heads, averaged
+        ("vit_small_patch14_reg4_dinov2", {"patch_size": 16, "num_classes": 6}),  # registers, LayerScale
+        ("vit_base_patch16_siglip_224", {"num_classes": 6}),  # attention-pool head, no class token
+        ("vit_small_patch16_224", {"global_pool": "avg", "fc_norm": True, "num_classes": 0}),  # headless
+    ],
+    ids=["deit-distilled", "dinov2-reg", "siglip", "avg-headless"],
+)
+def test_token_norms_and_logit_lens_equal_timm(tmp_path, name, kwargs):
+    """token_norms: the norms of timm's tokens after every block; logit_lens: timm's own
+    final norm and head (forward_head) applied to each of them, as if it were the last."""
+    import torch
+
+    kw = dict(TINY, **kwargs)
+    kw.setdefault("num_classes", 5)
+    ref, path = timm_twin(tmp_path, name, seed=11, **kw)
+    model = vitops.load(path)
+    x = np.random.default_rng(4).standard_normal((3, 64, 48, 3)).astype(np.float32)  # 4x3 grid
+    got = model.infer(x, reductions=Reductions(token_norms=True, logit_lens=True))["reductions"]
+    states = _timm_states(ref, x)
+    norms = np.stack([np.linalg.norm(s.double().numpy(), axis=-1) for s in states], axis=1)
+    with torch.no_grad():
+        lens = np.stack([ref.forward_head(ref.norm(s)).double().numpy() for s in states], axis=1)
+    assert np_(got["token_norms"]).shape == norms.shape  # (B, L+1, T): prefix tokens first
+    np.testing.assert_allclose(np_(got["token_norms"]), norms, rtol=1e-5, atol=1e-5)
+    assert np_(got["logit_lens"]).shape == lens.shape
+    scale = np.abs(lens).max()
+    np.testing.assert_allclose(np_(got["logit_lens"]), lens, rtol=1e-4, atol=1e-5 * scale)
+    # the last block's readout is the model's own output
+    final = model.infer(x)
+    last = final["logits"] if model.config.num_classes else final["features"]
+    np.testing.assert_allclose(np_(got["logit_lens"])[:, -1], np_(last), rtol=1e-5, atol=1e-5 * scale)

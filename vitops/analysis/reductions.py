@@ -61,6 +61,13 @@ class Reductions:
     token_mass     (B, L, 3)   the share of attention the class tokens, the registers and the
                                patches receive per block, over heads and query tokens
                                (`vitops.analysis.tokens.attention_mass`)
+    token_norms    (B, L+1, T) the L2 norm of every token after the embedding and after every
+                               block (the high-norm tokens of Darcet et al. 2024, "Vision
+                               Transformers Need Registers")
+    logit_lens     (B, L+1, K) what the final norm, pooling and head make of the tokens after
+                               the embedding and after every block, as if it were the last
+                               (`vitops.core.vit.readout`): logits, or for a headless model its
+                               features (B, L+1, D)
 
     For a model without a class token (SigLIP), the attention-pool head's query stands in for
     the class token's row (rollout, cls_attention), and the mean patch token for the class
@@ -77,6 +84,8 @@ class Reductions:
     cls_trajectory: bool = False
     grams: bool = False
     token_mass: bool = False
+    token_norms: bool = False
+    logit_lens: bool = False
     memory: int = ANALYSIS_MEMORY_BYTES  # bytes of maps and factors held at a time (see above)
 
     def __post_init__(self):
@@ -99,16 +108,18 @@ class Reductions:
     def needs_all_tokens(self) -> bool:
         """The last block's output for every token (not only the prefix tokens) is read (a
         model without a class token reads them all anyway: see `vit.forward`)."""
-        return self.grams or self.token_mass  # every query row, in the last block too
+        return self.grams or self.token_mass or self.token_norms  # every query row, in the last block too
 
     def replace(self, **changes) -> Reductions:
         return dataclasses.replace(self, **changes)
 
     # ---- the pass itself: start, one step per block, finish ----
 
-    def start(self, x, config, grid, whole: bool = False) -> dict:
+    def start(self, x, config, grid, whole: bool = False, readout=None) -> dict:
         """State before the first block, from the embeddings x (B, T, D). whole: the pass reads
-        whole maps (returned, perturbed or float64), so the rollout keeps its factors."""
+        whole maps (returned, perturbed or float64), so the rollout keeps its factors.
+        readout(x): the head applied to a block's tokens (`vitops.core.vit.readout`), for the
+        logit lens."""
         state = {
             "_prefix": config.num_prefix_tokens,
             "_patches": grid[0] * grid[1],
@@ -120,6 +131,13 @@ class Reductions:
             state["cls_tokens"] = [self._query_token(state, x)]
         if self.grams:
             state["grams"] = [centred_gram(whole_batch(x))]
+        if self.token_norms:
+            state["token_norms"] = [_norms(x)]
+        if self.logit_lens:
+            if readout is None:
+                raise AnalysisError("the logit lens needs the model's head (start(..., readout=))")
+            state["_readout"] = readout
+            state["logit_lens"] = [ops.cast(readout(x), "float32")]
         if self.token_mass:
             state["token_mass"] = []
             state["_groups"] = token_counts(config)
@@ -195,6 +213,10 @@ class Reductions:
             state["cls_tokens"].append(self._query_token(state, x))
         if self.grams:
             state["grams"].append(centred_gram(whole_batch(x)))
+        if self.token_norms:
+            state["token_norms"].append(_norms(x))
+        if self.logit_lens:
+            state["logit_lens"].append(ops.cast(state["_readout"](x), "float32"))
         if self.rollout == "cls":
             state["_done"] += 1
             if not state["_store"] and not last and state["_done"] % state["_stride"] == 0:
@@ -315,7 +337,17 @@ class Reductions:
             out["grams"] = ops.stack(state["grams"])  # (L+1, B, B)
         if self.token_mass:
             out["token_mass"] = ops.stack(state["token_mass"], axis=1)  # (B, L, 3)
+        if self.token_norms:
+            out["token_norms"] = ops.stack(state["token_norms"], axis=1)  # (B, L+1, T)
+        if self.logit_lens:
+            out["logit_lens"] = ops.stack(state["logit_lens"], axis=1)  # (B, L+1, K)
         return out
+
+
+def _norms(x):
+    """(B, T, D) tokens -> (B, T) their L2 norms, in float32 whatever the compute dtype."""
+    x = ops.cast(x, "float32")
+    return ops.sqrt(ops.sum(x * x, axis=-1))
 
 
 # ---- per-row inputs of the consumer: positions instead of a (T, T) table ----

@@ -281,6 +281,44 @@ def _pool(params, config: ViTConfig, x, return_attention: bool, pool_delta):
     return features, probs
 
 
+def _head(params, config: ViTConfig, x, return_attention: bool = False, pool_delta=None):
+    """Everything after the blocks, from the last tokens x (B, T, D): the final norm, the
+    pooling, pre-logits, the head(s) and the projection. Returns ({"features", and as the
+    config has them "logits", "logits_cls", "logits_dist", "embedding"}, the pooling head's
+    attention (B, H, N) or None)."""
+    c = config
+    if not c.fc_norm:
+        x = layer_norm(x, params["norm.scale"], params["norm.bias"], c.layer_norm_eps)
+    features, pool_probs = _pool(params, c, x, return_attention, pool_delta)
+    out = {}
+    if c.representation_size:  # Google i21k: pre_logits = tanh(dense(cls))
+        features = ops.tanh(dense(features, params["pre_logits.kernel"], params["pre_logits.bias"]))
+    out["features"] = features
+    if c.num_classes:
+        if c.distilled:
+            # Both heads are kept apart for distillation training (DeiT, Sec. 4); inference
+            # averages them.
+            out["logits_cls"] = dense(x[:, 0], params["head.kernel"], params["head.bias"])
+            out["logits_dist"] = dense(x[:, 1], params["head_dist.kernel"], params["head_dist.bias"])
+            out["logits"] = (out["logits_cls"] + out["logits_dist"]) / 2
+        else:
+            out["logits"] = dense(features, params["head.kernel"], params["head.bias"])
+    if c.proj_dim:
+        out["embedding"] = dense(features, params["proj.kernel"])
+    return out, pool_probs
+
+
+def readout(params, config: ViTConfig, x):
+    """What the head makes of the tokens x (B, T, D) of any block, as if it were the last: the
+    final norm, pooling and head of `_head`, the "logit lens" (nostalgebraist 2020) of a ViT.
+    Returns the logits (B, K), or for a headless model its features (B, D)."""
+    c = config
+    if c.pool == "token":  # the norm is per token and the head reads the prefix tokens only
+        x = x[:, : c.num_prefix_tokens]
+    out, _ = _head(params, c, x)
+    return out["logits"] if c.num_classes else out["features"]
+
+
 def forward(
     params,
     config: ViTConfig,
@@ -357,7 +395,11 @@ def forward(
     # the attention (see `ops.attention`); returned maps, the gradient path and float64 (the
     # explicit path throughout) give whole maps.
     whole = return_attention or attention_delta is not None or is_float64(x.dtype)
-    state = reductions.start(x, c, grid, whole) if reductions is not None else None
+    state = (
+        reductions.start(x, c, grid, whole, readout=lambda t: readout(params, c, t))
+        if reductions is not None
+        else None
+    )
     consume = None
     scratch: dict = {}  # the pass's logits buffer (eager PyTorch)
     if state is not None and reductions.needs_attention and not whole:
@@ -404,25 +446,8 @@ def forward(
             state = reductions.rollout_down(state, block_parts, run_block=run_block)
             out["reductions"] = reductions.finish(state)
         return out
-    if not c.fc_norm:
-        x = layer_norm(x, params["norm.scale"], params["norm.bias"], c.layer_norm_eps)
     pool_delta = attention_delta[c.depth] if attention_delta is not None and c.pool == "map" else None
-    features, pool_probs = _pool(params, c, x, need_probs, pool_delta)
-    out = {}
-    if c.representation_size:  # Google i21k: pre_logits = tanh(dense(cls))
-        features = ops.tanh(dense(features, params["pre_logits.kernel"], params["pre_logits.bias"]))
-    out["features"] = features
-    if c.num_classes:
-        if c.distilled:
-            # Both heads are kept apart for distillation training (DeiT, Sec. 4); inference
-            # averages them.
-            out["logits_cls"] = dense(x[:, 0], params["head.kernel"], params["head.bias"])
-            out["logits_dist"] = dense(x[:, 1], params["head_dist.kernel"], params["head_dist.bias"])
-            out["logits"] = (out["logits_cls"] + out["logits_dist"]) / 2
-        else:
-            out["logits"] = dense(features, params["head.kernel"], params["head.bias"])
-    if c.proj_dim:
-        out["embedding"] = dense(features, params["proj.kernel"])
+    out, pool_probs = _head(params, c, x, need_probs, pool_delta)
     if return_attention:
         out["attention"] = attentions
         if pool_probs is not None:
