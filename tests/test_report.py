@@ -63,6 +63,9 @@ def test_outputs_and_skipped_images(report):
             "rollout_mean",
             "cls_trajectory",
             "token_mass",
+            "token_norms",
+            "high_norm_patches",
+            "logit_lens",
             "cka",
             "cka_cross",
             "position_similarity",
@@ -117,6 +120,39 @@ def test_metrics_are_the_materialised_kernels_numbers(report, name):
         if s.stop - s.start >= 4:
             cka.update([h[s] for h in res["hidden"]])
     np.testing.assert_allclose(metrics["cka"]["matrix"], cka.result(), rtol=1e-5, atol=1e-6)
+    # token norms: every token of every block's output, by group (numpy float64)
+    norms = np.stack([np.linalg.norm(np_(h).astype(np.float64), axis=-1) for h in res["hidden"]], 1)
+    tn = metrics["token_norms"]
+    groups = {"class": slice(0, prefix), "patches": slice(prefix, None)}  # class + distillation
+    assert tn["groups"] == list(groups)
+    for j, part in enumerate(groups.values()):
+        w = norms[:, :, part].transpose(1, 0, 2).reshape(norms.shape[1], -1)
+        np.testing.assert_allclose(np.array(tn["mean"])[:, j], w.mean(1), rtol=1e-5)
+        np.testing.assert_allclose(np.array(tn["max"])[:, j], w.max(1), rtol=1e-5)
+    per_max = np.load(out / "per_image" / f"{name}_norm_max.npy")[:6]  # positions 0-5 analysed
+    np.testing.assert_allclose(per_max, norms[:, :, prefix:].max(-1), rtol=1e-5)
+    # logit lens: the model's own final norm and head on every block's tokens
+    p = model.get_params()
+    lens = []
+    for h in res["hidden"]:
+        t = np_(h).astype(np.float64)[:, :prefix]
+        t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + model.config.layer_norm_eps)
+        t = t * p["norm.scale"] + p["norm.bias"]
+        logits = t[:, 0] @ p["head.kernel"] + p["head.bias"]
+        if model.config.distilled:
+            logits = (logits + t[:, 1] @ p["head_dist.kernel"] + p["head_dist.bias"]) / 2
+        lens.append(logits)
+    lens = np.stack(lens, 1)  # (images, L + 1, K)
+    final = lens[:, -1].argmax(-1)
+    agree = (lens.argmax(-1) == final[:, None]).mean(0)
+    probs = np.exp(lens - lens.max(-1, keepdims=True))
+    probs = (probs / probs.sum(-1, keepdims=True))[np.arange(6), :, final]  # (images, L + 1)
+    np.testing.assert_allclose(metrics["logit_lens"]["top1_agreement"]["mean"], agree, atol=1e-9)
+    np.testing.assert_allclose(
+        metrics["logit_lens"]["final_class_probability"]["mean"], probs.mean(0), rtol=1e-4
+    )
+    per_lens = np.load(out / "per_image" / f"{name}_lens.npy")[:6]
+    np.testing.assert_allclose(per_lens, probs, rtol=1e-4, atol=1e-6)
     pos = model.get_params()["pos_embed"][prefix:].astype(np.float64)
     pos /= np.linalg.norm(pos, axis=-1, keepdims=True)
     refs = metrics["position_similarity_patches"]
@@ -381,7 +417,7 @@ def render_in_browser(page_path, tmp_path):
 def test_report_renders_every_image_in_a_browser(report, tmp_path):
     out, summary, _ = report
     loaded, total = render_in_browser(out / "report.html", tmp_path)
-    assert total == len(summary["figures"]) == 10  # token_mass.png among them
+    assert total == len(summary["figures"]) == 13  # token_norms.png, logit_lens.png among them
     assert loaded == total
 
 
@@ -482,5 +518,5 @@ def test_each_model_is_fed_its_own_preprocessing(two_resolutions):
 def test_two_resolutions_report_renders_in_a_browser(two_resolutions, tmp_path):
     out, summary, _, _ = two_resolutions
     loaded, total = render_in_browser(out / "report.html", tmp_path)
-    assert total == len(summary["figures"]) == 10  # token_mass.png among them
+    assert total == len(summary["figures"]) == 13  # token_norms.png, logit_lens.png among them
     assert loaded == total

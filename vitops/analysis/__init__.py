@@ -20,6 +20,7 @@ from .embeddings import (
 from .features import TopK, feature_activation_map, unit_activations, visualize_feature
 from .gradients import gradient_rollout, input_gradients
 from .heatmap import attention_heatmaps
+from .norms import NormHistogram, lens_scores
 from .reductions import Reductions
 from .rollout import attention_rollout, cls_rollout
 from .tokens import TOKEN_GROUPS, attention_mass
@@ -51,5 +52,7 @@ __all__ = [
     "load_states",
     "Reductions",
     "attention_mass",
+    "NormHistogram",
+    "lens_scores",
     "TOKEN_GROUPS",
 ]

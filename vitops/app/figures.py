@@ -30,6 +30,17 @@ CAPTIONS = {
     "the patches, averaged over heads, query tokens and all images (band: one standard deviation across "
     "images). Registers take over the global attention that otherwise lands on a few high-norm patches "
     "(Darcet et al. 2024).",
+    "token_norms": "Token norms after the embedding and after every block, per kind of token: median (line), "
+    "1st to 99th percentile (band) and maximum (triangles) over all images. A few patch tokens with norms far "
+    "above the rest are the global scratch space large ViTs make for themselves, which registers take over "
+    "(Darcet et al. 2024). Dashed: the outlier threshold (--norm-threshold, by default Q3 + 3 (Q3 - Q1) of the "
+    "last block's patch norms).",
+    "high_norm_patches": "The last block's patch-token norms over each sample image; outlined: the patches above "
+    "the threshold.",
+    "logit_lens": "Logit lens: every block's tokens read by the final norm and head as if it were the last "
+    "(nostalgebraist 2020). Per step, the share of images whose top-1 class is already the final prediction and "
+    "the mean probability of the final class; for a model without a head, the cosine of its features to the "
+    "final ones (bands: one standard deviation over all images).",
     "cka": "Centered kernel alignment between the layers of each model (minibatch estimator of Nguyen et al. "
     "2021 over all images; Kornblith et al. 2019).",
     "cka_cross": "Centered kernel alignment between every layer of one model and every layer of another, over "
@@ -132,6 +143,26 @@ def figures(study, summary) -> dict:
         plot.token_mass(np.asarray(t["mean"]), np.asarray(t["std"]), t["groups"], fig=sub, title=ms.label)
 
     figs["token_mass"] = _panels(models, 6.5, 4, mass)
+    figs["token_norms"] = _panels(
+        models, 6.5, 4, lambda ms, sub: plot.token_norms(of[ms.label]["token_norms"], fig=sub, title=ms.label)
+    )
+    if not models[0].samples.empty:
+        figs["high_norm_patches"] = _panels(
+            models,
+            2.2 * min(len(models[0].samples.names), 4),
+            2.3 * math.ceil(len(models[0].samples.names) / 4) + 0.6,
+            lambda ms, sub: plot.high_norm_patches(
+                _shown(ms),
+                ms.samples.arrays["token_norms"],
+                of[ms.label]["token_norms"]["threshold"],
+                ms.samples.names,
+                fig=sub,
+                title=f"{ms.label}: high-norm patch tokens, last block",
+            ),
+        )
+    figs["logit_lens"] = _panels(
+        models, 6.5, 4, lambda ms, sub: plot.logit_lens(of[ms.label]["logit_lens"], fig=sub, title=ms.label)
+    )
 
     # CKA: each model's layers against its own, then every pair of models
     matrices = [

@@ -6,6 +6,11 @@
     per_image/<model>_distance.npy   (n, blocks, heads) float32 mean attention distance, pixels
     per_image/<model>_rollout.npy    (n, I, J) float32 attention rollout (CLS row)
     per_image/<model>_top.npy        (n, 5) int32 top-5 classes, and _prob.npy their probabilities
+    per_image/<model>_lens.npy       (n, blocks + 1) float32 logit lens: the probability each
+                                     step (0 = embeddings) gives the final top-1 class, or for a
+                                     headless model the cosine of its features to the final ones
+    per_image/<model>_norm_max.npy   (n, blocks + 1) float32 the largest patch-token norm after
+                                     the embedding and after each block
 
 n is the length of the image list; row i of each .npy belongs to image i (the csv's `position`),
 NaN (or -1 for classes) where that image was not analysed. `pandas.read_csv` and
@@ -26,7 +31,7 @@ from ..io.bounded_json import parse_object
 from ..io.names import inside, safe_name
 
 TOP_K = 5
-ARRAYS = ("distance", "rollout", "top", "prob")
+ARRAYS = ("distance", "rollout", "top", "prob", "lens", "norm_max")
 MAX_NAME_CHARS = 4096  # a display name (inputs.image_names); file systems allow 255 bytes a name
 
 
@@ -69,6 +74,8 @@ class PerImage(Accumulator):
             "rollout": np.zeros((0, *self.grid), np.float32),
             "top": np.zeros((0, TOP_K), np.int32),
             "prob": np.zeros((0, TOP_K), np.float32),
+            "lens": np.zeros((0, self.depth + 1), np.float32),
+            "norm_max": np.zeros((0, self.depth + 1), np.float32),
         }
 
     def settings(self) -> dict:
@@ -95,8 +102,10 @@ class PerImage(Accumulator):
             "rollout": (n, *self.grid),
             "top": (n, TOP_K),
             "prob": (n, TOP_K),
+            "lens": (n, self.depth + 1),
+            "norm_max": (n, self.depth + 1),
         }
-        kinds = {"distance": "f", "rollout": "f", "top": "i", "prob": "f"}
+        kinds = {"distance": "f", "rollout": "f", "top": "i", "prob": "f", "lens": "f", "norm_max": "f"}
         checked = {k: state_array(arrays, k, kinds[k], shapes[k]) for k in ARRAYS}
         if n and (positions.min() < 0 or len(np.unique(positions)) != n):
             raise AnalysisError("its positions are negative or repeat")
@@ -148,6 +157,8 @@ class PerImageWriter:
             "rollout": (self.grid, np.float32),
             "top": ((TOP_K,), np.int32),
             "prob": ((TOP_K,), np.float32),
+            "lens": ((depth + 1,), np.float32),
+            "norm_max": ((depth + 1,), np.float32),
         }
         self.maps = {}
         for key, (shape, dtype) in shapes.items():
@@ -167,12 +178,19 @@ class PerImageWriter:
     def path(self, key: str) -> str:
         return str(inside(self.folder, f"{self.label}_{key}.npy"))
 
-    def write(self, positions, names, distance, rollout, top=None, prob=None) -> None:
+    def write(
+        self, positions, names, distance, rollout, top=None, prob=None, lens=None, norm_max=None
+    ) -> None:
         """One batch: positions (b,), names, distance (b, L, H), rollout (b, I, J),
-        top (b, 5) classes and prob (b, 5) probabilities when the model has a head."""
+        top (b, 5) classes and prob (b, 5) probabilities when the model has a head, lens and
+        norm_max (b, L + 1) (module docstring)."""
         idx = np.asarray(positions, np.int64)
         self.maps["distance"][idx] = distance
         self.maps["rollout"][idx] = rollout
+        if lens is not None:
+            self.maps["lens"][idx] = lens
+        if norm_max is not None:
+            self.maps["norm_max"][idx] = norm_max
         if top is not None:
             self.maps["top"][idx] = top
             self.maps["prob"][idx] = prob
@@ -206,6 +224,8 @@ class PerImageWriter:
                 acc.arrays["rollout"][s : s + b],
                 top,
                 prob,
+                acc.arrays["lens"][s : s + b],
+                acc.arrays["norm_max"][s : s + b],
             )
 
     def flush(self) -> None:

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle as _Rectangle
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 
 def _grid(n: int, max_cols: int) -> tuple[int, int]:
@@ -237,4 +239,90 @@ def cka_matrix(
     ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, label="CKA")
     ax.set_title(title or "CKA between layers")
+    return fig
+
+
+def token_norms(summary: dict, fig=None, title: str = ""):
+    """Token norms per step (0 = embeddings, i = after block i), per kind of token: the median
+    (line), the 1st to 99th percentile (band) and the maximum (dots), over all images, on a log
+    scale; the outlier threshold as a dashed line. summary: metrics.json's "token_norms"."""
+    fig = fig if fig is not None else Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    count = np.asarray(summary["count"])
+    steps = np.arange(count.shape[0])
+    for g, name in enumerate(summary["groups"]):
+        if not count[:, g].any():  # no registers, say
+            continue
+        p50 = np.asarray(summary["p50"])[:, g]
+        (line,) = ax.plot(steps, p50, marker="o", ms=3, label=f"{name}: median")
+        ax.fill_between(
+            steps,
+            np.asarray(summary["p1"])[:, g],
+            np.asarray(summary["p99"])[:, g],
+            alpha=0.2,
+            color=line.get_color(),
+        )
+        ax.plot(
+            steps, np.asarray(summary["max"])[:, g], "^", ms=4, color=line.get_color(), label=f"{name}: max"
+        )
+    ax.axhline(
+        summary["threshold"], ls="--", color="0.3", lw=1, label=f"threshold {summary['threshold']:.3g}"
+    )
+    ax.set_yscale("log")
+    # plain numbers: the report draws text without mathtext (names from outside are not parsed)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("step (0 = embeddings, i = after block i)")
+    ax.set_ylabel("token L2 norm")
+    ax.set_xticks(steps)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "Token norms")
+    return fig
+
+
+def high_norm_patches(images, maps, threshold: float, names, fig=None, title: str = ""):
+    """Each sample image with its last block's patch-token norms over it and the patches above
+    threshold outlined. images (S, Y, X, 3) in [0, 1]; maps (S, I, J)."""
+    count = len(images)
+    rows, cols = _grid(count, 4)
+    fig = fig if fig is not None else Figure(figsize=(2.2 * cols, 2.3 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    for ax in axes:
+        ax.axis("off")
+    for s in range(count):
+        image, m = _shown(images[s]), maps[s]
+        ax = axes[s]
+        ax.imshow(image)
+        ax.imshow(_upsample(m / max(float(m.max()), 1e-12), image.shape[:2]), cmap="viridis", alpha=0.55)
+        sy, sx = image.shape[0] / m.shape[0], image.shape[1] / m.shape[1]
+        hits = np.argwhere(m > threshold)
+        for i, j in hits:
+            ax.add_patch(
+                _Rectangle((j * sx - 0.5, i * sy - 0.5), sx, sy, fill=False, edgecolor="red", lw=1.2)
+            )
+        ax.set_title(f"{names[s]}\n{len(hits)} above {threshold:.3g}", fontsize=7)
+    fig.suptitle(title or "High-norm patch tokens, last block")
+    return fig
+
+
+def logit_lens(summary: dict, fig=None, title: str = ""):
+    """Per step (0 = embeddings, i = after block i), each read by the final norm and head:
+    the share of images whose top-1 class is already the final one and the mean probability of
+    the final class (bands: one standard deviation); without a head, the cosine of the features
+    to the final ones. summary: metrics.json's "logit_lens"."""
+    fig = fig if fig is not None else Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    keys = [k for k in ("top1_agreement", "final_class_probability", "cosine_to_final") if k in summary]
+    for key in keys:
+        mean, std = np.asarray(summary[key]["mean"]), np.asarray(summary[key]["std"])
+        steps = np.arange(len(mean))
+        ax.plot(steps, mean, marker="o", ms=3, label=key.replace("_", " "))
+        ax.fill_between(steps, np.clip(mean - std, -1, 1), np.clip(mean + std, -1, 1), alpha=0.2)
+        ax.set_xticks(steps)
+    ax.set_xlabel("step (0 = embeddings, i = after block i)")
+    ax.set_ylim(-0.05 if "cosine_to_final" in summary else 0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Logit lens")
     return fig

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from ..analysis.gradients import relevance_for_report
+from ..analysis.norms import lens_scores
 from ..backend import distribute
 from ..errors import AnalysisError
 from ..io.image_file import read_image
@@ -214,13 +215,27 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
         ms.cls_attention.update_values(cls_attention)
         ms.cls_trajectory.update_values(trajectory)
         ms.token_mass.update_values(red["token_mass"])
+        norms = red["token_norms"]  # (b, L + 1, T)
+        ms.token_norms.update(norms)
+        prefix = ms.config.num_prefix_tokens
+        lens = lens_scores(red["logit_lens"], bool(ms.config.num_classes))  # (b, L + 1, 2 or 1)
+        ms.logit_lens.update_values(lens)
         top = prob = None
         if "logits" in out:
             logits = distribute.to_host(out["logits"]).astype(np.float64)
             p = np.exp(logits - logits.max(-1, keepdims=True))
             top, prob = _top(p / p.sum(-1, keepdims=True))
         if writers:
-            writers[m].write(batch.positions, batch_names, distance, rollout, top, prob)
+            writers[m].write(
+                batch.positions,
+                batch_names,
+                distance,
+                rollout,
+                top,
+                prob,
+                lens[..., -1],  # the final class's probability, or the cosine
+                norms[:, :, prefix:].max(axis=-1),
+            )
         shown = [j for j, pos in enumerate(batch.positions) if pos in samples]
         relevance = np.full((len(shown), rows, cols), np.nan, np.float32)
         if shown and study.settings.explain and ms.config.num_classes:
@@ -237,6 +252,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
                 cls_trajectory=trajectory[j],
                 top=top[j] if top is not None else np.full(TOP_K, -1, np.int32),
                 prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32),
+                token_norms=norms[j, -1, prefix:].reshape(rows, cols),
                 relevance=r,
             )
         grams.append(red["grams"])

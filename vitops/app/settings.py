@@ -68,6 +68,14 @@ class RunSettings:
             "action": "store_true",
         },
     )
+    norm_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "token norms above this are flagged as high-norm outliers (Darcet et al. 2024); "
+            "default: Q3 + 3 (Q3 - Q1) of the last block's patch-token norms",
+            "type": float,
+        },
+    )
     workers: int = field(default=2, metadata={"help": "image decoding threads", "type": int})
     memory_mb: int = field(
         default=ANALYSIS_MEMORY_BYTES >> 20,
@@ -90,6 +98,11 @@ class RunSettings:
             if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t <= 1.0:
                 raise AnalysisError(f"threshold must be a number in (0, 1], got {clip(t)}")
             object.__setattr__(self, "threshold", float(t))
+        n = self.norm_threshold
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, numbers.Real) or not 0.0 < n < float("inf"):
+                raise AnalysisError(f"norm threshold must be a positive number, got {clip(n)}")
+            object.__setattr__(self, "norm_threshold", float(n))
         if not isinstance(self.explain, bool):
             raise AnalysisError(f"explain must be True or False, got {clip(self.explain)}")
 
@@ -123,6 +136,8 @@ class RunSettings:
             cls_trajectory=True,
             grams=True,
             token_mass=True,
+            token_norms=True,
+            logit_lens=True,
             memory=self.memory_mb << 20,
         )
 

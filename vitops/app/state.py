@@ -19,7 +19,7 @@ import numpy as np
 from ..analysis.accumulate import load_states
 from ..analysis.cka import MinibatchCKA
 from ..analysis.embeddings import reference_patches
-from ..analysis.tokens import TOKEN_GROUPS
+from ..analysis.tokens import TOKEN_GROUPS, token_counts
 from ..core.config import FAMILIES, ViTConfig
 from ..errors import AnalysisError, ConfigError, VitopsError, clip
 from ..io import schema
@@ -130,6 +130,7 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
         "cls_attention": (c.num_heads, *grid),
         "cls_trajectory": (c.depth + 1,),
         "token_mass": (c.depth, len(TOKEN_GROUPS)),
+        "logit_lens": (c.depth + 1, 2 if c.num_classes else 1),
     }
     for name, shape in moments.items():
         acc = getattr(ms, name)
@@ -139,6 +140,10 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
                 raise AnalysisError(f"{where} {name} counts {acc.count:,} images, the state {analysed:,}")
     if not ms.cka.empty:
         _expect(ms.cka._xy, (c.depth + 1, c.depth + 1), f"{where} cka")
+    h = ms.token_norms  # every token of every image analysed, in each block
+    expected = analysed * np.array([*token_counts(c), grid[0] * grid[1]], np.int64)
+    if not (h.counts.sum(axis=-1) == expected).all():
+        raise AnalysisError(f"{where} token-norm histogram does not count the tokens of {analysed:,} images")
     p = ms.per_image  # a row per image analysed, or none (a state saved without its per-image rows)
     if len(p.positions) not in (0, analysed) or (len(p.positions) and p.positions.max() >= n):
         raise AnalysisError(
@@ -156,6 +161,7 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
             "cls_trajectory": (k, c.depth + 1),
             "top": (k, TOP_K),
             "prob": (k, TOP_K),
+            "token_norms": (k, *grid),
             "relevance": (k, *grid),
         }
         for field, shape in shapes.items():

@@ -3,7 +3,8 @@
 Every part of a Study merges exactly (float64 sums, rows keyed by image position), so shards
 analysed apart and merged by `vitops report` give the numbers one run over all images gives.
 The names here are the names in metrics.json and in the per-image files: distance, rollout,
-cls_attention, cls_trajectory, token_mass, cka, samples, probes (of the weights), per_image.
+cls_attention, cls_trajectory, token_mass, token_norms, logit_lens, cka, samples, probes (of the
+weights), per_image.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from .. import analysis
 from ..analysis.accumulate import Accumulator, Fixed, Moments, save_states, settings_difference, state_array
+from ..analysis.tokens import token_counts
 from ..backend import name as backend_name
 from ..errors import AnalysisError
 from .per_image import PerImage, names_from_bytes, names_to_bytes
@@ -24,11 +26,21 @@ from .settings import RunSettings
 class Samples(Accumulator):
     """What the report draws for a few chosen images of one model: the image as the model saw it
     (uint8, denormalised), its rollout, last-block CLS attention per head, CLS trajectory, top
-    classes and, when explained, the relevance of each patch for the top class (NaN otherwise).
+    classes, the last block's patch-token norms and, when explained, the relevance of each
+    patch for the top class (NaN otherwise).
     Keyed by position in the image list; merging takes the union."""
 
     kind = "samples"
-    FIELDS = ("display", "rollout", "cls_attention", "cls_trajectory", "top", "prob", "relevance")
+    FIELDS = (
+        "display",
+        "rollout",
+        "cls_attention",
+        "cls_trajectory",
+        "top",
+        "prob",
+        "token_norms",
+        "relevance",
+    )
 
     def __init__(self):
         self.positions = np.zeros((0,), np.int64)
@@ -103,6 +115,10 @@ class ModelStudy:
         self.cls_trajectory = Moments((depth + 1,), what="CLS cosine to final")
         # the share of attention each kind of token receives, per block: TOKEN_GROUPS
         self.token_mass = Moments((depth, len(analysis.TOKEN_GROUPS)), what="attention by token group")
+        self.token_norms = analysis.NormHistogram(depth + 1, *token_counts(config))
+        # per block: [top-1 agreement, final-class probability], or [cosine] without a head
+        lens = (depth + 1, 2 if config.num_classes else 1)
+        self.logit_lens = Moments(lens, what="logit lens")
         self.cka = analysis.MinibatchCKA()
         self.samples = Samples()
         self.per_image = PerImage(depth, heads, grid, bool(config.num_classes))
@@ -115,6 +131,8 @@ class ModelStudy:
         "cls_attention",
         "cls_trajectory",
         "token_mass",
+        "token_norms",
+        "logit_lens",
         "cka",
         "samples",
         "per_image",

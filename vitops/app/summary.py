@@ -29,6 +29,16 @@ def _model_summary(ms, settings) -> dict:
     dist = ms.distance.result()
     cos = ms.cls_trajectory.result()
     mass = ms.token_mass.result()
+    norms = ms.token_norms.result(settings.norm_threshold)
+    lens = ms.logit_lens.result()
+    if c.num_classes:
+        lens_out = {
+            "top1_agreement": {"mean": lens["mean"][:, 0], "std": lens["std"][:, 0]},
+            "final_class_probability": {"mean": lens["mean"][:, 1], "std": lens["std"][:, 1]},
+        }
+    else:  # headless: the cosine of each step's features to the final features
+        lens_out = {"cosine_to_final": {"mean": lens["mean"][:, 0], "std": lens["std"][:, 0]}}
+    lens_out["steps"] = "0 = embeddings, i = after block i; each read by the final norm and head"
     n_class, n_reg = token_counts(c)
     out = {
         "name": c.name,
@@ -50,6 +60,9 @@ def _model_summary(ms, settings) -> dict:
         "query": "class token" if c.class_token else "attention-pool query (no class token)",
         "tokens": {"class": n_class, "registers": n_reg, "patches": int(np.prod(ms.grid))},
         "token_mass": {"groups": list(TOKEN_GROUPS), "mean": mass["mean"], "std": mass["std"]},
+        # (steps, groups) each: step 0 = embeddings, i = after block i
+        "token_norms": dict(norms, bins="log-spaced, 2.2 % wide: percentiles within one bin"),
+        "logit_lens": lens_out,
         "cka": None,
         "samples": {},
         "position_similarity": ms.probes.arrays["position_similarity"],  # (K, N): K reference patches
@@ -70,6 +83,8 @@ def _model_summary(ms, settings) -> dict:
             "rollout": s.arrays["rollout"][j],
             "cls_attention": s.arrays["cls_attention"][j],
             "cls_trajectory": s.arrays["cls_trajectory"][j],
+            # the last block's patches whose norm is above the threshold, as [row, column]
+            "high_norm_patches": np.argwhere(s.arrays["token_norms"][j] > norms["threshold"]),
         }
         if c.num_classes:
             entry["predictions"] = _predictions(ms.info, s.arrays["top"][j], s.arrays["prob"][j])
