@@ -65,6 +65,7 @@ def test_outputs_and_skipped_images(report):
             "token_mass",
             "token_norms",
             "high_norm_patches",
+            "pca_feature_maps",
             "logit_lens",
             "cka",
             "cka_cross",
@@ -150,6 +151,17 @@ def test_metrics_are_the_materialised_kernels_numbers(report, name):
     np.testing.assert_allclose(metrics["logit_lens"]["top1_agreement"]["mean"], agree, atol=1e-9)
     np.testing.assert_allclose(
         metrics["logit_lens"]["final_class_probability"]["mean"], probs.mean(0), rtol=1e-4
+    )
+    # PCA: the last block's patch tokens after the final norm, all 6 images at once
+    t = np_(res["hidden"][-1]).astype(np.float64)
+    t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + model.config.layer_norm_eps)
+    t = (t * p["norm.scale"] + p["norm.bias"])[:, prefix:].reshape(-1, model.config.dim)
+    values = np.linalg.eigvalsh(np.cov(t, rowvar=False, bias=True))[::-1]
+    pca = metrics["pca"]
+    assert pca["count"] == len(t) == 6 * 64
+    np.testing.assert_allclose(pca["variance"], values[:16], rtol=1e-4, atol=1e-7 * values[0])
+    np.testing.assert_allclose(
+        pca["explained_variance_ratio"], values[:16] / values.sum(), rtol=1e-4, atol=1e-8
     )
     per_lens = np.load(out / "per_image" / f"{name}_lens.npy")[:6]
     np.testing.assert_allclose(per_lens, probs, rtol=1e-4, atol=1e-6)
@@ -417,7 +429,7 @@ def render_in_browser(page_path, tmp_path):
 def test_report_renders_every_image_in_a_browser(report, tmp_path):
     out, summary, _ = report
     loaded, total = render_in_browser(out / "report.html", tmp_path)
-    assert total == len(summary["figures"]) == 13  # token_norms.png, logit_lens.png among them
+    assert total == len(summary["figures"]) == 14  # token_norms.png, pca_feature_maps.png among them
     assert loaded == total
 
 
@@ -518,5 +530,5 @@ def test_each_model_is_fed_its_own_preprocessing(two_resolutions):
 def test_two_resolutions_report_renders_in_a_browser(two_resolutions, tmp_path):
     out, summary, _, _ = two_resolutions
     loaded, total = render_in_browser(out / "report.html", tmp_path)
-    assert total == len(summary["figures"]) == 13  # token_norms.png, logit_lens.png among them
+    assert total == len(summary["figures"]) == 14  # token_norms.png, pca_feature_maps.png among them
     assert loaded == total

@@ -21,6 +21,7 @@ from .features import TopK, feature_activation_map, unit_activations, visualize_
 from .gradients import gradient_rollout, input_gradients
 from .heatmap import attention_heatmaps
 from .norms import NormHistogram, lens_scores
+from .pca import Covariance, feature_maps
 from .reductions import Reductions
 from .rollout import attention_rollout, cls_rollout
 from .tokens import TOKEN_GROUPS, attention_mass
@@ -54,5 +55,7 @@ __all__ = [
     "attention_mass",
     "NormHistogram",
     "lens_scores",
+    "Covariance",
+    "feature_maps",
     "TOKEN_GROUPS",
 ]

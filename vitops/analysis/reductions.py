@@ -64,6 +64,12 @@ class Reductions:
     token_norms    (B, L+1, T) the L2 norm of every token after the embedding and after every
                                block (the high-norm tokens of Darcet et al. 2024, "Vision
                                Transformers Need Registers")
+    pca_*          the patch tokens of step pca_step (0 = embeddings, i = after block i,
+                               negative from the last block run) after the final norm, as
+                               DINOv2's PCA figures read them: pca_tokens (B, N, D),
+                               pca_mean (D,) their mean over the batch and its patches, and
+                               pca_scatter (D, D) the sum of outer products of their
+                               deviations from it (merged over batches by `analysis.pca`)
     logit_lens     (B, L+1, K) what the final norm, pooling and head make of the tokens after
                                the embedding and after every block, as if it were the last
                                (`vitops.core.vit.readout`): logits, or for a headless model its
@@ -86,6 +92,8 @@ class Reductions:
     token_mass: bool = False
     token_norms: bool = False
     logit_lens: bool = False
+    pca: bool = False
+    pca_step: int = -1
     memory: int = ANALYSIS_MEMORY_BYTES  # bytes of maps and factors held at a time (see above)
 
     def __post_init__(self):
@@ -96,6 +104,8 @@ class Reductions:
         if self.rollout is not None and self.rollout not in ROLLOUTS:
             raise AnalysisError(f"rollout must be None or one of {ROLLOUTS}, got {clip(self.rollout)}")
         _, ratio = rollout_options(self.head_fusion, self.discard_ratio)
+        if isinstance(self.pca_step, bool) or not isinstance(self.pca_step, int):
+            raise AnalysisError(f"pca_step must be an integer, got {clip(self.pca_step)}")
         if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 0:
             raise AnalysisError(f"memory must be a number of bytes, got {clip(self.memory)}")
         object.__setattr__(self, "discard_ratio", ratio)
@@ -108,18 +118,19 @@ class Reductions:
     def needs_all_tokens(self) -> bool:
         """The last block's output for every token (not only the prefix tokens) is read (a
         model without a class token reads them all anyway: see `vit.forward`)."""
-        return self.grams or self.token_mass or self.token_norms  # every query row, in the last block too
+        # every query row, in the last block too
+        return self.grams or self.token_mass or self.token_norms or self.pca
 
     def replace(self, **changes) -> Reductions:
         return dataclasses.replace(self, **changes)
 
     # ---- the pass itself: start, one step per block, finish ----
 
-    def start(self, x, config, grid, whole: bool = False, readout=None) -> dict:
+    def start(self, x, config, grid, whole: bool = False, readout=None, final_norm=None) -> dict:
         """State before the first block, from the embeddings x (B, T, D). whole: the pass reads
         whole maps (returned, perturbed or float64), so the rollout keeps its factors.
         readout(x): the head applied to a block's tokens (`vitops.core.vit.readout`), for the
-        logit lens."""
+        logit lens; final_norm(x): the model's final norm, for the PCA statistics."""
         state = {
             "_prefix": config.num_prefix_tokens,
             "_patches": grid[0] * grid[1],
@@ -133,6 +144,22 @@ class Reductions:
             state["grams"] = [centred_gram(whole_batch(x))]
         if self.token_norms:
             state["token_norms"] = [_norms(x)]
+        state["_step"] = 0
+        if self.pca:
+            depth = config.depth
+            step = self.pca_step if self.pca_step >= 0 else None
+            if step is not None and step > depth or self.pca_step < -1:
+                raise AnalysisError(
+                    f"pca_step must be -1 (the last block run) or 0 to {depth} (after block i), "
+                    f"got {self.pca_step}"
+                )
+            if final_norm is None:
+                raise AnalysisError(
+                    "the PCA statistics need the model's final norm (start(..., final_norm=))"
+                )
+            state["_final_norm"] = final_norm
+            if step == 0:
+                state.update(_pca_stats(final_norm(x), state["_prefix"]))
         if self.logit_lens:
             if readout is None:
                 raise AnalysisError("the logit lens needs the model's head (start(..., readout=))")
@@ -215,6 +242,9 @@ class Reductions:
             state["grams"].append(centred_gram(whole_batch(x)))
         if self.token_norms:
             state["token_norms"].append(_norms(x))
+        state["_step"] += 1
+        if self.pca and (state["_step"] == self.pca_step or (self.pca_step == -1 and last)):
+            state.update(_pca_stats(state["_final_norm"](x), state["_prefix"]))
         if self.logit_lens:
             state["logit_lens"].append(ops.cast(state["_readout"](x), "float32"))
         if self.rollout == "cls":
@@ -341,7 +371,23 @@ class Reductions:
             out["token_norms"] = ops.stack(state["token_norms"], axis=1)  # (B, L+1, T)
         if self.logit_lens:
             out["logit_lens"] = ops.stack(state["logit_lens"], axis=1)  # (B, L+1, K)
+        if self.pca:
+            for k in ("pca_tokens", "pca_mean", "pca_scatter"):
+                if k not in state:  # a step after the last block run (num_blocks)
+                    raise AnalysisError(f"pca_step {self.pca_step} is after the last block run")
+                out[k] = state[k]
         return out
+
+
+def _pca_stats(x, prefix: int) -> dict:
+    """The patch tokens of x (B, T, D) in float32 and their batch statistics: the mean (D,)
+    and the scatter (D, D) of the deviations from it, which merge exactly across batches
+    (Chan et al. 1979) without the cancellation of raw second moments."""
+    t = ops.cast(x[:, prefix:], "float32")  # (B, N, D)
+    flat = ops.reshape(t, (-1, t.shape[-1]))  # (B N, D)
+    mean = ops.mean(flat, axis=0)
+    dev = flat - mean[None]
+    return {"pca_tokens": t, "pca_mean": mean, "pca_scatter": ops.matmul(ops.transpose(dev), dev)}
 
 
 def _norms(x):

@@ -37,6 +37,10 @@ CAPTIONS = {
     "last block's patch norms).",
     "high_norm_patches": "The last block's patch-token norms over each sample image; outlined: the patches above "
     "the threshold.",
+    "pca_feature_maps": "Principal components of the patch features (DINOv2, Fig. 1): per sample image, the first "
+    "three components of a PCA fitted over all images' patch tokens as red, green and blue; then the foreground "
+    "(the first component above zero, oriented so that the image border is background) coloured by a second "
+    "PCA fitted on the sample images' foreground patches. Registers and class tokens are left out.",
     "logit_lens": "Logit lens: every block's tokens read by the final norm and head as if it were the last "
     "(nostalgebraist 2020). Per step, the share of images whose top-1 class is already the final prediction and "
     "the mean probability of the final class; for a model without a head, the cosine of its features to the "
@@ -158,6 +162,20 @@ def figures(study, summary) -> dict:
                 ms.samples.names,
                 fig=sub,
                 title=f"{ms.label}: high-norm patch tokens, last block",
+            ),
+        )
+    if not models[0].samples.empty:
+        figs["pca_feature_maps"] = _panels(
+            models,
+            2.0 * 3,
+            1.9 * len(models[0].samples.names) + 0.6,
+            lambda ms, sub: plot.pca_maps(
+                _shown(ms),
+                [of[ms.label]["samples"][name] for name in ms.samples.names],
+                ms.samples.names,
+                of[ms.label]["pca"]["explained_variance_ratio"],
+                fig=sub,
+                title=ms.label,
             ),
         )
     figs["logit_lens"] = _panels(

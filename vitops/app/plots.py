@@ -326,3 +326,36 @@ def logit_lens(summary: dict, fig=None, title: str = ""):
     ax.legend(fontsize=8)
     ax.set_title(title or "Logit lens")
     return fig
+
+
+def pca_maps(images, samples, names, ratio, fig=None, title: str = ""):
+    """Per sample image (a row): the image, its first three principal components as RGB, and
+    its foreground coloured by the second PCA. images (S, Y, X, 3) in [0, 1]; samples: each
+    image's metrics.json entry ("pca_rgb", "foreground_rgb" (I, J, 3)); ratio: the data-set
+    PCA's explained-variance shares."""
+    count = len(images)
+    fig = fig if fig is not None else Figure(figsize=(6, 1.9 * count + 0.6), layout="constrained")
+    axes = fig.subplots(count, 3, squeeze=False)
+    share = float(np.sum(np.asarray(ratio, np.float64)[:3]))
+    for s in range(count):
+        image = _shown(images[s])
+        panels = (
+            (image, names[s]),
+            (_upsample_rgb(np.asarray(samples[s]["pca_rgb"], np.float64), image.shape[:2]), "PCA 1-3"),
+            (
+                _upsample_rgb(np.asarray(samples[s]["foreground_rgb"], np.float64), image.shape[:2]),
+                "foreground",
+            ),
+        )
+        for ax, (picture, what) in zip(axes[s], panels):
+            ax.imshow(picture, interpolation="nearest")
+            ax.axis("off")
+            ax.set_title(what, fontsize=7)
+    fig.suptitle(f"{title}: PCA of patch features (first three: {100 * share:.0f} % of the variance)")
+    return fig
+
+
+def _upsample_rgb(m: np.ndarray, shape) -> np.ndarray:
+    """(I, J, 3) -> (Y, X, 3) by repeating each patch (nearest)."""
+    ry, rx = -(-shape[0] // m.shape[0]), -(-shape[1] // m.shape[1])
+    return np.clip(np.repeat(np.repeat(m, ry, axis=0), rx, axis=1)[: shape[0], : shape[1]], 0, 1)

@@ -118,6 +118,12 @@ def run_study(
         raise AnalysisError("no model given")
     distribution = distribute.data_parallel(devices)
     loaded = [resolve_model(s) for s in specs]  # errors here, before any work
+    for m in loaded:
+        if settings.pca_step > m.config.depth:
+            raise AnalysisError(
+                f"pca step {settings.pca_step} is past the last block of {m.config.name or 'a model'} "
+                f"({m.config.depth} blocks)"
+            )
     if distribution is not None:
         for m in loaded:
             distribute.distribute_model(m, distribution)
@@ -220,6 +226,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
         prefix = ms.config.num_prefix_tokens
         lens = lens_scores(red["logit_lens"], bool(ms.config.num_classes))  # (b, L + 1, 2 or 1)
         ms.logit_lens.update_values(lens)
+        ms.pca.update_scatter(b * rows * cols, red["pca_mean"], red["pca_scatter"])
         top = prob = None
         if "logits" in out:
             logits = distribute.to_host(out["logits"]).astype(np.float64)
@@ -253,6 +260,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
                 top=top[j] if top is not None else np.full(TOP_K, -1, np.int32),
                 prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32),
                 token_norms=norms[j, -1, prefix:].reshape(rows, cols),
+                pca_tokens=red["pca_tokens"][j],
                 relevance=r,
             )
         grams.append(red["grams"])

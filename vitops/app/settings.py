@@ -76,6 +76,14 @@ class RunSettings:
             "type": float,
         },
     )
+    pca_step: int = field(
+        default=-1,
+        metadata={
+            "help": "whose patch tokens the PCA feature maps read: 0 the embeddings, i the output of "
+            "block i, -1 the last block (after the final norm, as DINOv2's figures)",
+            "type": int,
+        },
+    )
     workers: int = field(default=2, metadata={"help": "image decoding threads", "type": int})
     memory_mb: int = field(
         default=ANALYSIS_MEMORY_BYTES >> 20,
@@ -98,6 +106,10 @@ class RunSettings:
             if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t <= 1.0:
                 raise AnalysisError(f"threshold must be a number in (0, 1], got {clip(t)}")
             object.__setattr__(self, "threshold", float(t))
+        if isinstance(self.pca_step, bool) or not isinstance(self.pca_step, int) or self.pca_step < -1:
+            raise AnalysisError(
+                f"pca step must be -1 (the last block) or a block number, got {clip(self.pca_step)}"
+            )
         n = self.norm_threshold
         if n is not None:
             if isinstance(n, bool) or not isinstance(n, numbers.Real) or not 0.0 < n < float("inf"):
@@ -138,6 +150,8 @@ class RunSettings:
             token_mass=True,
             token_norms=True,
             logit_lens=True,
+            pca=True,
+            pca_step=self.pca_step,
             memory=self.memory_mb << 20,
         )
 

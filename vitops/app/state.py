@@ -144,6 +144,8 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
     expected = analysed * np.array([*token_counts(c), grid[0] * grid[1]], np.int64)
     if not (h.counts.sum(axis=-1) == expected).all():
         raise AnalysisError(f"{where} token-norm histogram does not count the tokens of {analysed:,} images")
+    if ms.pca.count != analysed * grid[0] * grid[1]:
+        raise AnalysisError(f"{where} PCA counts {ms.pca.count:,} patch tokens for {analysed:,} images")
     p = ms.per_image  # a row per image analysed, or none (a state saved without its per-image rows)
     if len(p.positions) not in (0, analysed) or (len(p.positions) and p.positions.max() >= n):
         raise AnalysisError(
@@ -162,6 +164,7 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
             "top": (k, TOP_K),
             "prob": (k, TOP_K),
             "token_norms": (k, *grid),
+            "pca_tokens": (k, grid[0] * grid[1], c.dim),
             "relevance": (k, *grid),
         }
         for field, shape in shapes.items():

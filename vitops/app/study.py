@@ -26,7 +26,8 @@ from .settings import RunSettings
 class Samples(Accumulator):
     """What the report draws for a few chosen images of one model: the image as the model saw it
     (uint8, denormalised), its rollout, last-block CLS attention per head, CLS trajectory, top
-    classes, the last block's patch-token norms and, when explained, the relevance of each
+    classes, the last block's patch-token norms, the patch tokens the PCA reads (N, D) and,
+    when explained, the relevance of each
     patch for the top class (NaN otherwise).
     Keyed by position in the image list; merging takes the union."""
 
@@ -39,6 +40,7 @@ class Samples(Accumulator):
         "top",
         "prob",
         "token_norms",
+        "pca_tokens",
         "relevance",
     )
 
@@ -119,6 +121,7 @@ class ModelStudy:
         # per block: [top-1 agreement, final-class probability], or [cosine] without a head
         lens = (depth + 1, 2 if config.num_classes else 1)
         self.logit_lens = Moments(lens, what="logit lens")
+        self.pca = analysis.Covariance(config.dim)  # of the patch tokens (`RunSettings.pca_step`)
         self.cka = analysis.MinibatchCKA()
         self.samples = Samples()
         self.per_image = PerImage(depth, heads, grid, bool(config.num_classes))
@@ -133,6 +136,7 @@ class ModelStudy:
         "token_mass",
         "token_norms",
         "logit_lens",
+        "pca",
         "cka",
         "samples",
         "per_image",

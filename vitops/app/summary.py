@@ -8,6 +8,7 @@ import numpy as np
 
 from ..analysis.embeddings import reference_patches
 from ..analysis.heatmap import mass_masks
+from ..analysis.pca import feature_maps
 from ..analysis.tokens import TOKEN_GROUPS, token_counts
 
 
@@ -38,6 +39,20 @@ def _model_summary(ms, settings) -> dict:
         }
     else:  # headless: the cosine of each step's features to the final features
         lens_out = {"cosine_to_final": {"mean": lens["mean"][:, 0], "std": lens["std"][:, 0]}}
+    pca = ms.pca.result()
+    pca_out = {
+        "step": settings.pca_step,
+        "tokens": "patch tokens after the final norm (no class token, no registers)",
+        "count": pca["count"],
+        "explained_variance_ratio": pca["ratio"][:16],
+        "variance": pca["variance"][:16],
+        "foreground_rule": "first component > 0, oriented so that the border patches score below zero on "
+        "average; a second PCA fitted on the sample images' foreground patches",
+    }
+    pca_maps: dict = {}
+    if not ms.samples.empty:
+        pca_maps = feature_maps(ms.samples.arrays["pca_tokens"], pca, ms.grid)
+        pca_out["foreground_explained_variance_ratio"] = pca_maps["foreground_ratio"]
     lens_out["steps"] = "0 = embeddings, i = after block i; each read by the final norm and head"
     n_class, n_reg = token_counts(c)
     out = {
@@ -63,6 +78,7 @@ def _model_summary(ms, settings) -> dict:
         # (steps, groups) each: step 0 = embeddings, i = after block i
         "token_norms": dict(norms, bins="log-spaced, 2.2 % wide: percentiles within one bin"),
         "logit_lens": lens_out,
+        "pca": pca_out,
         "cka": None,
         "samples": {},
         "position_similarity": ms.probes.arrays["position_similarity"],  # (K, N): K reference patches
@@ -85,6 +101,11 @@ def _model_summary(ms, settings) -> dict:
             "cls_trajectory": s.arrays["cls_trajectory"][j],
             # the last block's patches whose norm is above the threshold, as [row, column]
             "high_norm_patches": np.argwhere(s.arrays["token_norms"][j] > norms["threshold"]),
+            # (I, J, 3) in [0, 1]: the first three components over the data set; the foreground
+            # mask and the second PCA's components on it (DINOv2, Fig. 1)
+            "pca_rgb": pca_maps["rgb"][j],
+            "foreground": pca_maps["foreground"][j].astype(int),
+            "foreground_rgb": pca_maps["foreground_rgb"][j],
         }
         if c.num_classes:
             entry["predictions"] = _predictions(ms.info, s.arrays["top"][j], s.arrays["prob"][j])

@@ -287,8 +287,7 @@ def _head(params, config: ViTConfig, x, return_attention: bool = False, pool_del
     config has them "logits", "logits_cls", "logits_dist", "embedding"}, the pooling head's
     attention (B, H, N) or None)."""
     c = config
-    if not c.fc_norm:
-        x = layer_norm(x, params["norm.scale"], params["norm.bias"], c.layer_norm_eps)
+    x = final_norm(params, c, x)
     features, pool_probs = _pool(params, c, x, return_attention, pool_delta)
     out = {}
     if c.representation_size:  # Google i21k: pre_logits = tanh(dense(cls))
@@ -306,6 +305,13 @@ def _head(params, config: ViTConfig, x, return_attention: bool = False, pool_del
     if c.proj_dim:
         out["embedding"] = dense(features, params["proj.kernel"])
     return out, pool_probs
+
+
+def final_norm(params, config: ViTConfig, x):
+    """The model's final norm over tokens x (B, T, D) (identity where the norm comes after the
+    pooling, fc_norm): the features DINOv2's patch-feature figures read."""
+    c = config
+    return x if c.fc_norm else layer_norm(x, params["norm.scale"], params["norm.bias"], c.layer_norm_eps)
 
 
 def readout(params, config: ViTConfig, x):
@@ -396,7 +402,14 @@ def forward(
     # explicit path throughout) give whole maps.
     whole = return_attention or attention_delta is not None or is_float64(x.dtype)
     state = (
-        reductions.start(x, c, grid, whole, readout=lambda t: readout(params, c, t))
+        reductions.start(
+            x,
+            c,
+            grid,
+            whole,
+            readout=lambda t: readout(params, c, t),
+            final_norm=lambda t: final_norm(params, c, t),
+        )
         if reductions is not None
         else None
     )
