@@ -317,3 +317,40 @@ def test_relevance_for_report_on_shipped_digits():
         )
     # relevance is not uniform: the digit's patches stand out from the empty border
     assert (maps.max(axis=(1, 2)) > 3 * np.median(maps, axis=(1, 2))).all()
+
+
+@pytest.mark.parametrize("baseline", ["zeros", "image"], ids=["zero-baseline", "given-baseline"])
+def test_integrated_gradients_equal_a_riemann_sum_of_input_gradients(tmp_path, baseline):
+    """With baseline x0 and the path x0 + a (x - x0), the gradient at a point p dotted with
+    (x - x0) is input_gradients' gradient x input at p, taken with p's own input replaced:
+    for x0 = 0, p = a x, so grad(p) . x = (grad x input at p) / a. Integrated gradients is the
+    midpoint mean of that; its completeness error shrinks with more steps."""
+    from vitops.analysis.gradients import integrated_gradients
+
+    _, model = converted(tmp_path, "vit_small_patch16_224", num_classes=7, seed=8)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+    classes = np.array([3, 5], np.int32)
+    steps = 8
+    if baseline == "zeros":
+        maps, comp = integrated_gradients(model, x, classes, steps=steps, return_completeness=True)
+        ref = np.zeros((2, 4, 4))
+        for k in range(steps):
+            a = (k + 0.5) / steps
+            ref += np_(input_gradients(model, a * x, classes)).astype(np.float64) / a
+        ref /= steps
+        np.testing.assert_allclose(np_(maps), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    else:
+        x0 = rng.standard_normal((64, 64, 3)).astype(np.float32) * 0.1
+        maps, comp = integrated_gradients(
+            model, x, classes, steps=steps, baseline=x0, return_completeness=True
+        )
+    # completeness: the attributions add up to the score's change, to the sum's error
+    logits = lambda z: np_(model(z)).astype(np.float64)[np.arange(2), classes]  # noqa: E731
+    start = np.zeros_like(x) if baseline == "zeros" else np.broadcast_to(x0, x.shape)
+    np.testing.assert_allclose(comp["difference"], logits(x) - logits(start), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(comp["total"], np_(maps).astype(np.float64).sum((1, 2)) * 16 * 16, rtol=1e-4)
+    fine = integrated_gradients(
+        model, x, classes, steps=64, baseline=None if baseline == "zeros" else x0, return_completeness=True
+    )[1]
+    assert (fine["error"] < comp["error"]).all() and (fine["error"] < 1e-2).all()

@@ -18,7 +18,7 @@ from .embeddings import (
     reference_patches,
 )
 from .features import TopK, feature_activation_map, unit_activations, visualize_feature
-from .gradients import gradient_rollout, input_gradients
+from .gradients import gradient_rollout, input_gradients, integrated_gradients
 from .heatmap import attention_heatmaps
 from .norms import NormHistogram, lens_scores
 from .pca import Covariance, feature_maps
@@ -43,6 +43,7 @@ __all__ = [
     "cosine_to_final",
     "gradient_rollout",
     "input_gradients",
+    "integrated_gradients",
     "visualize_feature",
     "feature_activation_map",
     "unit_activations",

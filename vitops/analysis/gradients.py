@@ -18,6 +18,10 @@ compiles (jax.jit, tf.function with XLA); PyTorch runs it eagerly under autograd
 `input_gradients` is gradient x input (Shrikumar et al. 2016, "Not Just a Black Box"), summed
 over the colour channels and averaged over each patch's pixels, optionally averaged over noisy
 copies of the image (SmoothGrad, Smilkov et al. 2017): a baseline to compare the rollout with.
+`integrated_gradients` (Sundararajan, Taly and Yan 2017, "Axiomatic Attribution for Deep
+Networks", Eq. 3) integrates the gradient along the straight path from a baseline to the image
+(midpoint Riemann sum): its attributions add up to the score's change along the path
+(completeness), up to the sum's error, which it reports.
 
 Shapes as in vitops/__init__.py: B images, H heads, T tokens (P prefix + N patches), C classes.
 """
@@ -126,6 +130,27 @@ _compiled_input_gradient = compiled(
 )
 
 
+def _path_gradient(params, images, times, classes, *, config, target, compute_dtype):
+    """The score's gradient at images dotted with times over the colour channels, per pixel:
+    -> ((B, Y, X) float32 or float64, classes (B,), scores (B,))."""
+    params = cast_params(params, compute_dtype)
+    check_images(images, config)
+
+    def objective(images, params, classes):
+        scores, chosen = _scores(forward(params, config, images), classes, target)
+        return ops.sum(scores), (chosen, scores)
+
+    grad_fn = value_and_grad(objective, 0, has_aux=True, compile=False)
+    (_, (chosen, scores)), g = grad_fn(images, params, classes)
+    acc = _accumulation_dtype(compute_dtype)
+    return ops.sum(ops.cast(g, acc) * ops.cast(times, acc), axis=-1), chosen, ops.cast(scores, acc)
+
+
+_compiled_path_gradient = compiled(
+    _path_gradient, static_argnames=("config", "target", "compute_dtype"), autograph=False
+)
+
+
 def _classes(config, batch: int, class_index, target) -> np.ndarray:
     """(B,) int32 classes to explain, -1 for each image's predicted class, after checking what
     the caller asked for."""
@@ -223,6 +248,71 @@ def input_gradients(
         )
         total = m if total is None else total + m
     return total / smoothgrad
+
+
+def integrated_gradients(
+    model, images, class_index=None, *, target=None, steps: int = 32, baseline=None, return_completeness=False
+):
+    """Integrated gradients per patch: -> (B, I, J), a backend tensor.
+
+    Each pixel's attribution is (x - x0) times the mean of the score's gradient at the
+    midpoints x0 + (k + 1/2) / steps (x - x0), k < steps, summed over the colour channels and
+    averaged over each patch's pixels (as `input_gradients`). x0, the baseline: by default zeros
+    in the model's input space (after normalisation: the data set's mean colour for ImageNet
+    statistics, mid-grey for [-1, 1]), or an array broadcastable to the images. The class
+    explained is chosen once, on the images (target and class_index as `gradient_rollout`).
+
+    return_completeness=True also returns a dict of numpy arrays (B,): "total" the sum of
+    every pixel's attribution, "difference" score(x) - score(x0), and "error" |total -
+    difference| / |difference|: the Riemann sum's error, which shrinks as steps grows.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 4096:
+        raise AnalysisError(f"steps must be an integer in [1, 4096], got {steps!r}")
+    params, config, dtype = model_parts(model)
+    x = np.asarray(ops.convert_to_numpy(as_images(images, config, dtype)))
+    x0 = np.zeros_like(x) if baseline is None else np.asarray(baseline, x.dtype)
+    try:
+        x0 = np.broadcast_to(x0, x.shape)
+    except ValueError:
+        raise AnalysisError(
+            f"baseline of shape {x0.shape} does not broadcast to the images' {x.shape}"
+        ) from None
+    if not np.isfinite(x0).all():
+        raise AnalysisError("baseline holds NaN or infinity")
+    classes = _classes(config, x.shape[0], class_index, target)
+    delta = x - x0
+
+    def at(points):
+        return _compiled_path_gradient(
+            params,
+            ops.convert_to_tensor(points, dtype),
+            ops.convert_to_tensor(delta, dtype),
+            classes,
+            config=config,
+            target=target,
+            compute_dtype=dtype,
+        )
+
+    _, chosen, end = at(x)  # the class explained: the image's own prediction where not given
+    classes = np.asarray(ops.convert_to_numpy(chosen), np.int32)
+    _, _, start = at(x0)
+    total = None
+    for k in range(steps):
+        g, _, _ = at(x0 + (k + 0.5) / steps * delta)
+        total = g if total is None else total + g
+    pixels = total / steps  # (B, Y, X)
+    gh, gw = _grid(x, config)
+    pz = config.patch_size
+    maps = mean(ops.reshape(pixels, (-1, gh, pz, gw, pz)), (2, 4))  # (B, I, J)
+    if not return_completeness:
+        return maps
+    summed = np.asarray(ops.convert_to_numpy(ops.sum(pixels, axis=(1, 2))), np.float64)
+    difference = np.asarray(ops.convert_to_numpy(end), np.float64) - np.asarray(
+        ops.convert_to_numpy(start), np.float64
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.abs(summed - difference) / np.maximum(np.abs(difference), np.finfo(np.float64).tiny)
+    return maps, {"total": summed, "difference": difference, "error": error}
 
 
 def relevance_for_report(model, images, batch_size: int = 8):
