@@ -346,7 +346,7 @@ def test_integrated_gradients_equal_a_riemann_sum_of_input_gradients(tmp_path, b
             model, x, classes, steps=steps, baseline=x0, return_completeness=True
         )
     # completeness: the attributions add up to the score's change, to the sum's error
-    logits = lambda z: np_(model(z)).astype(np.float64)[np.arange(2), classes]  # noqa: E731
+    logits = lambda z: np_(model(z)).astype(np.float64)[np.arange(2), classes]
     start = np.zeros_like(x) if baseline == "zeros" else np.broadcast_to(x0, x.shape)
     np.testing.assert_allclose(comp["difference"], logits(x) - logits(start), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(comp["total"], np_(maps).astype(np.float64).sum((1, 2)) * 16 * 16, rtol=1e-4)
@@ -354,3 +354,45 @@ def test_integrated_gradients_equal_a_riemann_sum_of_input_gradients(tmp_path, b
         model, x, classes, steps=64, baseline=None if baseline == "zeros" else x0, return_completeness=True
     )[1]
     assert (fine["error"] < comp["error"]).all() and (fine["error"] < 1e-2).all()
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_deletion_insertion_equal_the_protocol_run_with_timm(tmp_path, name):
+    """RISE's deletion and insertion (Petsiuk et al. 2018) written here again from its
+    definition and run on the timm twin: patches ranked by the map, removed to (or inserted
+    from) the baseline in equal steps, the class's softmax probability, trapezoid areas."""
+    from helpers.timm_reference import nchw
+
+    from vitops.analysis import deletion_insertion
+
+    ref, model = converted(tmp_path, name, num_classes=7, seed=9)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 64, 48, 3)).astype(np.float32)  # 4 x 3 patches
+    maps = rng.random((3, 4, 3))
+    steps, baseline = 5, rng.standard_normal((64, 48, 3)).astype(np.float32) * 0.2
+    got = deletion_insertion(model, x, maps, steps=steps, baseline=baseline, batch_size=7)
+
+    def prob(images):
+        with torch.no_grad():
+            return torch.softmax(ref(nchw(images)).double(), -1).numpy()
+
+    classes = prob(x).argmax(-1)
+    np.testing.assert_array_equal(got["classes"], classes)
+    for i in range(3):
+        order = np.argsort(-maps[i].ravel(), kind="stable")
+        for curve, (start, end) in (("deletion", (x[i], baseline)), ("insertion", (baseline, x[i]))):
+            want = []
+            for s in range(steps + 1):
+                img = start.copy()
+                for patch in order[: int(round(s * 12 / steps))]:
+                    r, c = divmod(int(patch), 3)
+                    img[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = end[
+                        r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16
+                    ]
+                want.append(prob(img[None])[0, classes[i]])
+            np.testing.assert_allclose(got[curve][i], want, rtol=1e-4, atol=1e-6)
+            auc = sum((want[s] + want[s + 1]) / 2 for s in range(steps)) / steps
+            assert got[f"{curve}_auc"][i] == pytest.approx(auc, rel=1e-4)
+    # the ends: nothing removed is the image itself, everything removed is the baseline
+    np.testing.assert_allclose(got["deletion"][:, 0], got["insertion"][:, -1], rtol=1e-6)
+    np.testing.assert_allclose(got["deletion"][:, -1], got["insertion"][:, 0], rtol=1e-6)

@@ -17,6 +17,7 @@ from .embeddings import (
     projection_filters,
     reference_patches,
 )
+from .faithfulness import deletion_insertion
 from .features import TopK, feature_activation_map, unit_activations, visualize_feature
 from .gradients import gradient_rollout, input_gradients, integrated_gradients
 from .heatmap import attention_heatmaps
@@ -44,6 +45,7 @@ __all__ = [
     "gradient_rollout",
     "input_gradients",
     "integrated_gradients",
+    "deletion_insertion",
     "visualize_feature",
     "feature_activation_map",
     "unit_activations",
