@@ -532,3 +532,43 @@ def test_two_resolutions_report_renders_in_a_browser(two_resolutions, tmp_path):
     loaded, total = render_in_browser(out / "report.html", tmp_path)
     assert total == len(summary["figures"]) == 14  # token_norms.png, pca_feature_maps.png among them
     assert loaded == total
+
+
+def test_faithfulness_and_integrated_gradients_in_the_report(tmp_path, samples):
+    """--faithfulness: each sample image's areas are `deletion_insertion` of the drawn maps on
+    that image; --explain's integrated gradients are `integrated_gradients` with its error."""
+    from vitops.analysis import deletion_insertion, integrated_gradients
+    from vitops.app.explain import FAITHFULNESS_MAPS, FAITHFULNESS_STEPS, IG_STEPS
+
+    images = samples[:3]
+    summary = analyze(
+        "digits_vit",
+        images,
+        tmp_path / "out",
+        batch_size=4,
+        show=2,
+        explain=True,
+        faithfulness=True,
+        progress=False,
+    )
+    m = summary["models"]["digits_vit"]
+    assert "faithfulness.png" in summary["figures"]
+    f = m["faithfulness"]
+    assert (
+        f["steps"] == FAITHFULNESS_STEPS and f["images"] == 2 and list(f["maps"]) == list(FAITHFULNESS_MAPS)
+    )
+    model = vitops.load("digits_vit")
+    x = preprocess(images, size=32, family=model.config.family, crop_pct=1.0)
+    for name, s in m["samples"].items():
+        i = s["position"]
+        for key, drawn in (("rollout", s["rollout"]), ("relevance", s["relevance"]["map"])):
+            ref = deletion_insertion(model, x[i : i + 1], np.asarray(drawn)[None], steps=FAITHFULNESS_STEPS)
+            assert s["faithfulness"][key]["deletion_auc"] == pytest.approx(ref["deletion_auc"][0], abs=1e-5)
+            assert s["faithfulness"][key]["insertion_auc"] == pytest.approx(ref["insertion_auc"][0], abs=1e-5)
+        ig, comp = integrated_gradients(model, x[i : i + 1], steps=IG_STEPS, return_completeness=True)
+        ig_s = s["integrated_gradients"]
+        np.testing.assert_allclose(ig_s["map"], np_(ig)[0], rtol=1e-4, atol=1e-6)
+        assert ig_s["completeness_error"] == pytest.approx(comp["error"][0], rel=1e-3, abs=1e-5)
+    means = {k: v["deletion_auc"] for k, v in f["maps"].items()}
+    per = [s["faithfulness"]["rollout"]["deletion_auc"] for s in m["samples"].values()]
+    assert means["rollout"] == pytest.approx(np.mean(per), rel=1e-6)

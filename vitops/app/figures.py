@@ -20,7 +20,13 @@ CAPTIONS = {
     "token through all blocks (Abnar & Zuidema 2020), and the last block's CLS attention averaged "
     "over heads. With --explain, a third column: each patch's relevance for the image's top class, "
     "gradient-weighted attention through all blocks (Chefer, Gur & Wolf 2021); unlike the rollout it "
-    "depends on the class.",
+    "depends on the class; then gradient x input (Shrikumar et al. 2016) and integrated gradients from a zero "
+    "baseline (Sundararajan et al. 2017; metrics.json holds each image's completeness error). Positive parts "
+    "drawn.",
+    "faithfulness": "Which map to trust (--faithfulness): deletion (left: patches removed, most relevant first; "
+    "lower is better) and insertion (right: patches put back into the baseline image; higher is better) "
+    "curves of the top class's probability, averaged over the sample images (Petsiuk et al. 2018), with the "
+    "areas under them; the random ranking is the floor.",
     "attention_heatmaps": "Last block: attention of the CLS token to every patch, one panel per head, for the first "
     "sample image (DINO, Fig. 1).",
     "rollout_mean": "Attention rollout averaged over all images: where the models look on average.",
@@ -103,7 +109,21 @@ def figures(study, summary) -> dict:
             titles,
             [ms.label for ms in models],
             [ms.samples.arrays["relevance"] for ms in models] if study.settings.explain else None,
+            [
+                ("gradient x input", [ms.samples.arrays["input_gradients"] for ms in models]),
+                ("integrated gradients", [ms.samples.arrays["integrated_gradients"] for ms in models]),
+            ]
+            if study.settings.explain
+            else (),
         )
+        faithful = [ms for ms in models if "faithfulness" in of[ms.label]]
+        if faithful:
+            figs["faithfulness"] = _panels(
+                faithful,
+                9,
+                3.6,
+                lambda ms, sub: plot.faithfulness(of[ms.label]["faithfulness"], fig=sub, title=ms.label),
+            )
 
         def heatmaps(ms, sub):
             first = ms.samples.names[0]

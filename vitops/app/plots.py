@@ -74,17 +74,21 @@ def mean_attention_distance(
     return fig
 
 
-def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None) -> Figure:
+def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None, extras=()) -> Figure:
     """Sample images, one row each; per model two columns: its attention rollout and its
     last-block CLS attention (mean over heads), each over the image as that model saw it, and a
     third with the class-specific relevance of its top class when relevances are given.
     images[m] (S, Y, X, 3) in [0, 1]; rollouts[m], heats[m], relevances[m] (S, I, J)
-    (a model's relevances all NaN: it has no head, shown empty); row_titles[s][m]."""
+    (a model's relevances all NaN: it has no head, shown empty); row_titles[s][m]. extras:
+    (title, maps per model) for more columns after the relevance (gradient x input, ...)."""
     models, count = len(labels), len(images[0])
     panels = [[(rollouts[m], "rollout"), (heats[m], "CLS attention")] for m in range(models)]
     if relevances is not None:
         for m in range(models):
             panels[m].append((relevances[m], "relevance (top class)"))
+    for what, per_model in extras:
+        for m in range(models):
+            panels[m].append((per_model[m], what))
     per = len(panels[0])
     fig = Figure(figsize=(1.95 * per * models, 2.0 * count + 0.5), layout="constrained")
     axes = fig.subplots(count, per * models, squeeze=False)
@@ -98,7 +102,7 @@ def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None
                 ax.set_title(f"{labels[m]}: {what}\n{row_titles[s][m]}", fontsize=7)
                 if not np.isfinite(maps[s]).any():  # a model without a head has no class to explain
                     continue
-                shown = np.clip(maps[s], 0, None) / max(float(np.nanmax(maps[s])), 1e-12)
+                shown = np.clip(maps[s], 0, None) / max(float(np.nanmax(maps[s])), 1e-12)  # positive part
                 ax.imshow(_upsample(shown, image.shape[:2]), cmap="inferno", alpha=0.6)
     what = "attention rollout (Abnar & Zuidema 2020) and last-block CLS attention"
     if relevances is not None:
@@ -359,3 +363,23 @@ def _upsample_rgb(m: np.ndarray, shape) -> np.ndarray:
     """(I, J, 3) -> (Y, X, 3) by repeating each patch (nearest)."""
     ry, rx = -(-shape[0] // m.shape[0]), -(-shape[1] // m.shape[1])
     return np.clip(np.repeat(np.repeat(m, ry, axis=0), rx, axis=1)[: shape[0], : shape[1]], 0, 1)
+
+
+def faithfulness(summary: dict, fig=None, title: str = ""):
+    """Deletion and insertion curves (mean over the sample images) of each map, with their
+    areas in the legend. summary: metrics.json's "faithfulness" of one model."""
+    fig = fig if fig is not None else Figure(figsize=(9, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, curve in zip(axes, ("deletion", "insertion")):
+        for name, m in summary["maps"].items():
+            y = np.asarray(m[curve], np.float64)
+            style = {"color": "0.4", "ls": "--"} if name == "random" else {}
+            ax.plot(np.linspace(0, 1, len(y)), y, label=f"{name} ({m[curve + '_auc']:.3f})", **style)
+        ax.set_xlabel("fraction of patches " + ("removed" if curve == "deletion" else "inserted"))
+        ax.set_ylabel("probability of the top class")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, title="area", title_fontsize=7)
+        ax.set_title(f"{curve} ({'lower' if curve == 'deletion' else 'higher'} is better)", fontsize=9)
+    fig.suptitle(f"{title}: faithfulness over {summary['images']} sample images, {summary['steps']} steps")
+    return fig

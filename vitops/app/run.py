@@ -19,7 +19,6 @@ import time
 import keras
 import numpy as np
 
-from ..analysis.gradients import relevance_for_report
 from ..analysis.norms import lens_scores
 from ..backend import distribute
 from ..errors import AnalysisError
@@ -28,6 +27,7 @@ from ..io.names import safe_name
 from ..io.weight_file import read_labels
 from ..preprocess import Preprocessing, denormalize, prepare
 from . import inputs
+from .explain import explain
 from .per_image import TOP_K, PerImageWriter
 from .settings import RunSettings
 from .study import ModelStudy, Study, model_fingerprint
@@ -244,11 +244,18 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
                 norms[:, :, prefix:].max(axis=-1),
             )
         shown = [j for j, pos in enumerate(batch.positions) if pos in samples]
-        relevance = np.full((len(shown), rows, cols), np.nan, np.float32)
-        if shown and study.settings.explain and ms.config.num_classes:
-            # a backward pass per sample image only: the class-specific maps are for the report
-            relevance = relevance_for_report(model, np.asarray(x)[shown])[0]
-        for j, r in zip(shown, relevance):
+        # backward passes for the sample images only: the class-specific maps are for the report
+        explained = explain(
+            model,
+            np.asarray(x)[shown],
+            [batch.positions[j] for j in shown],
+            (rows, cols),
+            explain=study.settings.explain,
+            faithfulness=study.settings.faithfulness,
+            rollout=rollout[shown],
+            cls_attention=cls_attention[shown].mean(axis=1),
+        )
+        for k, j in enumerate(shown):
             pos = batch.positions[j]
             ms.samples.add(
                 pos,
@@ -261,7 +268,7 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
                 prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32),
                 token_norms=norms[j, -1, prefix:].reshape(rows, cols),
                 pca_tokens=red["pca_tokens"][j],
-                relevance=r,
+                **{name: v[k] for name, v in explained.items()},
             )
         grams.append(red["grams"])
     if b >= inputs.MIN_CKA_BATCH:

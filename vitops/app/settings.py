@@ -37,7 +37,10 @@ class RunSettings:
     head_fusion, discard_ratio: attention rollout's (Abnar & Zuidema 2020); threshold: DINO's
     attention-mass masks of the last block's class-token attention, or None; show: sample images
     drawn in the report, spread evenly over the list; explain: each sample image's relevance for
-    its top class (Chefer et al. 2021); workers: image-decoding threads (speed only).
+    its top class (Chefer et al. 2021), gradient x input and integrated gradients; norm_threshold:
+    the high-norm token threshold (None: Tukey's far fence); pca_step: the step whose patch
+    tokens the PCA reads; faithfulness: deletion and insertion curves of the sample images'
+    maps; workers: image-decoding threads (speed only).
     """
 
     # metadata: the command-line option of each field (`options`), its help and argparse type
@@ -64,7 +67,7 @@ class RunSettings:
         metadata={
             "help": "also draw each sample image's relevance for its "
             "top class (Chefer et al. 2021, gradient-weighted attention), "
-            "beside the rollout",
+            "gradient x input and integrated gradients, beside the rollout",
             "action": "store_true",
         },
     )
@@ -82,6 +85,14 @@ class RunSettings:
             "help": "whose patch tokens the PCA feature maps read: 0 the embeddings, i the output of "
             "block i, -1 the last block (after the final norm, as DINOv2's figures)",
             "type": int,
+        },
+    )
+    faithfulness: bool = field(
+        default=False,
+        metadata={
+            "help": "deletion and insertion curves (Petsiuk et al. 2018) of every map drawn for the "
+            "sample images, and of a random map (slow: about 200 forward passes per sample image)",
+            "action": "store_true",
         },
     )
     workers: int = field(default=2, metadata={"help": "image decoding threads", "type": int})
@@ -115,6 +126,8 @@ class RunSettings:
             if isinstance(n, bool) or not isinstance(n, numbers.Real) or not 0.0 < n < float("inf"):
                 raise AnalysisError(f"norm threshold must be a positive number, got {clip(n)}")
             object.__setattr__(self, "norm_threshold", float(n))
+        if not isinstance(self.faithfulness, bool):
+            raise AnalysisError(f"faithfulness must be True or False, got {clip(self.faithfulness)}")
         if not isinstance(self.explain, bool):
             raise AnalysisError(f"explain must be True or False, got {clip(self.explain)}")
 

@@ -26,6 +26,7 @@ from ..io import schema
 from ..io.names import safe_name
 from ..io.weight_file import MAX_LABEL_CHARS
 from ..preprocess import Preprocessing
+from .explain import FAITHFULNESS_MAPS, FAITHFULNESS_STEPS
 from .inputs import MAX_REASON_CHARS, shard_span
 from .per_image import MAX_NAME_CHARS, TOP_K
 from .settings import RunSettings
@@ -166,6 +167,10 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
             "token_norms": (k, *grid),
             "pca_tokens": (k, grid[0] * grid[1], c.dim),
             "relevance": (k, *grid),
+            "input_gradients": (k, *grid),
+            "integrated_gradients": (k, *grid),
+            "ig_error": (k,),
+            "faithfulness": (k, len(FAITHFULNESS_MAPS), 2, FAITHFULNESS_STEPS + 1),
         }
         for field, shape in shapes.items():
             _expect(s.arrays.get(field), shape, f"{where} samples' {field}")

@@ -26,9 +26,10 @@ from .settings import RunSettings
 class Samples(Accumulator):
     """What the report draws for a few chosen images of one model: the image as the model saw it
     (uint8, denormalised), its rollout, last-block CLS attention per head, CLS trajectory, top
-    classes, the last block's patch-token norms, the patch tokens the PCA reads (N, D) and,
-    when explained, the relevance of each
-    patch for the top class (NaN otherwise).
+    classes, the last block's patch-token norms, the patch tokens the PCA reads (N, D); when
+    explained, the relevance of each patch for the top class, gradient x input, integrated
+    gradients and their completeness error (NaN otherwise); with faithfulness, the deletion and
+    insertion curves of each of FAITHFULNESS_MAPS (M, 2, FAITHFULNESS_STEPS + 1) (NaN otherwise).
     Keyed by position in the image list; merging takes the union."""
 
     kind = "samples"
@@ -42,6 +43,10 @@ class Samples(Accumulator):
         "token_norms",
         "pca_tokens",
         "relevance",
+        "input_gradients",
+        "integrated_gradients",
+        "ig_error",
+        "faithfulness",
     )
 
     def __init__(self):

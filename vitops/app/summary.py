@@ -7,9 +7,11 @@ import math
 import numpy as np
 
 from ..analysis.embeddings import reference_patches
+from ..analysis.faithfulness import area
 from ..analysis.heatmap import mass_masks
 from ..analysis.pca import feature_maps
 from ..analysis.tokens import TOKEN_GROUPS, token_counts
+from .explain import FAITHFULNESS_BASELINE, FAITHFULNESS_MAPS, FAITHFULNESS_STEPS, IG_STEPS
 
 
 def _label(info, cls: int) -> str:
@@ -117,11 +119,44 @@ def _model_summary(ms, settings) -> dict:
                 "label": _label(ms.info, top1),
                 "method": "gradient-weighted attention rollout (Chefer et al. 2021)",
             }
+            entry["input_gradients"] = {"map": s.arrays["input_gradients"][j], "class": top1}
+            entry["integrated_gradients"] = {
+                "map": s.arrays["integrated_gradients"][j],
+                "class": top1,
+                "steps": IG_STEPS,
+                "baseline": "zeros in the model's input space",
+                # |sum of the attributions - (score(x) - score(baseline))| / |score change|
+                "completeness_error": s.arrays["ig_error"][j],
+            }
+        if settings.faithfulness and c.num_classes:
+            f = s.arrays["faithfulness"][j]  # (M, 2, steps + 1)
+            entry["faithfulness"] = {
+                m: {"deletion_auc": area(f[i, :1])[0], "insertion_auc": area(f[i, 1:])[0]}
+                for i, m in enumerate(FAITHFULNESS_MAPS)
+            }
         if settings.threshold is not None:
             maps = s.arrays["cls_attention"][j]  # (H, I, J)
             masks = np.asarray(mass_masks(maps.reshape(maps.shape[0], -1), settings.threshold))
             entry["cls_attention_masks"] = masks.reshape(maps.shape).astype(int)
         out["samples"][name] = entry
+    if settings.faithfulness and c.num_classes and not s.empty:
+        f = s.arrays["faithfulness"].astype(np.float64)  # (S, M, 2, steps + 1)
+        out["faithfulness"] = {
+            "protocol": "RISE deletion and insertion (Petsiuk et al. 2018): patches ranked by the map, "
+            "removed to (inserted from) the baseline in equal steps; the top class's probability",
+            "baseline": FAITHFULNESS_BASELINE,
+            "steps": FAITHFULNESS_STEPS,
+            "images": len(s.names),
+            "maps": {
+                m: {
+                    "deletion_auc": float(area(f[:, i, 0]).mean()),
+                    "insertion_auc": float(area(f[:, i, 1]).mean()),
+                    "deletion": f[:, i, 0].mean(axis=0),
+                    "insertion": f[:, i, 1].mean(axis=0),
+                }
+                for i, m in enumerate(FAITHFULNESS_MAPS)
+            },
+        }
     return out
 
 
