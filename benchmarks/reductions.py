@@ -22,6 +22,7 @@ from forward import make_checkpoint
 
 import vitops
 from vitops.analysis import Reductions
+from vitops.app.settings import RunSettings
 from vitops.backend import compile as _compile
 
 CASES = {
@@ -31,9 +32,10 @@ CASES = {
     "rollout": Reductions(rollout="cls"),
     "token_mass": Reductions(token_mass=True),
     "grams": Reductions(grams=True),
-    "all": Reductions(
-        distance=True, rollout="cls", cls_attention=True, cls_trajectory=True, grams=True, token_mass=True
-    ),
+    "token_norms": Reductions(token_norms=True),
+    "logit_lens": Reductions(logit_lens=True),
+    "pca": Reductions(pca=True),
+    "all": RunSettings().reductions(),  # what `vitops analyze` computes by default
 }
 
 

@@ -360,6 +360,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "nope.safetensors" in line
     code, line = run("analyze", "--shard", "4/4", "--out", tmp_path / "o")
     assert code == 2 and "--shard" in line
+    code, line = run("analyze", "--norm-threshold", "-1", "--out", tmp_path / "o")
+    assert code == 2 and "norm threshold must be a positive number" in line
+    code, line = run("analyze", "--pca-step", "99", "--out", tmp_path / "o")  # digits_vit: 4 blocks
+    assert code == 2 and "pca step 99 is past the last block" in line
     code, line = run("report", tmp_path / "file", "--out", tmp_path / "o")
     assert code == 2 and "file" in line and "state" in line
     os.chmod(tmp_path, 0o500)  # a folder --out cannot be created in (root can write anyway)
@@ -534,23 +538,22 @@ def test_two_resolutions_report_renders_in_a_browser(two_resolutions, tmp_path):
     assert loaded == total
 
 
-def test_faithfulness_and_integrated_gradients_in_the_report(tmp_path, samples):
+@pytest.fixture(scope="module")
+def faithful(tmp_path_factory, samples):
+    out = tmp_path_factory.mktemp("faithful") / "out"
+    summary = analyze(
+        "digits_vit", samples[:3], out, batch_size=4, show=2, explain=True, faithfulness=True, progress=False
+    )
+    return out, summary, samples[:3]
+
+
+def test_faithfulness_and_integrated_gradients_in_the_report(faithful):
     """--faithfulness: each sample image's areas are `deletion_insertion` of the drawn maps on
     that image; --explain's integrated gradients are `integrated_gradients` with its error."""
     from vitops.analysis import deletion_insertion, integrated_gradients
     from vitops.app.explain import FAITHFULNESS_MAPS, FAITHFULNESS_STEPS, IG_STEPS
 
-    images = samples[:3]
-    summary = analyze(
-        "digits_vit",
-        images,
-        tmp_path / "out",
-        batch_size=4,
-        show=2,
-        explain=True,
-        faithfulness=True,
-        progress=False,
-    )
+    _, summary, images = faithful
     m = summary["models"]["digits_vit"]
     assert "faithfulness.png" in summary["figures"]
     f = m["faithfulness"]
@@ -559,7 +562,7 @@ def test_faithfulness_and_integrated_gradients_in_the_report(tmp_path, samples):
     )
     model = vitops.load("digits_vit")
     x = preprocess(images, size=32, family=model.config.family, crop_pct=1.0)
-    for name, s in m["samples"].items():
+    for s in m["samples"].values():
         i = s["position"]
         for key, drawn in (("rollout", s["rollout"]), ("relevance", s["relevance"]["map"])):
             ref = deletion_insertion(model, x[i : i + 1], np.asarray(drawn)[None], steps=FAITHFULNESS_STEPS)
@@ -572,3 +575,10 @@ def test_faithfulness_and_integrated_gradients_in_the_report(tmp_path, samples):
     means = {k: v["deletion_auc"] for k, v in f["maps"].items()}
     per = [s["faithfulness"]["rollout"]["deletion_auc"] for s in m["samples"].values()]
     assert means["rollout"] == pytest.approx(np.mean(per), rel=1e-6)
+
+
+def test_faithfulness_report_renders_in_a_browser(faithful, tmp_path):
+    out, summary, _ = faithful
+    loaded, total = render_in_browser(out / "report.html", tmp_path)
+    assert "faithfulness.png" in summary["figures"] and "pca_feature_maps.png" in summary["figures"]
+    assert total == len(summary["figures"]) and loaded == total
