@@ -73,12 +73,18 @@ def test_histogram_refuses_bad_input():
     h = NormHistogram(3, 1, 0)
     with pytest.raises(AnalysisError, match="token norms must be"):
         h.update(np.ones((2, 4, 10)))
-    with pytest.raises(AnalysisError, match="NaN"):
-        h.update(np.full((2, 3, 10), np.nan))
     with pytest.raises(AnalysisError, match="nothing was added"):
         h.result()
     with pytest.raises(AnalysisError, match="different settings"):
         h.merge(NormHistogram(3, 1, 4))
+    # an image of NaNs is counted and shows as NaN (null in metrics.json), not an abort
+    h.update(np.full((2, 3, 10), np.nan))
+    r = h.result()
+    assert np.isnan(r["mean"]).all() and (r["count"] == [2, 18]).all()
+    # tokens all below the first bin: no percentile above their maximum
+    tiny = NormHistogram(1, 0, 0)
+    tiny.update(np.full((1, 1, 4), 1e-6))
+    assert tiny.result()["p50"][0, 0] == pytest.approx(1e-6)
 
 
 def test_lens_scores_classifier_and_headless():

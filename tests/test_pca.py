@@ -86,6 +86,9 @@ def test_covariance_merge_is_exact_and_invariant():
         whole.update_scatter(3, np.zeros(5), np.zeros((6, 6)))
     with pytest.raises(AnalysisError, match="different settings"):
         whole.merge(Covariance(5))
+    broken = Covariance(6)  # a batch of NaN images: NaN results, not a LinAlgError
+    broken.update(np.full((4, 6), np.nan))
+    assert np.isnan(broken.result()["variance"]).all()
 
 
 def test_feature_maps_foreground_and_second_pca():

@@ -80,7 +80,7 @@ def deletion_insertion(
         )
     x0 = np.zeros_like(x) if baseline is None else np.asarray(baseline, np.float32)
     try:
-        x0 = np.broadcast_to(x0, x.shape)
+        x0 = np.ascontiguousarray(np.broadcast_to(x0, x.shape))
     except ValueError:
         raise AnalysisError(
             f"baseline of shape {x0.shape} does not broadcast to the images' {x.shape}"

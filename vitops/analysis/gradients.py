@@ -269,10 +269,11 @@ def integrated_gradients(
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 4096:
         raise AnalysisError(f"steps must be an integer in [1, 4096], got {steps!r}")
     params, config, dtype = model_parts(model)
-    x = np.asarray(ops.convert_to_numpy(as_images(images, config, dtype)))
-    x0 = np.zeros_like(x) if baseline is None else np.asarray(baseline, x.dtype)
+    # the path in float32 on the host whatever the compute dtype (cast once per point in `at`)
+    x = np.asarray(ops.convert_to_numpy(as_images(images, config, dtype)), np.float32)
+    x0 = np.zeros_like(x) if baseline is None else np.asarray(baseline, np.float32)
     try:
-        x0 = np.broadcast_to(x0, x.shape)
+        x0 = np.ascontiguousarray(np.broadcast_to(x0, x.shape))
     except ValueError:
         raise AnalysisError(
             f"baseline of shape {x0.shape} does not broadcast to the images' {x.shape}"

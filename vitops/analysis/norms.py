@@ -75,8 +75,8 @@ class NormHistogram(Accumulator):
                 f"token norms must be (images, {self.blocks}, tokens) with patches after "
                 f"{self.num_class + self.num_registers} prefix tokens, got shape {v.shape}"
             )
-        if not np.isfinite(v).all():
-            raise AnalysisError("token norms hold NaN or infinity: the model's activations overflowed")
+        # A non-finite norm (an image of NaNs, an overflow) lands in the open top bin and makes
+        # that group's sum and maximum NaN or infinite: reported (as null), not hidden.
         for g, part in enumerate(group_slices(self.num_class, self.num_registers)):
             w = v[:, :, part]  # (B, blocks, t)
             if not w.shape[2]:
@@ -115,8 +115,8 @@ class NormHistogram(Accumulator):
         cum = np.cumsum(c)
         k = int(np.searchsorted(cum, target, side="left"))
         k = min(k, len(c) - 1)
-        if k == 0:  # below the first edge
-            return float(NORM_EDGES[0])
+        if k == 0:  # below the first edge: the maximum is the best bound there too
+            return float(min(NORM_EDGES[0], self.maxima[block, group]))
         if k == len(c) - 1:  # above the last edge: the maximum is the best bound
             return float(self.maxima[block, group])
         before = cum[k - 1] if k else 0

@@ -63,8 +63,6 @@ class Covariance(Accumulator):
                 f"PCA statistics must be a mean ({self.dim},) and a scatter ({self.dim}, {self.dim}), "
                 f"got {mean.shape} and {scatter.shape}"
             )
-        if not (np.isfinite(mean).all() and np.isfinite(scatter).all()):
-            raise AnalysisError("PCA statistics hold NaN or infinity: the model's activations overflowed")
         if n <= 0:
             return
         if self.count == 0:
@@ -95,6 +93,15 @@ class Covariance(Accumulator):
         unit eigenvectors as columns, in the same order; "mean" (D,); "count"."""
         if not self.count:
             raise AnalysisError("nothing was added: call update() first")
+        if not np.isfinite(self.scatter).all():  # a batch of NaN images (or an overflow)
+            nan = np.full(self.dim, np.nan)
+            return {
+                "variance": nan,
+                "ratio": nan,
+                "components": np.full((self.dim, self.dim), np.nan),
+                "mean": self.mean,
+                "count": self.count,
+            }
         values, vectors = np.linalg.eigh(self.scatter / self.count)
         order = np.argsort(values)[::-1]
         values = np.clip(values[order], 0.0, None)
