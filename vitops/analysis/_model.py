@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 
 import keras
+import numpy as np
 
 from ..errors import AnalysisError
 
@@ -79,3 +80,19 @@ def check_units(unit, config) -> tuple[int, ...]:
             )
         out.append(i)
     return tuple(out)
+
+
+def baseline_for(baseline, x: np.ndarray) -> np.ndarray:
+    """The baseline of a path or perturbation method for images x (B, Y, X, 3) float32: zeros
+    in the model's input space when None, else an array broadcastable to x; a contiguous
+    float32 array of x's shape."""
+    x0 = np.zeros_like(x) if baseline is None else np.asarray(baseline, np.float32)
+    try:
+        x0 = np.ascontiguousarray(np.broadcast_to(x0, x.shape))
+    except ValueError:
+        raise AnalysisError(
+            f"baseline of shape {x0.shape} does not broadcast to the images' {x.shape}"
+        ) from None
+    if not np.isfinite(x0).all():
+        raise AnalysisError("baseline holds NaN or infinity")
+    return x0

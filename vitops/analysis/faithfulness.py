@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from ..errors import AnalysisError
-from ._model import as_images, model_parts, resolve
+from ._model import as_images, baseline_for, model_parts, resolve
 
 
 def patch_order(maps) -> np.ndarray:
@@ -78,13 +78,7 @@ def deletion_insertion(
         raise AnalysisError(
             f"maps of shape {np.shape(maps)} do not cover the {b} images' {y // p} x {w // p} patches"
         )
-    x0 = np.zeros_like(x) if baseline is None else np.asarray(baseline, np.float32)
-    try:
-        x0 = np.ascontiguousarray(np.broadcast_to(x0, x.shape))
-    except ValueError:
-        raise AnalysisError(
-            f"baseline of shape {x0.shape} does not broadcast to the images' {x.shape}"
-        ) from None
+    x0 = baseline_for(baseline, x)
 
     def probabilities(batch):
         logits = np.asarray(ops.convert_to_numpy(model.infer(batch)["logits"]), np.float64)

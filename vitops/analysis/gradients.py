@@ -36,7 +36,7 @@ from ..backend.grad import value_and_grad
 from ..core.ops import matmul, mean  # float64 stays float64 (numerical checks)
 from ..core.vit import check_images, forward
 from ..errors import AnalysisError
-from ._model import as_images, cast_params, model_parts
+from ._model import as_images, baseline_for, cast_params, model_parts
 
 
 def _scores(out, classes, target):
@@ -271,15 +271,7 @@ def integrated_gradients(
     params, config, dtype = model_parts(model)
     # the path in float32 on the host whatever the compute dtype (cast once per point in `at`)
     x = np.asarray(ops.convert_to_numpy(as_images(images, config, dtype)), np.float32)
-    x0 = np.zeros_like(x) if baseline is None else np.asarray(baseline, np.float32)
-    try:
-        x0 = np.ascontiguousarray(np.broadcast_to(x0, x.shape))
-    except ValueError:
-        raise AnalysisError(
-            f"baseline of shape {x0.shape} does not broadcast to the images' {x.shape}"
-        ) from None
-    if not np.isfinite(x0).all():
-        raise AnalysisError("baseline holds NaN or infinity")
+    x0 = baseline_for(baseline, x)
     classes = _classes(config, x.shape[0], class_index, target)
     delta = x - x0
 
