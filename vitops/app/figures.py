@@ -61,6 +61,26 @@ CAPTIONS = {
 }
 
 
+# Each figure's heading in the report, written for people (the keys are file names).
+TITLES = {
+    "mean_attention_distance": "Mean attention distance",
+    "samples": "Sample images: where the models look",
+    "faithfulness": "Which map to trust: deletion and insertion",
+    "attention_heatmaps": "Class-token attention per head",
+    "rollout_mean": "Mean rollout over all images",
+    "cls_trajectory": "The class token through the blocks",
+    "token_mass": "Attention by kind of token",
+    "token_norms": "Token norms",
+    "high_norm_patches": "High-norm patch tokens",
+    "pca_feature_maps": "PCA feature maps",
+    "logit_lens": "Logit lens",
+    "cka": "CKA between the layers of each model",
+    "cka_cross": "CKA between models",
+    "position_similarity": "Position embedding similarity",
+    "projection_filters": "Patch-embedding filters",
+}
+
+
 def _shown(ms):
     return ms.samples.arrays["display"].astype(np.float32) / 255.0
 

@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle as _Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from . import tips
+
 
 def _grid(n: int, max_cols: int) -> tuple[int, int]:
     cols = max(1, min(n, max_cols))
@@ -25,8 +27,19 @@ def side_by_side(count: int, width: float, height: float, title: str = ""):
     fig = Figure(figsize=(width * count, height), layout="constrained")
     subs = fig.subfigures(1, count, squeeze=False)[0] if count > 1 else [fig]
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return fig, list(subs)
+
+
+def suptitle(fig, text: str, fontsize: float = 12) -> None:
+    """A figure's title, wrapped to the figure's width: a long title is never cut at its ends."""
+    import textwrap
+
+    width = fig.get_figwidth() if hasattr(fig, "get_figwidth") else fig.figure.get_figwidth()
+    if fig is not getattr(fig, "figure", fig):  # a subfigure: its share of the figure
+        width *= fig.bbox.width / fig.figure.bbox.width
+    chars = max(12, int(width * 72 / (0.6 * fontsize)))  # an average glyph is about 0.6 em wide
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
 
 
 # Images are drawn at most this many pixels on their longer side: a panel is about 2 inches
@@ -66,7 +79,13 @@ def mean_attention_distance(
         ax.errorbar(xs, mean.reshape(-1), yerr=std.reshape(-1), fmt="none", ecolor="0.7", lw=0.6, zorder=0)
     ax.set_xlabel("block (network depth)")
     ax.set_ylabel("mean attention distance (pixels)")
-    ax.set_xticks(range(blocks))
+    ax.set_xticks(range(blocks), [str(b + 1) for b in range(blocks)])
+    for b in range(blocks):
+        per_head = "; ".join(
+            f"head {h + 1}: {_num(mean[b, h], 1)}" + (f" ± {_num(std[b, h], 1)}" if std is not None else "")
+            for h in range(heads)
+        )
+        tips.column(ax, b, f"block {b + 1}: mean over heads {_num(np.nanmean(mean[b]), 1)} px; {per_head}")
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_title(title or "Mean attention distance per head")
@@ -107,7 +126,7 @@ def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None
     what = "attention rollout (Abnar & Zuidema 2020) and last-block CLS attention"
     if relevances is not None:
         what += "; relevance for the top class (Chefer et al. 2021)"
-    fig.suptitle(f"Sample images: {what}")
+    suptitle(fig, f"Sample images: {what}")
     return fig
 
 
@@ -128,7 +147,7 @@ def attention_heatmaps(
         ax.imshow(image)
         ax.imshow(_upsample(shown, image.shape[:2]), cmap="inferno", alpha=0.6)
         ax.set_title(f"head {h}", fontsize=8)
-    fig.suptitle(title or "Last-block attention of the CLS token per head")
+    suptitle(fig, title or "Last-block attention of the CLS token per head")
     return fig
 
 
@@ -202,6 +221,10 @@ def cls_trajectory(cos: np.ndarray, names, fig=None, mean=None, std=None, title:
     ax.set_xlabel("step (0 = embeddings, i = after block i)")
     ax.set_ylabel("cosine similarity to final CLS")
     ax.set_xticks(steps)
+    for i in steps:
+        parts = [f"all images {_num(mean[i], 3)} ± {_num(std[i], 3)}"] if mean is not None else []
+        parts += [f"{name}: {_num(row[i], 3)}" for row, name in zip(cos, names)]
+        tips.column(ax, i, f"{_step(i)}: " + "; ".join(parts))
     ax.grid(alpha=0.3)
     if len(names) <= 12:
         ax.legend(fontsize=7)
@@ -222,6 +245,11 @@ def token_mass(mean: np.ndarray, std: np.ndarray, groups, fig=None, title: str =
     ax.set_ylabel("share of the attention received")
     ax.set_ylim(0, 1)
     ax.set_xticks(blocks)
+    for i, b in enumerate(blocks):
+        shares = "; ".join(
+            f"{name} {_percent(mean[i, g])} ± {_percent(std[i, g])}" for g, name in enumerate(groups)
+        )
+        tips.column(ax, b, f"block {b}: {shares}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Attention by token group")
@@ -242,6 +270,17 @@ def cka_matrix(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, label="CKA")
+    ny, nx = np.shape(matrix)
+    for i in range(ny):
+        for j in range(nx):
+            tips.cell(
+                ax,
+                j - 0.5,
+                i - 0.5,
+                j + 0.5,
+                i + 0.5,
+                f"{_layer(ylabel, i)} and {_layer(xlabel, j)}: CKA {_num(matrix[i][j], 3)}",
+            )
     ax.set_title(title or "CKA between layers")
     return fig
 
@@ -279,6 +318,14 @@ def token_norms(summary: dict, fig=None, title: str = ""):
     ax.set_xlabel("step (0 = embeddings, i = after block i)")
     ax.set_ylabel("token L2 norm")
     ax.set_xticks(steps)
+    for i in steps:
+        parts = [
+            f"{name}: median {_num(summary['p50'][i][g], 3)}, 1-99 % {_num(summary['p1'][i][g], 3)} to "
+            f"{_num(summary['p99'][i][g], 3)}, max {_num(summary['max'][i][g], 3)}"
+            for g, name in enumerate(summary["groups"])
+            if count[i, g]
+        ]
+        tips.column(ax, i, f"{_step(i)}: " + "; ".join(parts))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title or "Token norms")
@@ -306,7 +353,7 @@ def high_norm_patches(images, maps, threshold: float, names, fig=None, title: st
                 _Rectangle((j * sx - 0.5, i * sy - 0.5), sx, sy, fill=False, edgecolor="red", lw=1.2)
             )
         ax.set_title(f"{names[s]}\n{len(hits)} above {threshold:.3g}", fontsize=7)
-    fig.suptitle(title or "High-norm patch tokens, last block")
+    suptitle(fig, title or "High-norm patch tokens, last block")
     return fig
 
 
@@ -326,6 +373,12 @@ def logit_lens(summary: dict, fig=None, title: str = ""):
         ax.set_xticks(steps)
     ax.set_xlabel("step (0 = embeddings, i = after block i)")
     ax.set_ylim(-0.05 if "cosine_to_final" in summary else 0, 1.05)
+    for i in range(len(summary[keys[0]]["mean"])):
+        parts = [
+            f"{key.replace('_', ' ')} {_num(summary[key]['mean'][i], 3)} ± {_num(summary[key]['std'][i], 3)}"
+            for key in keys
+        ]
+        tips.column(ax, i, f"{_step(i)}: " + "; ".join(parts))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Logit lens")
@@ -355,7 +408,7 @@ def pca_maps(images, samples, names, ratio, fig=None, title: str = ""):
             ax.imshow(picture, interpolation="nearest")
             ax.axis("off")
             ax.set_title(what, fontsize=7)
-    fig.suptitle(f"{title}: PCA of patch features (first three: {100 * share:.0f} % of the variance)")
+    suptitle(fig, f"{title}: PCA of patch features (first three: {100 * share:.0f} % of the variance)")
     return fig
 
 
@@ -381,5 +434,31 @@ def faithfulness(summary: dict, fig=None, title: str = ""):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, title="area", title_fontsize=7)
         ax.set_title(f"{curve} ({'lower' if curve == 'deletion' else 'higher'} is better)", fontsize=9)
-    fig.suptitle(f"{title}: faithfulness over {summary['images']} sample images, {summary['steps']} steps")
+    suptitle(fig, f"{title}: faithfulness over {summary['images']} sample images, {summary['steps']} steps")
+    for ax, curve in zip(axes, ("deletion", "insertion")):
+        n = len(next(iter(summary["maps"].values()))[curve])
+        for i in range(n):
+            values = "; ".join(f"{name} {_num(m[curve][i], 3)}" for name, m in summary["maps"].items())
+            tips.column(
+                ax, i / (n - 1), f"{curve}, {100 * i / (n - 1):.0f} % of the patches: {values}", 0.5 / (n - 1)
+            )
     return fig
+
+
+def _num(v, digits: int) -> str:
+    """A value for a tooltip: n/a for a missing or non-finite one."""
+    return f"{v:.{digits}f}" if v is not None and np.isfinite(v) else "n/a"
+
+
+def _percent(v) -> str:
+    return f"{100 * v:.1f} %" if v is not None and np.isfinite(v) else "n/a"
+
+
+def _step(i: int) -> str:
+    return "embeddings" if i == 0 else f"after block {i}"
+
+
+def _layer(axis_label: str, i: int) -> str:
+    """'A layer (0 = embeddings)' and 3 -> 'A block 3'; 0 -> 'A embeddings'."""
+    who = axis_label.split(" layer")[0] if " layer" in axis_label else ""
+    return f"{who} {'embeddings' if i == 0 else f'block {i}'}".strip()

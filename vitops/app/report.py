@@ -14,6 +14,8 @@ from pathlib import Path
 import matplotlib
 
 from ..io.output_folder import OutputFolder
+from . import tips
+from .explorer import page_data
 from .figures import CAPTIONS, figures
 from .page import page
 from .summary import strict_json, summary_of
@@ -38,21 +40,26 @@ def write_into(study, folder: Path) -> dict:
     # File names, class names and model labels are text, not mathtext: "$\\nosuch$.png" is a
     # name to show, not a formula for matplotlib to parse (and fail on, ending the run).
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
-        figs, pngs = figures(study, summary), {}
+        figs, pngs, regions = figures(study, summary), {}, {}
         for key in list(figs):
             # Rendered and released one at a time: a drawn figure holds its canvas and its
             # images' resampled copies until it is cleared (600 MB for the figures of a
             # 1024 px run when all were held to the end).
             fig = figs.pop(key)
             pngs[key] = _png(fig)
+            regions[key] = tips.regions(fig)  # where the drawn layout put each value
             fig.clear()
     for key, data in pngs.items():
         (folder / f"{key}.png").write_bytes(data)
     per_image = folder / "per_image"
     summary["figures"] = [f"{k}.png" for k in CAPTIONS if k in pngs]
     summary["per_image"] = sorted(p.name for p in per_image.iterdir()) if per_image.is_dir() else []
+    explorer = page_data(study)
+    summary["explorer"] = {k: v for k, v in explorer.items() if k != "models"}
+    if "models" in explorer:
+        summary["explorer"]["blocks"] = {m["label"]: m["blocks"] for m in explorer["models"]}
     clean, bad = strict_json(summary)
     clean["non_finite_values"] = bad  # NaN/inf (e.g. from NaN inputs), written as null
     (folder / "metrics.json").write_text(json.dumps(clean, allow_nan=False))
-    (folder / "report.html").write_text(page(clean, pngs))
+    (folder / "report.html").write_text(page(clean, pngs, regions, explorer), encoding="utf-8")
     return clean

@@ -26,7 +26,7 @@ from ..io.image_file import read_image
 from ..io.names import safe_name
 from ..io.weight_file import read_labels
 from ..preprocess import Preprocessing, denormalize, prepare
-from . import inputs
+from . import explorer, inputs
 from .explain import explain
 from .per_image import TOP_K, PerImageWriter
 from .settings import RunSettings
@@ -124,6 +124,7 @@ def run_study(
                 f"pca step {settings.pca_step} is past the last block of {m.config.name or 'a model'} "
                 f"({m.config.depth} blocks)"
             )
+        explorer.blocks_of(settings.explore_blocks, m.config.depth, m.config.name or "a model")
     if distribution is not None:
         for m in loaded:
             distribute.distribute_model(m, distribution)
@@ -255,6 +256,10 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
             rollout=rollout[shown],
             cls_attention=cls_attention[shown].mean(axis=1),
         )
+        if shown and explorer.keeps_maps(ms.config, ms.grid, study.settings):
+            maps, rollouts = explorer.collect(model, np.asarray(x)[shown], study.settings)
+        else:
+            maps = rollouts = np.zeros((len(shown), 0), np.float16)
         for k, j in enumerate(shown):
             pos = batch.positions[j]
             ms.samples.add(
@@ -268,6 +273,8 @@ def _analyse_batch(study, models, preparers, writers, batch, names, samples, spe
                 prob=prob[j] if prob is not None else np.full(TOP_K, np.nan, np.float32),
                 token_norms=norms[j, -1, prefix:].reshape(rows, cols),
                 pca_tokens=red["pca_tokens"][j],
+                explorer=maps[k],
+                explorer_rollout=rollouts[k],
                 **{name: v[k] for name, v in explained.items()},
             )
         grams.append(red["grams"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..analysis.reductions import ANALYSIS_MEMORY_BYTES, Reductions
 from ..analysis.rollout import HEAD_FUSIONS, rollout_options
 from ..errors import AnalysisError, clip
+from .explorer import parse_blocks
 
 # Bounds on what a caller may ask for: a batch is held in memory as images (B, Y, X, 3) and the
 # per-image outputs; sample images are drawn into one figure.
@@ -40,7 +41,8 @@ class RunSettings:
     its top class (Chefer et al. 2021), gradient x input and integrated gradients; norm_threshold:
     the high-norm token threshold (None: Tukey's far fence); pca_step: the step whose patch
     tokens the PCA reads; faithfulness: deletion and insertion curves of the sample images'
-    maps; workers: image-decoding threads (speed only).
+    maps; explore_blocks, explore_mb: the report's attention explorer (`vitops.app.explorer`);
+    workers: image-decoding threads (speed only).
     """
 
     # metadata: the command-line option of each field (`options`), its help and argparse type
@@ -95,6 +97,22 @@ class RunSettings:
             "action": "store_true",
         },
     )
+    explore_blocks: str = field(
+        default="last",
+        metadata={
+            "help": "the blocks whose attention the report's explorer shows for the sample images, every "
+            "head and query token: 'last', 'all', 'none' or block numbers such as 1,6,12",
+            "type": str,
+        },
+    )
+    explore_mb: float = field(
+        default=3.0,
+        metadata={
+            "help": "the most the explorer's maps may add to report.html, in MB: they are quantised to the "
+            "finest of 8, 6, 5 or 4 bits that fits, or left out",
+            "type": float,
+        },
+    )
     workers: int = field(default=2, metadata={"help": "image decoding threads", "type": int})
     memory_mb: int = field(
         default=ANALYSIS_MEMORY_BYTES >> 20,
@@ -128,6 +146,11 @@ class RunSettings:
             object.__setattr__(self, "norm_threshold", float(n))
         if not isinstance(self.faithfulness, bool):
             raise AnalysisError(f"faithfulness must be True or False, got {clip(self.faithfulness)}")
+        object.__setattr__(self, "explore_blocks", parse_blocks(self.explore_blocks))
+        m = self.explore_mb
+        if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0.0 < m <= MAX_MEMORY_MB:
+            raise AnalysisError(f"explore_mb must be a number of MB in (0, {MAX_MEMORY_MB}], got {clip(m)}")
+        object.__setattr__(self, "explore_mb", float(m))
         if not isinstance(self.explain, bool):
             raise AnalysisError(f"explain must be True or False, got {clip(self.explain)}")
 

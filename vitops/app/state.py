@@ -26,6 +26,7 @@ from ..io import schema
 from ..io.names import safe_name
 from ..io.weight_file import MAX_LABEL_CHARS
 from ..preprocess import Preprocessing
+from . import explorer
 from .explain import FAITHFULNESS_MAPS, FAITHFULNESS_STEPS
 from .inputs import MAX_REASON_CHARS, shard_span
 from .per_image import MAX_NAME_CHARS, TOP_K
@@ -111,7 +112,7 @@ def _expect(value, shape, what: str) -> None:
         raise AnalysisError(f"{what} has shape {tuple(np.shape(value))}, expected {tuple(shape)}")
 
 
-def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> None:
+def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int, settings: RunSettings) -> None:
     """Put model i's accumulators in place, each of the class and shape its config implies."""
     c, grid = ms.config, ms.grid
     for name, empty in ms.accumulators().items():
@@ -171,7 +172,14 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int) -> N
             "integrated_gradients": (k, *grid),
             "ig_error": (k,),
             "faithfulness": (k, len(FAITHFULNESS_MAPS), 2, FAITHFULNESS_STEPS + 1),
+            "explorer": (k, 0),
+            "explorer_rollout": (k, 0),
         }
+        if explorer.keeps_maps(c, grid, settings):
+            t = c.num_prefix_tokens + grid[0] * grid[1]
+            n = len(explorer.blocks_of(settings.explore_blocks, c.depth, ms.label))
+            shapes["explorer"] = (k, n, c.num_heads + 1, t, t)
+            shapes["explorer_rollout"] = (k, t, t)
         for field, shape in shapes.items():
             _expect(s.arrays.get(field), shape, f"{where} samples' {field}")
         if len(p.positions) and not np.isin(s.positions, p.positions).all():
@@ -224,7 +232,7 @@ def load_study(path) -> Study:
                 f"{study.analysed:,} analysed and {len(study.skipped):,} skipped are recorded"
             )
         for i, ms in enumerate(models):
-            _check_model(ms, accs, i, study.analysed, n)
+            _check_model(ms, accs, i, study.analysed, n, settings)
         skipped = {s["position"] for s in study.skipped}
         if len(skipped) != len(study.skipped) or skipped & set(models[0].per_image.positions.tolist()):
             raise e("skipped positions repeat, or were also analysed")

@@ -29,8 +29,10 @@ class Samples(Accumulator):
     classes, the last block's patch-token norms, the patch tokens the PCA reads (N, D); when
     explained, the relevance of each patch for the top class, gradient x input, integrated
     gradients and their completeness error (NaN otherwise); with faithfulness, the deletion and
-    insertion curves of each of FAITHFULNESS_MAPS (M, 2, FAITHFULNESS_STEPS + 1) (NaN otherwise).
-    Keyed by position in the image list; merging takes the union."""
+    insertion curves of each of FAITHFULNESS_MAPS (M, 2, FAITHFULNESS_STEPS + 1) (NaN otherwise);
+    the attention explorer's maps of the explored blocks and the full rollout (float16,
+    `vitops.app.explorer.collect`; shape (0,) when the run does not keep them). Keyed by
+    position in the image list; merging takes the union."""
 
     kind = "samples"
     FIELDS = (
@@ -47,6 +49,8 @@ class Samples(Accumulator):
         "integrated_gradients",
         "ig_error",
         "faithfulness",
+        "explorer",
+        "explorer_rollout",
     )
 
     def __init__(self):

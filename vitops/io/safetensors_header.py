@@ -152,7 +152,7 @@ def _tensor_info(entry):
 # as its 16 bits.
 _NUMPY = {"F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8", "I64": "<i8", "I32": "<i4", "U8": "u1"}
 # What vitops' own state files hold: read exactly, no cast.
-EXACT_DTYPES = ("F64", "F32", "I64", "I32", "U8")
+EXACT_DTYPES = ("F64", "F32", "F16", "I64", "I32", "U8")
 
 
 def read_tensor(path, info: TensorInfo, error: type[Exception], name: str = "tensor", dtypes=EXACT_DTYPES):

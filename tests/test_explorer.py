@@ -1,0 +1,258 @@
+"""The report's attention explorer and its page, in a real browser (Playwright driving Debian's
+Chromium, `helpers.browser`): a patch clicked, a block, a head and a query picked, the displayed
+map read back and compared with the model's own attention for that image, block, head and
+query (within the quantisation step the page states); the rollout option against
+`analysis.attention_rollout`; tooltips against metrics.json; hostile file names and labels
+shown as text. The quantisation and block parsing are checked without a browser too.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from helpers.browser import broken_contents_links, figures_loaded, report_page
+
+import vitops
+from vitops import analysis
+from vitops.app import explorer
+from vitops.app.commands import analyze
+from vitops.app.run import Preparer
+from vitops.errors import AnalysisError
+from vitops.hub import shipped
+from vitops.io.image_file import read_image
+from vitops.io.weight_file import save
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+# ---- without a browser ----
+
+
+def test_quantise_is_within_a_step(rng):
+    rows = rng.dirichlet(np.full(50, 0.3), size=40).astype(np.float32)
+    for bits in explorer.BITS:
+        codes, top = explorer.quantise(rows, bits)
+        levels = (1 << bits) - 1
+        assert codes.max() <= levels and codes.dtype == np.uint8
+        np.testing.assert_allclose(top, rows.max(-1), rtol=1e-3)
+        back = codes / levels * top.astype(np.float64)[:, None]
+        assert (np.abs(back - rows) <= top[:, None] / levels).all()
+        assert (np.abs(back - rows) > top[:, None] / levels / 4).any()  # it does round
+
+
+def test_explore_blocks_are_parsed_and_checked():
+    assert explorer.parse_blocks(" 12,1,6,6 ") == "1,6,12"
+    assert explorer.blocks_of("1,6,12", 12) == (0, 5, 11)
+    assert explorer.blocks_of("last", 4) == (3,) and explorer.blocks_of("all", 3) == (0, 1, 2)
+    assert explorer.blocks_of("none", 3) == ()
+    for bad in ("0", "x", "1,,2", "", 3):
+        with pytest.raises(AnalysisError, match="explore blocks"):
+            explorer.parse_blocks(bad)
+    with pytest.raises(AnalysisError, match="has 4 blocks"):
+        explorer.blocks_of("5", 4, "digits_vit")
+
+
+def test_too_large_maps_are_left_out_with_the_reason(tmp_path):
+    out = tmp_path / "out"
+    summary = analyze(
+        "digits_vit", [str(p) for p in shipped.samples()[:2]], out, explore_mb=0.001, progress=False
+    )
+    assert "explore-mb" in summary["explorer"]["omitted"]
+    assert "id='explorer-data'" not in (out / "report.html").read_text()
+    assert "attention explorer is left out" in (out / "report.html").read_text()
+
+
+# ---- two models in a browser ----
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """digits_vit and a digits_deit whose class names are markup, over six digits and one with
+    markup in its file name; blocks 2 and 4 explored."""
+    tmp = tmp_path_factory.mktemp("explorer")
+    deit = vitops.load("digits_deit")
+    labelled = tmp / "deit.safetensors"
+    prep = Preparer.for_model(deit).preprocessing
+    save(
+        labelled,
+        deit.get_params(),
+        deit.config,
+        labels=[f"{HOSTILE} {k}" for k in range(10)],
+        preprocessing=prep,
+    )
+    images = [str(p) for p in shipped.samples()[:6]]
+    hostile = tmp / f"{HOSTILE}.png"
+    shutil.copy(images[0], hostile)
+    images = [str(hostile), *images]
+    out = tmp / "out"
+    summary = analyze(
+        ["digits_vit", str(labelled)], images, out, show=4, explore_blocks="2,4", progress=False
+    )
+    models = [vitops.load("digits_vit"), vitops.load(labelled)]
+    return out, summary, models, {os.path.basename(p): p for p in images}
+
+
+def _after(page, action):
+    """Do action (a click or a choice) and wait until the explorer has drawn what it asked."""
+    before = page.get_attribute("#explorer", "data-ready")
+    action()
+    page.wait_for_function(
+        f"() => document.getElementById('explorer').dataset.ready !== {json.dumps(before)}", timeout=10000
+    )
+
+
+def click_patch(page, model: int, row: int, col: int, grid) -> None:
+    canvas = page.locator("#ex-panels canvas").nth(model)
+    box = canvas.bounding_box()
+    pos = {"x": (col + 0.5) / grid[1] * box["width"], "y": (row + 0.5) / grid[0] * box["height"]}
+    _after(page, lambda: canvas.click(position=pos))
+
+
+def choose(page, select: str, label: str) -> None:
+    _after(page, lambda: page.select_option(f"#ex-{select}", label=label))
+
+
+def shown(page, model: int) -> dict:
+    """What the model's panel displays: its data attributes, values parsed."""
+    d = page.locator("#ex-panels canvas").nth(model).evaluate("c => ({...c.dataset})")
+    return {
+        **d,
+        "values": np.array(json.loads(d["values"])),
+        "prefix": np.array(json.loads(d["prefix"])),
+        "step": float(d["step"]),
+    }
+
+
+def model_attention(model, path) -> list[np.ndarray]:
+    """Every block's (H, T, T) attention of the image as the report's model saw it, float64."""
+    x = Preparer.for_model(model).prepare(read_image(path))
+    out = model.infer(x[None], return_attention=True)
+    return [np.asarray(a, np.float64)[0] for a in out["attention"]]
+
+
+def _check(got: dict, row: np.ndarray, prefix: int) -> None:
+    """The displayed row equals the model's within the quantisation step (a wrong block, head
+    or query is off by far more)."""
+    np.testing.assert_array_less(np.abs(got["values"] - row[prefix:]), got["step"] + 1e-7)
+    np.testing.assert_allclose(got["prefix"], row[:prefix], rtol=2e-3, atol=1e-6)
+    assert got["step"] == pytest.approx(row[prefix:].max() / 255, rel=2e-3)  # 8 bits: these maps fit
+
+
+def test_clicked_patch_block_and_head_show_the_models_attention(run, tmp_path):
+    out, summary, models, paths = run
+    assert summary["explorer"]["bits"] == 8 and summary["explorer"]["blocks"] == {
+        label: [2, 4] for label in summary["models"]
+    }
+    with report_page(out / "report.html") as page:
+        page.wait_for_selector("#explorer[data-ready]")
+        image = page.locator("#ex-image option").nth(2).text_content()
+        choose(page, "image", image)
+        choose(page, "block", "block 2")
+        choose(page, "head", "head 2")
+        for m, model in enumerate(models):
+            grid, prefix = model.config.grid_size, model.config.num_prefix_tokens
+            row, col = (2, 5) if m == 0 else (6, 1)
+            click_patch(page, m, row, col, grid)
+            attention = model_attention(model, paths[image])
+            q = prefix + row * grid[1] + col
+            for k in range(len(models)):  # the click picks the same place in every model
+                got = shown(page, k)
+                assert got["block"] == "2" and got["head"] == "1" and got["map"] == "attention"
+            got = shown(page, m)
+            assert int(got["query"]) == q
+            _check(got, attention[1][1, q], prefix)
+            # the head mean, and the last block, of the same query
+            choose(page, "head", "mean of the heads")
+            _check(shown(page, m), attention[1][:, q].mean(0), prefix)
+            choose(page, "block", "block 4")
+            _check(shown(page, m), attention[3][:, q].mean(0), prefix)
+            choose(page, "block", "block 2")
+            choose(page, "head", "head 2")
+        # a prefix token as the query: the distillation token exists in one model only
+        choose(page, "query", "distillation token")
+        attention = model_attention(models[1], paths[image])
+        _check(shown(page, 1), attention[1][1, 1], 2)
+        assert "no distillation token" in page.locator("#ex-panels figcaption").nth(0).text_content()
+        choose(page, "query", "class token")
+        for m, model in enumerate(models):
+            _check(
+                shown(page, m), model_attention(model, paths[image])[1][1, 0], model.config.num_prefix_tokens
+            )
+        # the rollout through all blocks, from a patch
+        choose(page, "map", "rollout through all blocks")
+        click_patch(page, 0, 3, 3, models[0].config.grid_size)
+        for m, model in enumerate(models):
+            attention = model_attention(model, paths[image])
+            joint = np.asarray(analysis.attention_rollout([a[None] for a in attention]), np.float64)[0]
+            prefix = model.config.num_prefix_tokens
+            got = shown(page, m)
+            assert got["map"] == "rollout" and int(got["query"]) == prefix + 3 * 8 + 3
+            _check(got, joint[prefix + 3 * 8 + 3], prefix)
+        # the keyboard moves the query patch
+        page.locator("#ex-panels canvas").nth(0).focus()
+        _after(page, lambda: page.keyboard.press("ArrowRight"))
+        assert int(shown(page, 0)["query"]) == 1 + 3 * 8 + 4
+        screenshot = os.environ.get("VITOPS_SCREENSHOT")
+        if screenshot:  # the README's picture (see README, "The report")
+            choose(page, "map", "attention of one block")
+            choose(page, "query", "a patch (click or arrow keys)")
+            click_patch(page, 0, 2, 5, models[0].config.grid_size)
+            page.locator("#explorer").screenshot(path=screenshot)
+
+
+def test_the_page_loads_whole_offline_and_reads_well(run):
+    out, summary, _, _ = run
+    with report_page(out / "report.html") as page:  # no console error, no request, no dialog
+        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        loaded, total = figures_loaded(page)
+        assert loaded == total == len(summary["figures"])
+        assert broken_contents_links(page) == []
+        contents = page.locator("nav a").all_text_contents()
+        assert "Attention explorer" in contents and "CKA between models" in contents
+        assert not any("_" in c for c in contents)  # headings for people, not identifiers
+        # the model table states the preprocessing in words
+        assert "minus mean (0.5, 0.5, 0.5)" in page.locator("#models table").text_content()
+
+
+def test_tooltips_show_the_numbers_behind_the_figures(run):
+    out, summary, _, _ = run
+    cka = np.array(summary["models"]["digits_vit"]["cka"]["matrix"])
+    with report_page(out / "report.html") as page:
+        assert page.locator("#cka .region").count() == 2 * cka.size  # two models' matrices
+        regions = page.locator("#cka .region[data-tip^='digits_vit']")
+        for k in (0, 7, cka.size - 1):
+            regions.nth(k).hover()
+            text = page.locator("#tooltip").text_content()
+            i, j = divmod(k, cka.shape[1])
+            assert f"CKA {cka[i, j]:.3f}" in text
+            assert ("embeddings" if i == 0 else f"block {i}") in text
+        # the keyboard: the chart is one tab stop, the arrow keys walk its values
+        page.locator("#cls_trajectory .chart").focus()
+        page.keyboard.press("ArrowRight")
+        text = page.locator("#tooltip").text_content()
+        mean = summary["models"]["digits_vit"]["cls_trajectory"]["mean"][0]
+        assert text.startswith("embeddings:") and f"{mean:.3f}" in text
+
+
+def test_file_names_and_labels_with_markup_are_shown_as_text(run):
+    out, summary, _, _ = run
+    text = (out / "report.html").read_text()
+    assert HOSTILE not in text  # escaped everywhere: HTML, attributes, the embedded data
+    with report_page(out / "report.html") as page:  # an alert would be a dialog: fails there
+        page.wait_for_selector("#explorer[data-ready]")
+        assert page.locator("img[src='x']").count() == 0
+        assert page.get_by_text(f"{HOSTILE}.png").count() >= 2  # the predictions table, the image menu
+        assert page.locator("#predictions").get_by_text(HOSTILE, exact=False).count() >= 1
+        options = page.locator("#ex-image option").all_text_contents()
+        assert f"{HOSTILE}.png" in options
+
+
+def test_dark_scheme_follows_the_system(run):
+    out, _, _, _ = run
+    colours = {}
+    for dark in (False, True):
+        with report_page(out / "report.html", dark=dark) as page:
+            colours[dark] = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    assert colours[False] == "rgb(255, 255, 255)" and colours[True] != colours[False]

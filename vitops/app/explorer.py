@@ -1,0 +1,195 @@
+"""The report's attention explorer: where every token of a sample image looks, for a few blocks,
+carried inside report.html.
+
+For each sample image (`--show K`) and model the run keeps, for each explored block
+(`--explore-blocks`, by default the last), every head's attention map and their mean
+(n, H + 1, T, T), and the attention rollout through all blocks (T, T), every row a query
+token: class token, distillation token, registers, then patches in row-major order.
+
+The page carries them quantised: each row's (one query's) attention to the patches is divided
+by its maximum over the patches and rounded to 2^bits - 1 levels, the maximum kept as float16
+beside its attention to the prefix tokens (float16); deflated (zlib) and base64-encoded, then
+inflated by the browser's DecompressionStream. A displayed value is within one step (the
+row's maximum over the patches / (2^bits - 1)) of the model's. `bits` is
+the finest of BITS whose maps fit `--explore-mb` together; when even the coarsest does not, the
+page leaves the explorer out and says what it would need.
+
+Shapes: S sample images, n explored blocks, H heads, T tokens (prefix + patches), Y, X pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+import cv2
+import numpy as np
+
+from ..analysis.rollout import attention_rollout
+from ..errors import AnalysisError, clip
+
+BITS = (8, 6, 5, 4)  # the finest that fits the page's budget is used
+# The run keeps the sample images' maps (float16) only while they are at most this many times
+# the page's budget: beyond that not even 4-bit codes deflated would fit, and at high
+# resolution (ViT-S/16 at 1024 px: 235 MB per image for one block) they would cost memory
+# for nothing.
+KEEP_FACTOR = 16
+JPEG_QUALITY = 85  # the sample images under the maps
+
+
+def parse_blocks(spec) -> str:
+    """`--explore-blocks` checked and normalised: "last", "all", "none" or block numbers
+    (1 = the first block) as "1,6,12", sorted, without repeats."""
+    if not isinstance(spec, str):
+        raise AnalysisError(
+            f"explore blocks must be 'last', 'all', 'none' or block numbers, got {clip(spec)}"
+        )
+    s = spec.strip().lower()
+    if s in ("last", "all", "none"):
+        return s
+    try:
+        numbers = sorted({int(p) for p in s.split(",")})
+    except ValueError:
+        numbers = []
+    if not numbers or numbers[0] < 1:
+        raise AnalysisError(
+            "explore blocks must be 'last', 'all', 'none' or block numbers from 1 separated by "
+            f"commas (e.g. 1,6,12), got {clip(spec)}"
+        )
+    return ",".join(map(str, numbers))
+
+
+def blocks_of(spec: str, depth: int, label: str = "the model") -> tuple[int, ...]:
+    """The explored blocks of a model, 0-based."""
+    if spec == "none":
+        return ()
+    if spec == "last":
+        return (depth - 1,)
+    if spec == "all":
+        return tuple(range(depth))
+    numbers = [int(p) for p in spec.split(",")]
+    if numbers[-1] > depth:
+        raise AnalysisError(f"explore blocks {spec}: {label} has {depth} blocks")
+    return tuple(n - 1 for n in numbers)
+
+
+def kept_bytes(config, grid, settings) -> int:
+    """Bytes of float16 maps the run keeps for one model's sample images."""
+    n = len(blocks_of(settings.explore_blocks, config.depth))
+    t = config.num_prefix_tokens + grid[0] * grid[1]
+    return settings.show * (n * (config.num_heads + 1) + 1) * t * t * 2
+
+
+def keeps_maps(config, grid, settings) -> bool:
+    """Whether the run keeps the explorer's maps of this model (see KEEP_FACTOR)."""
+    blocks = blocks_of(settings.explore_blocks, config.depth)
+    return (
+        bool(blocks)
+        and settings.show > 0
+        and kept_bytes(config, grid, settings) <= budget(settings) * KEEP_FACTOR
+    )
+
+
+def budget(settings) -> int:
+    return int(settings.explore_mb * 1e6)  # MB as the page's size is counted
+
+
+def collect(model, images, settings) -> tuple[np.ndarray, np.ndarray]:
+    """The sample images' (S, Y, X, 3 preprocessed) maps: (S, n, H + 1, T, T) attention of the
+    explored blocks, heads then their mean, and (S, T, T) the rollout through all blocks with the
+    run's head fusion and discard ratio; both float16. One image at a time: every block's
+    maps of one image exist at once."""
+    blocks = blocks_of(settings.explore_blocks, model.config.depth)
+    maps, rollouts = [], []
+    for x in np.asarray(images, np.float32):
+        attention = model.infer(x[None], return_attention=True)["attention"]  # L x (1, H, T, T)
+        picked = np.stack([np.asarray(attention[b][0], np.float32) for b in blocks])  # (n, H, T, T)
+        maps.append(np.concatenate([picked, picked.mean(axis=1, keepdims=True)], axis=1).astype(np.float16))
+        r = attention_rollout(attention, settings.head_fusion, settings.discard_ratio)
+        rollouts.append(np.asarray(r, np.float32)[0].astype(np.float16))
+    return np.stack(maps), np.stack(rollouts)
+
+
+def query_names(config) -> list[str]:
+    """The prefix tokens' names in sequence order (the patches follow)."""
+    names = ["class token"] if config.class_token else []
+    if config.distilled:
+        names.append("distillation token")
+    return names + [f"register {i + 1}" for i in range(config.reg_tokens)]
+
+
+def quantise(rows: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(R, T) maps -> codes (R, T) uint8 in [0, 2^bits - 1] and each row's maximum (R,) float16;
+    a value is code / (2^bits - 1) * maximum, within one step of the map."""
+    levels = (1 << bits) - 1
+    rows = np.nan_to_num(np.asarray(rows, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    top = rows.max(axis=-1).astype(np.float16).astype(np.float32)  # the scale the page reads
+    safe = np.where(top > 0, top, 1.0)[:, None]
+    codes = np.clip(np.rint(np.clip(rows, 0, None) / safe * levels), 0, levels).astype(np.uint8)
+    return codes, top.astype(np.float16)
+
+
+def _blob(maps: np.ndarray, rollout: np.ndarray, prefix: int, bits: int) -> str:
+    """One model's one image, rows the explored blocks' heads and mean then the rollout (R rows
+    of T keys): [patch maxima float16 (R,)][prefix keys float16 (R, P)][patch codes uint8 (R, N)],
+    deflated, base64. The patches are quantised apart from the prefix keys: a class token or a
+    register that takes most of a row would otherwise leave the patches a level or two."""
+    t = rollout.shape[-1]
+    rows = np.concatenate([maps.reshape(-1, t), rollout.reshape(-1, t)]).astype(np.float32)
+    codes, top = quantise(rows[:, prefix:], bits)
+    raw = top.astype("<f2").tobytes() + rows[:, :prefix].astype("<f2").tobytes() + codes.tobytes()
+    return base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+
+
+def _jpeg(display: np.ndarray) -> str:
+    ok, data = cv2.imencode(
+        ".jpg", np.ascontiguousarray(display[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    )
+    if not ok:
+        raise AnalysisError("could not encode a sample image as JPEG")
+    return base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def page_data(study) -> dict:
+    """What the page's explorer reads (JSON-able): {"bits", "models": [...]} with the maps of
+    every model that kept them, at the finest BITS that fit the budget; or {"omitted": reason}
+    when there is nothing to explore or it does not fit."""
+    s = study.settings
+    kept = [ms for ms in study.models if not ms.samples.empty and ms.samples.arrays["explorer"].size]
+    if not kept:
+        if s.show and s.explore_blocks != "none" and any(not ms.samples.empty for ms in study.models):
+            need = sum(kept_bytes(ms.config, ms.grid, s) for ms in study.models) / 1e6
+            return {
+                "omitted": f"the sample images' attention maps ({need:,.0f} MB as float16) are too large for "
+                f"--explore-mb {s.explore_mb:g}; raise it, explore fewer blocks (--explore-blocks) "
+                "or show fewer images (--show)"
+            }
+        return {"omitted": ""}
+    limit = budget(s)
+    for bits in BITS:
+        models = [_model_data(ms, s, bits) for ms in kept]
+        size = sum(len(b) for m in models for b in m["maps"])
+        if size <= limit:
+            return {"bits": bits, "bytes": size, "models": models}
+    return {
+        "omitted": f"the sample images' attention maps take {size / 1e6:.1f} MB in the page even at "
+        f"{BITS[-1]} bits per value, above --explore-mb {s.explore_mb:g}; raise it, explore fewer "
+        "blocks (--explore-blocks) or show fewer images (--show)"
+    }
+
+
+def _model_data(ms, settings, bits: int) -> dict:
+    a = ms.samples.arrays
+    c = ms.config
+    return {
+        "label": ms.label,
+        "grid": list(ms.grid),
+        "prefix": query_names(c),
+        "heads": c.num_heads,
+        "blocks": [b + 1 for b in blocks_of(settings.explore_blocks, c.depth)],
+        "names": list(ms.samples.names),
+        "images": [_jpeg(d) for d in a["display"]],
+        "maps": [
+            _blob(m, r, c.num_prefix_tokens, bits) for m, r in zip(a["explorer"], a["explorer_rollout"])
+        ],
+    }
