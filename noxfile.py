@@ -131,7 +131,9 @@ def parity(session):
 
 @nox.session(name="browser", venv_backend="none")
 def browser(session):
-    """Render the analysis report in headless Chromium and check that every figure loaded.
+    """The analysis report in headless Chromium driven by Playwright: every figure loaded, no
+    console error and no network request, the contents' links, the tooltips, the attention
+    explorer's maps read back against the models' attention, markup in names shown as text.
 
     Installs Debian's chromium when it is missing and this runs as root (as on CI)."""
     import os
@@ -158,8 +160,11 @@ def browser(session):
         "pytest",
         "-q",
         "tests/test_report.py",
+        "tests/test_explorer.py",
         "-k",
-        "browser",
+        "browser or explorer",
+        "-m",
+        "not slow",
         *session.posargs,
         env={**_env("jax"), "VITOPS_REQUIRE_BROWSER": "1"},
         external=True,

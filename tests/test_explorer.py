@@ -6,13 +6,22 @@ query (within the quantisation step the page states); the rollout option against
 shown as text. The quantisation and block parsing are checked without a browser too.
 """
 
-import json
 import os
 import shutil
 
 import numpy as np
 import pytest
-from helpers.browser import broken_contents_links, figures_loaded, report_page
+from helpers.browser import (
+    after,
+    broken_contents_links,
+    check_row,
+    choose,
+    click_patch,
+    figures_loaded,
+    model_attention,
+    report_page,
+    shown,
+)
 
 import vitops
 from vitops import analysis
@@ -21,7 +30,6 @@ from vitops.app.commands import analyze
 from vitops.app.run import Preparer
 from vitops.errors import AnalysisError
 from vitops.hub import shipped
-from vitops.io.image_file import read_image
 from vitops.io.weight_file import save
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -57,9 +65,9 @@ def test_explore_blocks_are_parsed_and_checked():
 def test_too_large_maps_are_left_out_with_the_reason(tmp_path):
     out = tmp_path / "out"
     summary = analyze(
-        "digits_vit", [str(p) for p in shipped.samples()[:2]], out, explore_mb=0.001, progress=False
+        "digits_vit", [str(p) for p in shipped.samples()[:2]], out, report_mb=0.001, progress=False
     )
-    assert "explore-mb" in summary["explorer"]["omitted"]
+    assert "report-mb" in summary["explorer"]["omitted"]
     assert "id='explorer-data'" not in (out / "report.html").read_text()
     assert "attention explorer is left out" in (out / "report.html").read_text()
 
@@ -94,52 +102,6 @@ def run(tmp_path_factory):
     return out, summary, models, {os.path.basename(p): p for p in images}
 
 
-def _after(page, action):
-    """Do action (a click or a choice) and wait until the explorer has drawn what it asked."""
-    before = page.get_attribute("#explorer", "data-ready")
-    action()
-    page.wait_for_function(
-        f"() => document.getElementById('explorer').dataset.ready !== {json.dumps(before)}", timeout=10000
-    )
-
-
-def click_patch(page, model: int, row: int, col: int, grid) -> None:
-    canvas = page.locator("#ex-panels canvas").nth(model)
-    box = canvas.bounding_box()
-    pos = {"x": (col + 0.5) / grid[1] * box["width"], "y": (row + 0.5) / grid[0] * box["height"]}
-    _after(page, lambda: canvas.click(position=pos))
-
-
-def choose(page, select: str, label: str) -> None:
-    _after(page, lambda: page.select_option(f"#ex-{select}", label=label))
-
-
-def shown(page, model: int) -> dict:
-    """What the model's panel displays: its data attributes, values parsed."""
-    d = page.locator("#ex-panels canvas").nth(model).evaluate("c => ({...c.dataset})")
-    return {
-        **d,
-        "values": np.array(json.loads(d["values"])),
-        "prefix": np.array(json.loads(d["prefix"])),
-        "step": float(d["step"]),
-    }
-
-
-def model_attention(model, path) -> list[np.ndarray]:
-    """Every block's (H, T, T) attention of the image as the report's model saw it, float64."""
-    x = Preparer.for_model(model).prepare(read_image(path))
-    out = model.infer(x[None], return_attention=True)
-    return [np.asarray(a, np.float64)[0] for a in out["attention"]]
-
-
-def _check(got: dict, row: np.ndarray, prefix: int) -> None:
-    """The displayed row equals the model's within the quantisation step (a wrong block, head
-    or query is off by far more)."""
-    np.testing.assert_array_less(np.abs(got["values"] - row[prefix:]), got["step"] + 1e-7)
-    np.testing.assert_allclose(got["prefix"], row[:prefix], rtol=2e-3, atol=1e-6)
-    assert got["step"] == pytest.approx(row[prefix:].max() / 255, rel=2e-3)  # 8 bits: these maps fit
-
-
 def test_clicked_patch_block_and_head_show_the_models_attention(run, tmp_path):
     out, summary, models, paths = run
     assert summary["explorer"]["bits"] == 8 and summary["explorer"]["blocks"] == {
@@ -162,22 +124,22 @@ def test_clicked_patch_block_and_head_show_the_models_attention(run, tmp_path):
                 assert got["block"] == "2" and got["head"] == "1" and got["map"] == "attention"
             got = shown(page, m)
             assert int(got["query"]) == q
-            _check(got, attention[1][1, q], prefix)
+            check_row(got, attention[1][1, q], prefix)
             # the head mean, and the last block, of the same query
             choose(page, "head", "mean of the heads")
-            _check(shown(page, m), attention[1][:, q].mean(0), prefix)
+            check_row(shown(page, m), attention[1][:, q].mean(0), prefix)
             choose(page, "block", "block 4")
-            _check(shown(page, m), attention[3][:, q].mean(0), prefix)
+            check_row(shown(page, m), attention[3][:, q].mean(0), prefix)
             choose(page, "block", "block 2")
             choose(page, "head", "head 2")
         # a prefix token as the query: the distillation token exists in one model only
         choose(page, "query", "distillation token")
         attention = model_attention(models[1], paths[image])
-        _check(shown(page, 1), attention[1][1, 1], 2)
+        check_row(shown(page, 1), attention[1][1, 1], 2)
         assert "no distillation token" in page.locator("#ex-panels figcaption").nth(0).text_content()
         choose(page, "query", "class token")
         for m, model in enumerate(models):
-            _check(
+            check_row(
                 shown(page, m), model_attention(model, paths[image])[1][1, 0], model.config.num_prefix_tokens
             )
         # the rollout through all blocks, from a patch
@@ -189,10 +151,10 @@ def test_clicked_patch_block_and_head_show_the_models_attention(run, tmp_path):
             prefix = model.config.num_prefix_tokens
             got = shown(page, m)
             assert got["map"] == "rollout" and int(got["query"]) == prefix + 3 * 8 + 3
-            _check(got, joint[prefix + 3 * 8 + 3], prefix)
+            check_row(got, joint[prefix + 3 * 8 + 3], prefix)
         # the keyboard moves the query patch
         page.locator("#ex-panels canvas").nth(0).focus()
-        _after(page, lambda: page.keyboard.press("ArrowRight"))
+        after(page, lambda: page.keyboard.press("ArrowRight"))
         assert int(shown(page, 0)["query"]) == 1 + 3 * 8 + 4
         screenshot = os.environ.get("VITOPS_SCREENSHOT")
         if screenshot:  # the README's picture (see README, "The report")
@@ -256,3 +218,36 @@ def test_dark_scheme_follows_the_system(run):
         with report_page(out / "report.html", dark=dark) as page:
             colours[dark] = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
     assert colours[False] == "rgb(255, 255, 255)" and colours[True] != colours[False]
+
+
+@pytest.mark.slow
+def test_two_vit_b_models_and_eight_images_stay_under_5_mb(tmp_path):
+    """The default explorer (the last block, every head and query, and the rollout) of two
+    ViT-B/16 at 224 px (every tensor randomised: maps as noisy as they come, the hardest to
+    compress) over eight sample photographs: report.html within --report-mb (4.5 MB)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the page's size does not depend on the backend: measured once, on jax")
+    import cv2
+    import matplotlib.cbook
+    import sklearn.datasets
+    from helpers.timm_reference import timm_twin
+
+    sources = [matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)]
+    sources += list(sklearn.datasets.load_sample_images().filenames)
+    images = []
+    for k in range(8):
+        img = cv2.imread(str(sources[k % 3]))
+        images.append(str(tmp_path / f"photo_{k}.png"))
+        cv2.imwrite(images[-1], img[:, ::-1] if k >= 3 else img)
+    files = []
+    for seed in (0, 1):  # two models of different weights
+        (tmp_path / f"m{seed}").mkdir()
+        files.append(str(timm_twin(tmp_path / f"m{seed}", "vit_base_patch16_224", seed=seed)[1]))
+    summary = analyze(files, images, tmp_path / "out", progress=False)
+    size = (tmp_path / "out" / "report.html").stat().st_size
+    assert size < 4.5e6
+    ex = summary["explorer"]
+    assert ex["bits"] in explorer.BITS and len(ex["blocks"]) == 2
+    assert all(blocks == [12] for blocks in ex["blocks"].values())

@@ -16,7 +16,15 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from helpers.browser import broken_contents_links, figures_loaded, report_page
+from helpers.browser import (
+    broken_contents_links,
+    check_row,
+    choose,
+    click_patch,
+    figures_loaded,
+    report_page,
+    shown,
+)
 
 import vitops
 from vitops import analysis
@@ -231,6 +239,34 @@ def test_nan_images_give_valid_json_and_say_so(tmp_path):
 
 
 # ---- each figure, checked on its data ----
+
+
+@pytest.mark.parametrize("models,explain", [(["digits_vit"], False), (MODELS, True)])
+def test_no_text_is_cut_off_at_a_figure_edge(samples, models, explain):
+    """Every title, label and legend of every figure lies inside the figure as drawn: the one
+    model, no --explain offline default (narrow figures, long titles) and two models explained."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vitops.app.figures import figures
+    from vitops.app.run import run_study
+    from vitops.app.settings import RunSettings
+    from vitops.app.summary import summary_of
+
+    study = run_study(models, samples[:3], settings=RunSettings(show=3, explain=explain), progress=False)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for key, fig in figures(study, summary_of(study)).items():
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+            drawn = fig.get_tightbbox(canvas.get_renderer())  # inches: what is drawn, titles included
+            w, h = fig.get_size_inches()
+            assert (
+                drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= w + 0.01 and drawn.y1 <= h + 0.01
+            ), (
+                key,
+                drawn.bounds,
+                (w, h),
+            )
 
 
 def test_figures_hold_their_data(rng):
@@ -500,6 +536,34 @@ def test_two_resolutions_report_renders_in_a_browser(two_resolutions, tmp_path):
     loaded, total = render_in_browser(out / "report.html", tmp_path)
     assert total == len(summary["figures"]) == 14  # token_norms.png, pca_feature_maps.png among them
     assert loaded == total
+
+
+def test_two_resolutions_explorer_shows_each_models_attention(two_resolutions):
+    """The explorer over two grids (14 x 14 and 20 x 20 patches): one click picks the same place
+    in both; each panel shows its model's attention (last block, head 4) of that patch."""
+    out, summary, paths, fed = two_resolutions
+    bits = summary["explorer"]["bits"]
+    names = [p.name for p in paths]
+    models = [
+        vitops.load(out.parent / f"{a}.safetensors")
+        for a in ("vit_small_patch16_224", "vit_small_patch16_224_dino")
+    ]
+    with report_page(out / "report.html") as page:
+        page.wait_for_selector("#explorer[data-ready]")
+        image = page.locator("#ex-image option").nth(1).text_content()
+        choose(page, "image", image)
+        choose(page, "head", "head 4")
+        click_patch(page, 0, 5, 9, (14, 14))
+        for m, model in enumerate(models):
+            rows, cols = model.config.grid_size if m == 0 else (20, 20)
+            q = 1 + int(5.5 / 14 * rows) * cols + int(9.5 / 14 * cols)
+            got = shown(page, m)
+            assert int(got["query"]) == q and got["block"] == "12"
+            x = fed[m][names.index(image)]
+            attention = np.asarray(model.infer(x[None], return_attention=True)["attention"][11], np.float64)[
+                0
+            ]
+            check_row(got, attention[3, q], 1, (1 << bits) - 1)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,11 @@ session, CI), where that is a failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 
@@ -86,3 +88,55 @@ def broken_contents_links(page) -> list[str]:
         "() => [...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'))"
         ".filter(h => !h.startsWith('#') || !document.getElementById(decodeURIComponent(h.slice(1))))"
     )
+
+
+# ---- the attention explorer ----
+
+
+def after(page, action):
+    """Do action (a click or a choice) and wait until the explorer has drawn what it asked."""
+    before = page.get_attribute("#explorer", "data-ready")
+    action()
+    page.wait_for_function(
+        f"() => document.getElementById('explorer').dataset.ready !== {json.dumps(before)}", timeout=10000
+    )
+
+
+def click_patch(page, model: int, row: int, col: int, grid) -> None:
+    canvas = page.locator("#ex-panels canvas").nth(model)
+    box = canvas.bounding_box()
+    pos = {"x": (col + 0.5) / grid[1] * box["width"], "y": (row + 0.5) / grid[0] * box["height"]}
+    after(page, lambda: canvas.click(position=pos))
+
+
+def choose(page, select: str, label: str) -> None:
+    after(page, lambda: page.select_option(f"#ex-{select}", label=label))
+
+
+def shown(page, model: int) -> dict:
+    """What the model's panel displays: its data attributes, values parsed."""
+    d = page.locator("#ex-panels canvas").nth(model).evaluate("c => ({...c.dataset})")
+    return {
+        **d,
+        "values": np.array(json.loads(d["values"])),
+        "prefix": np.array(json.loads(d["prefix"])),
+        "step": float(d["step"]),
+    }
+
+
+def model_attention(model, path, preprocessing=None) -> list[np.ndarray]:
+    """Every block's (H, T, T) attention of the image as the report's model saw it, float64."""
+    from vitops.app.run import Preparer
+    from vitops.io.image_file import read_image
+
+    x = Preparer.for_model(model, preprocessing).prepare(read_image(path))
+    out = model.infer(x[None], return_attention=True)
+    return [np.asarray(a, np.float64)[0] for a in out["attention"]]
+
+
+def check_row(got: dict, row: np.ndarray, prefix: int, levels: int = 255) -> None:
+    """The displayed row equals the model's within the quantisation step (a wrong block, head
+    or query is off by far more)."""
+    np.testing.assert_array_less(np.abs(got["values"] - row[prefix:]), got["step"] + 1e-7)
+    np.testing.assert_allclose(got["prefix"], row[:prefix], rtol=2e-3, atol=1e-6)
+    assert got["step"] == pytest.approx(row[prefix:].max() / levels, rel=2e-3)

@@ -11,8 +11,8 @@ by its maximum over the patches and rounded to 2^bits - 1 levels, the maximum ke
 beside its attention to the prefix tokens (float16); deflated (zlib) and base64-encoded, then
 inflated by the browser's DecompressionStream. A displayed value is within one step (the
 row's maximum over the patches / (2^bits - 1)) of the model's. `bits` is
-the finest of BITS whose maps fit `--explore-mb` together; when even the coarsest does not, the
-page leaves the explorer out and says what it would need.
+the finest of BITS whose maps fit in what the figures leave of `--report-mb`; when even the
+coarsest does not, the page leaves the explorer out and says what it would need.
 
 Shapes: S sample images, n explored blocks, H heads, T tokens (prefix + patches), Y, X pixels.
 """
@@ -20,6 +20,7 @@ Shapes: S sample images, n explored blocks, H heads, T tokens (prefix + patches)
 from __future__ import annotations
 
 import base64
+import json
 import zlib
 
 import cv2
@@ -28,11 +29,11 @@ import numpy as np
 from ..analysis.rollout import attention_rollout
 from ..errors import AnalysisError, clip
 
-BITS = (8, 6, 5, 4)  # the finest that fits the page's budget is used
+BITS = (8, 6, 5, 4, 3)  # the finest that fits the page's budget is used
 # The run keeps the sample images' maps (float16) only while they are at most this many times
-# the page's budget: beyond that not even 4-bit codes deflated would fit, and at high
-# resolution (ViT-S/16 at 1024 px: 235 MB per image for one block) they would cost memory
-# for nothing.
+# the page's size (--report-mb): beyond that not even 3-bit codes deflated would fit, and at
+# high resolution (ViT-S/16 at 1024 px: 235 MB per image for one block) they would cost
+# memory for nothing.
 KEEP_FACTOR = 16
 JPEG_QUALITY = 85  # the sample images under the maps
 
@@ -91,7 +92,7 @@ def keeps_maps(config, grid, settings) -> bool:
 
 
 def budget(settings) -> int:
-    return int(settings.explore_mb * 1e6)  # MB as the page's size is counted
+    return int(settings.report_mb * 1e6)  # MB as the page's size is counted
 
 
 def collect(model, images, settings) -> tuple[np.ndarray, np.ndarray]:
@@ -150,31 +151,36 @@ def _jpeg(display: np.ndarray) -> str:
     return base64.b64encode(data.tobytes()).decode("ascii")
 
 
-def page_data(study) -> dict:
-    """What the page's explorer reads (JSON-able): {"bits", "models": [...]} with the maps of
-    every model that kept them, at the finest BITS that fit the budget; or {"omitted": reason}
-    when there is nothing to explore or it does not fit."""
+def embedded_json(value) -> str:
+    """JSON to embed in a <script> element: no "</script>" or "<!--" in a file name or a label
+    can end or open anything."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def page_data(study, room: int) -> dict:
+    """What the page's explorer reads (JSON-able): {"bits", "bytes", "models": [...]} with the
+    maps of every model that kept them, at the finest BITS whose whole entry (maps, images,
+    names) takes at most `room` bytes; or {"omitted": reason} when there is nothing to explore
+    (reason "") or it does not fit."""
     s = study.settings
     kept = [ms for ms in study.models if not ms.samples.empty and ms.samples.arrays["explorer"].size]
+    advice = "raise --report-mb, explore fewer blocks (--explore-blocks) or show fewer images (--show)"
     if not kept:
         if s.show and s.explore_blocks != "none" and any(not ms.samples.empty for ms in study.models):
             need = sum(kept_bytes(ms.config, ms.grid, s) for ms in study.models) / 1e6
             return {
-                "omitted": f"the sample images' attention maps ({need:,.0f} MB as float16) are too large for "
-                f"--explore-mb {s.explore_mb:g}; raise it, explore fewer blocks (--explore-blocks) "
-                "or show fewer images (--show)"
+                "omitted": f"the sample images' attention maps ({need:,.0f} MB as float16) are too large; {advice}"
             }
         return {"omitted": ""}
-    limit = budget(s)
     for bits in BITS:
-        models = [_model_data(ms, s, bits) for ms in kept]
-        size = sum(len(b) for m in models for b in m["maps"])
-        if size <= limit:
-            return {"bits": bits, "bytes": size, "models": models}
+        data = {"bits": bits, "models": [_model_data(ms, s, bits) for ms in kept]}
+        size = len(embedded_json(data))
+        if size <= room:
+            return {**data, "bytes": size}
     return {
-        "omitted": f"the sample images' attention maps take {size / 1e6:.1f} MB in the page even at "
-        f"{BITS[-1]} bits per value, above --explore-mb {s.explore_mb:g}; raise it, explore fewer "
-        "blocks (--explore-blocks) or show fewer images (--show)"
+        "omitted": f"the sample images' attention maps would take {size / 1e6:.1f} MB even at {BITS[-1]} bits per "
+        f"value, and the figures leave {max(room, 0) / 1e6:.1f} MB of --report-mb {s.report_mb:g}; {advice}"
     }
 
 

@@ -15,9 +15,9 @@ import matplotlib
 
 from ..io.output_folder import OutputFolder
 from . import tips
-from .explorer import page_data
+from .explorer import budget, page_data
 from .figures import CAPTIONS, figures
-from .page import page
+from .page import EXPLORER_TEXT_BYTES, page, web_image
 from .summary import strict_json, summary_of
 
 
@@ -54,12 +54,16 @@ def write_into(study, folder: Path) -> dict:
     per_image = folder / "per_image"
     summary["figures"] = [f"{k}.png" for k in CAPTIONS if k in pngs]
     summary["per_image"] = sorted(p.name for p in per_image.iterdir()) if per_image.is_dir() else []
-    explorer = page_data(study)
-    summary["explorer"] = {k: v for k, v in explorer.items() if k != "models"}
-    if "models" in explorer:
-        summary["explorer"]["blocks"] = {m["label"]: m["blocks"] for m in explorer["models"]}
+    images = {key: web_image(data) for key, data in pngs.items()}
     clean, bad = strict_json(summary)
     clean["non_finite_values"] = bad  # NaN/inf (e.g. from NaN inputs), written as null
+    # The explorer takes what the rest of the page leaves of --report-mb.
+    clean["explorer"] = {}
+    rest = len(page(clean, images, regions).encode()) + EXPLORER_TEXT_BYTES
+    explorer = page_data(study, budget(study.settings) - rest)
+    clean["explorer"] = {k: v for k, v in explorer.items() if k != "models"}
+    if "models" in explorer:
+        clean["explorer"]["blocks"] = {m["label"]: m["blocks"] for m in explorer["models"]}
     (folder / "metrics.json").write_text(json.dumps(clean, allow_nan=False))
-    (folder / "report.html").write_text(page(clean, pngs, regions, explorer), encoding="utf-8")
+    (folder / "report.html").write_text(page(clean, images, regions, explorer), encoding="utf-8")
     return clean

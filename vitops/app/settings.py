@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..analysis.reductions import ANALYSIS_MEMORY_BYTES, Reductions
 from ..analysis.rollout import HEAD_FUSIONS, rollout_options
 from ..errors import AnalysisError, clip
-from .explorer import parse_blocks
+from .explorer import BITS, parse_blocks
 
 # Bounds on what a caller may ask for: a batch is held in memory as images (B, Y, X, 3) and the
 # per-image outputs; sample images are drawn into one figure.
@@ -41,7 +41,7 @@ class RunSettings:
     its top class (Chefer et al. 2021), gradient x input and integrated gradients; norm_threshold:
     the high-norm token threshold (None: Tukey's far fence); pca_step: the step whose patch
     tokens the PCA reads; faithfulness: deletion and insertion curves of the sample images'
-    maps; explore_blocks, explore_mb: the report's attention explorer (`vitops.app.explorer`);
+    maps; explore_blocks, report_mb: the report's attention explorer and the page's size (`vitops.app.explorer`);
     workers: image-decoding threads (speed only).
     """
 
@@ -105,11 +105,11 @@ class RunSettings:
             "type": str,
         },
     )
-    explore_mb: float = field(
-        default=3.0,
+    report_mb: float = field(
+        default=4.5,
         metadata={
-            "help": "the most the explorer's maps may add to report.html, in MB: they are quantised to the "
-            "finest of 8, 6, 5 or 4 bits that fits, or left out",
+            "help": "the size report.html aims for, in MB: the explorer's maps take what the figures leave, "
+            f"quantised to the finest of {', '.join(map(str, BITS))} bits per value that fits, or are left out",
             "type": float,
         },
     )
@@ -147,10 +147,10 @@ class RunSettings:
         if not isinstance(self.faithfulness, bool):
             raise AnalysisError(f"faithfulness must be True or False, got {clip(self.faithfulness)}")
         object.__setattr__(self, "explore_blocks", parse_blocks(self.explore_blocks))
-        m = self.explore_mb
+        m = self.report_mb
         if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0.0 < m <= MAX_MEMORY_MB:
-            raise AnalysisError(f"explore_mb must be a number of MB in (0, {MAX_MEMORY_MB}], got {clip(m)}")
-        object.__setattr__(self, "explore_mb", float(m))
+            raise AnalysisError(f"report_mb must be a number of MB in (0, {MAX_MEMORY_MB}], got {clip(m)}")
+        object.__setattr__(self, "report_mb", float(m))
         if not isinstance(self.explain, bool):
             raise AnalysisError(f"explain must be True or False, got {clip(self.explain)}")
 
