@@ -118,7 +118,7 @@ def sample_overlays(images, rollouts, heats, row_titles, labels, relevances=None
                 ax = axes[s, per * m + c]
                 ax.axis("off")
                 ax.imshow(image)
-                ax.set_title(f"{labels[m]}: {what}\n{row_titles[s][m]}", fontsize=7)
+                ax.set_title(f"{short(labels[m])}: {what}\n{short(row_titles[s][m], 40)}", fontsize=7)
                 if not np.isfinite(maps[s]).any():  # a model without a head has no class to explain
                     continue
                 shown = np.clip(maps[s], 0, None) / max(float(np.nanmax(maps[s])), 1e-12)  # positive part
@@ -352,7 +352,7 @@ def high_norm_patches(images, maps, threshold: float, names, fig=None, title: st
             ax.add_patch(
                 _Rectangle((j * sx - 0.5, i * sy - 0.5), sx, sy, fill=False, edgecolor="red", lw=1.2)
             )
-        ax.set_title(f"{names[s]}\n{len(hits)} above {threshold:.3g}", fontsize=7)
+        ax.set_title(f"{short(names[s])}\n{len(hits)} above {threshold:.3g}", fontsize=7)
     suptitle(fig, title or "High-norm patch tokens, last block")
     return fig
 
@@ -397,7 +397,7 @@ def pca_maps(images, samples, names, ratio, fig=None, title: str = ""):
     for s in range(count):
         image = _shown(images[s])
         panels = (
-            (image, names[s]),
+            (image, short(names[s])),
             (_upsample_rgb(np.asarray(samples[s]["pca_rgb"], np.float64), image.shape[:2]), "PCA 1-3"),
             (
                 _upsample_rgb(np.asarray(samples[s]["foreground_rgb"], np.float64), image.shape[:2]),
@@ -443,6 +443,13 @@ def faithfulness(summary: dict, fig=None, title: str = ""):
                 ax, i / (n - 1), f"{curve}, {100 * i / (n - 1):.0f} % of the patches: {values}", 0.5 / (n - 1)
             )
     return fig
+
+
+def short(text: str, chars: int = 28) -> str:
+    """A name for a panel's title, shortened in the middle to fit over a 2-inch panel (the
+    report's tables give it whole)."""
+    text = str(text)
+    return text if len(text) <= chars else text[: chars // 2 - 1] + "…" + text[-(chars - chars // 2) :]
 
 
 def _num(v, digits: int) -> str:
