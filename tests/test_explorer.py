@@ -14,6 +14,7 @@ import pytest
 from helpers.browser import (
     after,
     broken_contents_links,
+    check_drawn,
     check_row,
     choose,
     click_patch,
@@ -40,13 +41,14 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 
 def test_quantise_is_within_a_step(rng):
     rows = rng.dirichlet(np.full(50, 0.3), size=40).astype(np.float32)
+    rows[:3] *= np.array([1e-6, 1e-9, 3e-38], np.float32)[:, None]  # a prefix token took (nearly) all
     for bits in explorer.BITS:
         codes, top = explorer.quantise(rows, bits)
         levels = (1 << bits) - 1
         assert codes.max() <= levels and codes.dtype == np.uint8
-        np.testing.assert_allclose(top, rows.max(-1), rtol=1e-3)
+        np.testing.assert_array_equal(top, rows.max(-1))
         back = codes / levels * top.astype(np.float64)[:, None]
-        assert (np.abs(back - rows) <= top[:, None] / levels).all()
+        assert (np.abs(back - rows) <= top[:, None] / levels / 2 * (1 + 1e-6)).all()
         assert (np.abs(back - rows) > top[:, None] / levels / 4).any()  # it does round
 
 
@@ -70,6 +72,24 @@ def test_too_large_maps_are_left_out_with_the_reason(tmp_path):
     assert "report-mb" in summary["explorer"]["omitted"]
     assert "id='explorer-data'" not in (out / "report.html").read_text()
     assert "attention explorer is left out" in (out / "report.html").read_text()
+    with report_page(out / "report.html") as page:
+        assert broken_contents_links(page) == []
+        assert "report-mb" in page.locator("#explorer").text_content()
+
+
+def test_a_model_whose_maps_are_too_large_is_named(tmp_path):
+    """digits_vit's maps are kept, a ViT-Ti/16's at 224 px (197 tokens) are not at this
+    --report-mb: the page says which and why."""
+    from helpers.timm_reference import timm_twin
+
+    _, tiny = timm_twin(tmp_path, "vit_tiny_patch16_224")
+    images = [str(p) for p in shipped.samples()[:2]]
+    summary = analyze(
+        ["digits_vit", str(tiny)], images, tmp_path / "out", show=2, report_mb=0.02, progress=False
+    )
+    omitted = summary["explorer"]["omitted"]
+    assert "vit_tiny_patch16_224: its sample images' maps take 0.8 MB as float16" in omitted
+    assert "digits_vit:" not in omitted
 
 
 # ---- two models in a browser ----
@@ -125,6 +145,7 @@ def test_clicked_patch_block_and_head_show_the_models_attention(run, tmp_path):
             got = shown(page, m)
             assert int(got["query"]) == q
             check_row(got, attention[1][1, q], prefix)
+            check_drawn(page, m, got["values"], grid)
             # the head mean, and the last block, of the same query
             choose(page, "head", "mean of the heads")
             check_row(shown(page, m), attention[1][:, q].mean(0), prefix)

@@ -140,3 +140,28 @@ def check_row(got: dict, row: np.ndarray, prefix: int, levels: int = 255) -> Non
     np.testing.assert_array_less(np.abs(got["values"] - row[prefix:]), got["step"] + 1e-7)
     np.testing.assert_allclose(got["prefix"], row[:prefix], rtol=2e-3, atol=1e-6)
     assert got["step"] == pytest.approx(row[prefix:].max() / levels, rel=2e-3)
+
+
+def patch_pixel(page, model: int, row: int, col: int, grid) -> list[int]:
+    """The RGBA the explorer drew at the centre of a patch of a model's panel."""
+    return (
+        page.locator("#ex-panels canvas")
+        .nth(model)
+        .evaluate(
+            "(c, [i, j, rows, cols]) => [...c.getContext('2d').getImageData("
+            "Math.floor((j + 0.5) * c.width / cols), Math.floor((i + 0.5) * c.height / rows), 1, 1).data]",
+            [row, col, grid[0], grid[1]],
+        )
+    )
+
+
+def check_drawn(page, model: int, values: np.ndarray, grid) -> None:
+    """The panel paints what it says: the largest patch in the ramp's light top colour (over any
+    image: alpha 0.8 of (252, 255, 164)), a patch under 5 % of it dark (at most 0.7 x 255 x 0.8
+    of the dimmed image)."""
+    top, low = int(np.argmax(values)), int(np.argmin(values))
+    r, g, _, _ = patch_pixel(page, model, *divmod(top, grid[1]), grid)
+    assert r >= 200 and g >= 200, (r, g)
+    if values[low] < 0.05 * values[top]:
+        r, g, _, _ = patch_pixel(page, model, *divmod(low, grid[1]), grid)
+        assert r <= 150 and g <= 150, (r, g)

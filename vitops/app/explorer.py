@@ -7,7 +7,7 @@ For each sample image (`--show K`) and model the run keeps, for each explored bl
 token: class token, distillation token, registers, then patches in row-major order.
 
 The page carries them quantised: each row's (one query's) attention to the patches is divided
-by its maximum over the patches and rounded to 2^bits - 1 levels, the maximum kept as float16
+by its maximum over the patches and rounded to 2^bits - 1 levels, the maximum kept as float32
 beside its attention to the prefix tokens (float16); deflated (zlib) and base64-encoded, then
 inflated by the browser's DecompressionStream. A displayed value is within one step (the
 row's maximum over the patches / (2^bits - 1)) of the model's. `bits` is
@@ -36,6 +36,10 @@ BITS = (8, 6, 5, 4, 3)  # the finest that fits the page's budget is used
 # memory for nothing.
 KEEP_FACTOR = 16
 JPEG_QUALITY = 85  # the sample images under the maps
+# `collect` holds every block's float32 maps of one image at once (the rollout needs them all):
+# a model whose maps of one image exceed this is left out of the explorer (DINOv2 ViT-L/14 at
+# 518 px: 2.9 GB).
+PASS_BYTES = 1 << 30
 
 
 def parse_blocks(spec) -> str:
@@ -81,14 +85,29 @@ def kept_bytes(config, grid, settings) -> int:
     return settings.show * (n * (config.num_heads + 1) + 1) * t * t * 2
 
 
+def left_out(config, grid, settings) -> str | None:
+    """Why the run does not keep this model's explorer maps ("" when none were asked for), or
+    None when it keeps them. Decided by the config and the settings alone: every shard agrees."""
+    if settings.show == 0 or not blocks_of(settings.explore_blocks, config.depth):
+        return ""
+    t = config.num_prefix_tokens + grid[0] * grid[1]
+    held = config.depth * config.num_heads * t * t * 4
+    if held > PASS_BYTES:
+        return (
+            f"one image's attention in every block takes {held / 1e9:.1f} GB, above the "
+            f"{PASS_BYTES / 1e9:.1f} GB the explorer may hold"
+        )
+    kept = kept_bytes(config, grid, settings)
+    if kept > budget(settings) * KEEP_FACTOR:
+        return (
+            f"its sample images' maps take {kept / 1e6:,.1f} MB as float16, more than --report-mb could hold"
+        )
+    return None
+
+
 def keeps_maps(config, grid, settings) -> bool:
-    """Whether the run keeps the explorer's maps of this model (see KEEP_FACTOR)."""
-    blocks = blocks_of(settings.explore_blocks, config.depth)
-    return (
-        bool(blocks)
-        and settings.show > 0
-        and kept_bytes(config, grid, settings) <= budget(settings) * KEEP_FACTOR
-    )
+    """Whether the run keeps the explorer's maps of this model (`left_out`)."""
+    return left_out(config, grid, settings) is None
 
 
 def budget(settings) -> int:
@@ -120,25 +139,25 @@ def query_names(config) -> list[str]:
 
 
 def quantise(rows: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(R, T) maps -> codes (R, T) uint8 in [0, 2^bits - 1] and each row's maximum (R,) float16;
-    a value is code / (2^bits - 1) * maximum, within one step of the map."""
+    """(R, T) maps -> codes (R, T) uint8 in [0, 2^bits - 1] and each row's maximum (R,) float32;
+    a value is code / (2^bits - 1) * maximum, within half a step of the map."""
     levels = (1 << bits) - 1
     rows = np.nan_to_num(np.asarray(rows, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    top = rows.max(axis=-1).astype(np.float16).astype(np.float32)  # the scale the page reads
+    top = rows.max(axis=-1)
     safe = np.where(top > 0, top, 1.0)[:, None]
     codes = np.clip(np.rint(np.clip(rows, 0, None) / safe * levels), 0, levels).astype(np.uint8)
-    return codes, top.astype(np.float16)
+    return codes, top
 
 
 def _blob(maps: np.ndarray, rollout: np.ndarray, prefix: int, bits: int) -> str:
     """One model's one image, rows the explored blocks' heads and mean then the rollout (R rows
-    of T keys): [patch maxima float16 (R,)][prefix keys float16 (R, P)][patch codes uint8 (R, N)],
+    of T keys): [patch maxima float32 (R,)][prefix keys float16 (R, P)][patch codes uint8 (R, N)],
     deflated, base64. The patches are quantised apart from the prefix keys: a class token or a
     register that takes most of a row would otherwise leave the patches a level or two."""
     t = rollout.shape[-1]
     rows = np.concatenate([maps.reshape(-1, t), rollout.reshape(-1, t)]).astype(np.float32)
     codes, top = quantise(rows[:, prefix:], bits)
-    raw = top.astype("<f2").tobytes() + rows[:, :prefix].astype("<f2").tobytes() + codes.tobytes()
+    raw = top.astype("<f4").tobytes() + rows[:, :prefix].astype("<f2").tobytes() + codes.tobytes()
     return base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
 
 
@@ -164,23 +183,26 @@ def page_data(study, room: int) -> dict:
     names) takes at most `room` bytes; or {"omitted": reason} when there is nothing to explore
     (reason "") or it does not fit."""
     s = study.settings
-    kept = [ms for ms in study.models if not ms.samples.empty and ms.samples.arrays["explorer"].size]
+    shown = [ms for ms in study.models if not ms.samples.empty]
+    kept = [ms for ms in shown if ms.samples.arrays["explorer"].size]
+    reasons = {ms.label: left_out(ms.config, ms.grid, s) for ms in shown if ms not in kept}
+    reasons = {label: why for label, why in reasons.items() if why}
     advice = "raise --report-mb, explore fewer blocks (--explore-blocks) or show fewer images (--show)"
     if not kept:
-        if s.show and s.explore_blocks != "none" and any(not ms.samples.empty for ms in study.models):
-            need = sum(kept_bytes(ms.config, ms.grid, s) for ms in study.models) / 1e6
-            return {
-                "omitted": f"the sample images' attention maps ({need:,.0f} MB as float16) are too large; {advice}"
-            }
+        if reasons:
+            return {"omitted": "; ".join(f"{label}: {why}" for label, why in reasons.items()) + f"; {advice}"}
         return {"omitted": ""}
     for bits in BITS:
         data = {"bits": bits, "models": [_model_data(ms, s, bits) for ms in kept]}
+        if reasons:
+            data["left_out"] = reasons
         size = len(embedded_json(data))
         if size <= room:
             return {**data, "bytes": size}
+    also = "".join(f"; {label}: {why}" for label, why in reasons.items())
     return {
         "omitted": f"the sample images' attention maps would take {size / 1e6:.1f} MB even at {BITS[-1]} bits per "
-        f"value, and the figures leave {max(room, 0) / 1e6:.1f} MB of --report-mb {s.report_mb:g}; {advice}"
+        f"value, and the figures leave {max(room, 0) / 1e6:.1f} MB of --report-mb {s.report_mb:g}{also}; {advice}"
     }
 
 

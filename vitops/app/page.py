@@ -131,8 +131,17 @@ def _figure(key: str, image: tuple[str, bytes], regions) -> str:
 def _explorer(data: dict) -> str:
     if "models" not in data:
         why = data.get("omitted")
-        return f"<p class='note'>The attention explorer is left out: {_e(why)}.</p>" if why else ""
+        if not why:
+            return ""
+        return (
+            "<section id='explorer'><h2>Attention explorer</h2>"
+            f"<p class='note'>The attention explorer is left out: {_e(why)}.</p></section>"
+        )
     m0 = data["models"][0]
+    left = "".join(
+        f"<li>{_e(label)}: {_e(why)}; raise --report-mb or explore fewer blocks (--explore-blocks)</li>"
+        for label, why in data.get("left_out", {}).items()
+    )
     parts = [
         "<p>Every query token's attention over the sample images, for each model side by side: click a patch "
         "(or focus an image and use the arrow keys), or pick the class token, the distillation token or a "
@@ -148,9 +157,11 @@ def _explorer(data: dict) -> str:
         "<label>Query <select id='ex-query'></select></label>",
         "</div><div id='ex-panels'></div>",
         f"<p class='note'>Maps carried in this page quantised to {data['bits']} bits per value (each query's "
-        f"patch values to {(1 << data['bits']) - 1} levels of its largest; prefix tokens as float16): "
+        f"patch values to {(1 << data['bits']) - 1} levels of its largest, within half a level; prefix tokens as "
+        "float16): "
         f"{data['bytes'] / 1e6:.2f} MB for {len(data['models'])} model(s) x {len(m0['names'])} image(s) "
         "(--explore-blocks, --report-mb).</p>",
+        f"<p class='note'>Not in the explorer:</p><ul class='note'>{left}</ul>" if left else "",
         f"<script type='application/json' id='explorer-data'>{embedded_json(data)}</script>",
     ]
     return "<section id='explorer'><h2>Attention explorer</h2>" + "".join(parts) + "</section>"

@@ -177,8 +177,8 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int, sett
         }
         if explorer.keeps_maps(c, grid, settings):
             t = c.num_prefix_tokens + grid[0] * grid[1]
-            n = len(explorer.blocks_of(settings.explore_blocks, c.depth, ms.label))
-            shapes["explorer"] = (k, n, c.num_heads + 1, t, t)
+            explored = len(explorer.blocks_of(settings.explore_blocks, c.depth, ms.label))
+            shapes["explorer"] = (k, explored, c.num_heads + 1, t, t)
             shapes["explorer_rollout"] = (k, t, t)
         for field, shape in shapes.items():
             _expect(s.arrays.get(field), shape, f"{where} samples' {field}")

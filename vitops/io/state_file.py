@@ -25,8 +25,8 @@ from .safetensors_header import MAX_HEADER_BYTES, format_of, read_header, read_t
 from .temporary import atomic_output
 
 FORMAT = "vitops-analysis-state"
-VERSION = "3"  # 2: names as JSON, accumulators named as in metrics.json; 3: token_mass
-SUPPORTED_VERSIONS = ("3",)
+VERSION = "4"  # 2: names as JSON, accumulators named as in metrics.json; 3: token_mass; 4: explorer maps
+SUPPORTED_VERSIONS = ("4",)
 
 
 def is_state_file(path) -> bool:

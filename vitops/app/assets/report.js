@@ -58,10 +58,13 @@
   }
   const first = data.models[0];
   first.names.forEach((name, i) => option(ui.image, i, name));
+  // Models explore different numbers of blocks (depths differ): the choices are aligned at the
+  // last block, choice b being each model's (n - nBlocks + b)-th explored block.
   const nBlocks = Math.max(...data.models.map((m) => m.blocks.length));
+  const blockOf = (model, b) => model.blocks.length - nBlocks + b; // -1 and below: none
   for (let b = 0; b < nBlocks; b++) {
-    const names = [...new Set(data.models.map((m) => (b < m.blocks.length ? `block ${m.blocks[b]}` : "-")))];
-    option(ui.block, b, names.join(" | "));
+    const names = data.models.map((m) => (blockOf(m, b) >= 0 ? `block ${m.blocks[blockOf(m, b)]}` : "-"));
+    option(ui.block, b, [...new Set(names)].join(" | "));
   }
   option(ui.head, -1, "mean of the heads");
   const nHeads = Math.max(...data.models.map((m) => m.heads));
@@ -85,9 +88,19 @@
     return new Uint8Array(await new Response(stream).arrayBuffer());
   }
   const cache = new Map();
-  function maps(m, s) { // model m's maps of image s, inflated once
+  function maps(m, s) { // model m's maps of image s, inflated once and checked for size
     const key = `${m}/${s}`;
-    if (!cache.has(key)) cache.set(key, inflate(data.models[m].maps[s]));
+    if (!cache.has(key)) {
+      const model = data.models[m];
+      const P = model.prefix.length, N = model.grid[0] * model.grid[1], T = P + N;
+      const R = model.blocks.length * (model.heads + 1) * T + T;
+      const bytes = inflate(model.maps[s]).then((b) => {
+        if (b.length !== R * (4 + 2 * P + N)) throw new Error(`explorer maps of ${model.label}: ${b.length} bytes, expected ${R * (4 + 2 * P + N)}`);
+        return b;
+      });
+      bytes.catch(() => cache.delete(key)); // a failed decode is tried again next time
+      cache.set(key, bytes);
+    }
     return cache.get(key);
   }
 
@@ -99,14 +112,15 @@
     let r;
     if (state.map === "rollout") r = model.blocks.length * (H + 1) * T + query;
     else {
-      if (block >= model.blocks.length || head >= H) return null;
+      if (block < 0 || head >= H) return null;
       r = (block * (H + 1) + (head < 0 ? H : head)) * T + query;
     }
+    // layout (vitops/app/explorer.py, _blob): [maxima float32 (R)][prefix float16 (R, P)][codes uint8 (R, N)]
     const view = new DataView(bytes.buffer);
-    const top = half(view, 2 * r);
+    const top = view.getFloat32(4 * r, true);
     const prefix = [];
-    for (let p = 0; p < P; p++) prefix.push(half(view, 2 * R + 2 * (r * P + p)));
-    const codes = bytes.subarray(2 * R + 2 * R * P + r * N, 2 * R + 2 * R * P + (r + 1) * N);
+    for (let p = 0; p < P; p++) prefix.push(half(view, 4 * R + 2 * (r * P + p)));
+    const codes = bytes.subarray(4 * R + 2 * R * P + r * N, 4 * R + 2 * R * P + (r + 1) * N);
     const patches = Float64Array.from(codes, (c) => (c / levels) * top);
     return { patches, prefix, step: top / levels, top };
   }
@@ -145,9 +159,12 @@
     caption.append(title, document.createElement("br"), text);
     fig.append(canvas, caption);
     $("ex-panels").append(fig);
-    const at = (e) => {
+    const at = (e) => { // inside the border
       const r = canvas.getBoundingClientRect();
-      return [(e.clientY - r.top) / r.height, (e.clientX - r.left) / r.width];
+      return [
+        (e.clientY - r.top - canvas.clientTop) / canvas.clientHeight,
+        (e.clientX - r.left - canvas.clientLeft) / canvas.clientWidth,
+      ];
     };
     canvas.addEventListener("click", (e) => {
       [state.fy, state.fx] = at(e);
@@ -188,14 +205,15 @@
     ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
     let query, where;
     if (state.query === "patch") {
-      const i = Math.min(Math.floor(state.fy * rows), rows - 1), j = Math.min(Math.floor(state.fx * cols), cols - 1);
+      const i = Math.max(0, Math.min(Math.floor(state.fy * rows), rows - 1));
+      const j = Math.max(0, Math.min(Math.floor(state.fx * cols), cols - 1));
       query = P + i * cols + j;
       where = `the patch in row ${i + 1}, column ${j + 1}`;
     } else {
       query = model.prefix.indexOf(state.query);
       where = `the ${state.query}`;
     }
-    const block = Number(state.block), head = Number(state.head);
+    const block = blockOf(model, Number(state.block)), head = Number(state.head);
     const v = query < 0 ? null : row(m, bytes, block, head, query);
     for (const k of ["query", "block", "head", "values", "prefix", "step", "map"]) delete canvas.dataset[k];
     if (!v) {
