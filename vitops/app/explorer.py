@@ -192,8 +192,9 @@ def page_data(study, room: int) -> dict:
         if reasons:
             return {"omitted": "; ".join(f"{label}: {why}" for label, why in reasons.items()) + f"; {advice}"}
         return {"omitted": ""}
+    images = [[_jpeg(d) for d in ms.samples.arrays["display"]] for ms in kept]  # the same at every bits
     for bits in BITS:
-        data = {"bits": bits, "models": [_model_data(ms, s, bits) for ms in kept]}
+        data = {"bits": bits, "models": [_model_data(ms, s, bits, jpegs) for ms, jpegs in zip(kept, images)]}
         if reasons:
             data["left_out"] = reasons
         size = len(embedded_json(data))
@@ -206,7 +207,7 @@ def page_data(study, room: int) -> dict:
     }
 
 
-def _model_data(ms, settings, bits: int) -> dict:
+def _model_data(ms, settings, bits: int, images: list[str]) -> dict:
     a = ms.samples.arrays
     c = ms.config
     return {
@@ -216,7 +217,7 @@ def _model_data(ms, settings, bits: int) -> dict:
         "heads": c.num_heads,
         "blocks": [b + 1 for b in blocks_of(settings.explore_blocks, c.depth)],
         "names": list(ms.samples.names),
-        "images": [_jpeg(d) for d in a["display"]],
+        "images": images,
         "maps": [
             _blob(m, r, c.num_prefix_tokens, bits) for m, r in zip(a["explorer"], a["explorer_rollout"])
         ],
