@@ -78,10 +78,16 @@ def blocks_of(spec: str, depth: int, label: str = "the model") -> tuple[int, ...
     return tuple(n - 1 for n in numbers)
 
 
+def tokens(config, grid) -> int:
+    """T: the prefix tokens and the patches of the grid the images were analysed at (which
+    may differ from the model's native `config.num_tokens`)."""
+    return config.num_prefix_tokens + grid[0] * grid[1]
+
+
 def kept_bytes(config, grid, settings) -> int:
     """Bytes of float16 maps the run keeps for one model's sample images."""
     n = len(blocks_of(settings.explore_blocks, config.depth))
-    t = config.num_prefix_tokens + grid[0] * grid[1]
+    t = tokens(config, grid)
     return settings.show * (n * (config.num_heads + 1) + 1) * t * t * 2
 
 
@@ -90,7 +96,7 @@ def left_out(config, grid, settings) -> str | None:
     None when it keeps them. Decided by the config and the settings alone: every shard agrees."""
     if settings.show == 0 or not blocks_of(settings.explore_blocks, config.depth):
         return ""
-    t = config.num_prefix_tokens + grid[0] * grid[1]
+    t = tokens(config, grid)
     held = config.depth * config.num_heads * t * t * 4
     if held > PASS_BYTES:
         return (

@@ -176,7 +176,7 @@ def _check_model(ms: ModelStudy, accs: dict, i: int, analysed: int, n: int, sett
             "explorer_rollout": (k, 0),
         }
         if explorer.keeps_maps(c, grid, settings):
-            t = c.num_prefix_tokens + grid[0] * grid[1]
+            t = explorer.tokens(c, grid)
             explored = len(explorer.blocks_of(settings.explore_blocks, c.depth, ms.label))
             shapes["explorer"] = (k, explored, c.num_heads + 1, t, t)
             shapes["explorer_rollout"] = (k, t, t)
