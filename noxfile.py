@@ -16,6 +16,7 @@ not one per session.
 """
 
 import importlib.util
+import os
 import sys
 
 import nox
@@ -40,21 +41,39 @@ def _env(backend):
     return {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+def _workers() -> str:
+    """pytest-xdist workers for the suite: one per core, at most 4. Most of a test's time is
+    single-threaded (tracing, compiling, subprocesses starting a backend), so two workers on
+    a 2-core machine took the jax suite from 804 s to 553 s; each worker holds a backend and
+    its compiled models (1-2 GB), hence the cap. `-- -n 0` runs the suite in one process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return str(min(cores, 4))
+
+
+def _pytest(session, backend, *args, env=None):
+    """pytest in this environment on one backend (KERAS_BACKEND=backend)."""
+    session.run(
+        sys.executable, "-m", "pytest", "-q", *args, env={**_env(backend), **(env or {})}, external=True
+    )
+
+
 def _tests_session(backend):
     @nox.session(name=f"tests-{backend}", venv_backend="none")
     def tests(session):
-        """The whole suite on one backend, but the parity check and the realistic sizes (`slow`)."""
-        _require(session, _MODULES[backend], "timm", "pytest", "vitops")
-        session.run(
-            sys.executable,
-            "-m",
-            "pytest",
+        """The whole suite on one backend, but the parity check and the realistic sizes (`slow`),
+        a module per worker process (pytest-xdist, `--dist loadfile`: a module's fixtures are
+        built once)."""
+        _require(session, _MODULES[backend], "timm", "pytest", "xdist", "vitops")
+        _pytest(
+            session,
+            backend,
             "-m",
             "not parity and not slow",
-            "-q",
+            "-n",
+            _workers(),
+            "--dist",
+            "loadfile",
             *session.posargs,
-            env=_env(backend),
-            external=True,
         )
 
     return tests
@@ -104,10 +123,8 @@ def slow(session):
     if args[:1] == ["--backend"]:
         backends, args = [args[1]], args[2:]
     for backend in backends:
-        _require(session, _MODULES[backend], "timm", "pytest", "vitops")
-        session.run(
-            sys.executable, "-m", "pytest", "-m", "slow", "-q", *args, env=_env(backend), external=True
-        )
+        _require(session, _MODULES[backend], "timm", "pytest", "xdist", "vitops")
+        _pytest(session, backend, "-m", "slow", "-n", _workers(), *args)
 
 
 @nox.session(name="lint", venv_backend="none")
@@ -123,10 +140,8 @@ def lint(session):
 @nox.session(name="parity", venv_backend="none")
 def parity(session):
     """The same models and images on jax, torch and tensorflow, compared with each other."""
-    _require(session, *_MODULES.values(), "timm", "pytest", "vitops")
-    session.run(
-        sys.executable, "-m", "pytest", "-m", "parity", "-q", *session.posargs, env=_env("jax"), external=True
-    )
+    _require(session, *_MODULES.values(), "timm", "pytest", "xdist", "vitops")
+    _pytest(session, "jax", "-m", "parity", "-n", _workers(), *session.posargs)
 
 
 @nox.session(name="browser", venv_backend="none")
@@ -136,7 +151,6 @@ def browser(session):
     explorer's maps read back against the models' attention, markup in names shown as text.
 
     Installs Debian's chromium when it is missing and this runs as root (as on CI)."""
-    import os
     import shutil
 
     _require(session, "pytest", "vitops")
@@ -154,11 +168,9 @@ def browser(session):
             external=True,
             env={"DEBIAN_FRONTEND": "noninteractive"},
         )
-    session.run(
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
+    _pytest(
+        session,
+        "jax",
         "tests/test_report.py",
         "tests/test_explorer.py",
         "-k",
@@ -166,8 +178,7 @@ def browser(session):
         "-m",
         "not slow",
         *session.posargs,
-        env={**_env("jax"), "VITOPS_REQUIRE_BROWSER": "1"},
-        external=True,
+        env={"VITOPS_REQUIRE_BROWSER": "1"},
     )
 
 

@@ -54,3 +54,24 @@ def module_file_server():
     files: dict[str, bytes] = {}
     with serving(files) as url:
         yield url, files
+
+
+# The modules that take longest (a minute or more on a 2-core machine) are handed out first, so
+# that pytest-xdist's workers (`-n`, whole modules each: `--dist loadfile`) finish together
+# rather than one of them running a long module alone at the end. Only the order changes.
+LONG_MODULES = (
+    "test_study.py",
+    "test_report.py",
+    "test_fuzz.py",
+    "test_robust_output.py",
+    "test_families.py",
+    "test_reductions.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
