@@ -45,6 +45,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    ap.add_argument(
+        "--memory-mb",
+        type=int,
+        default=None,
+        help="the analyses' memory budget for every case (`vitops analyze --memory-mb`); default: its default",
+    )
     args = ap.parse_args(argv)
     names = args.cases.split(",")
     unknown = [n for n in names if n not in CASES]
@@ -56,6 +62,8 @@ def main(argv=None) -> dict:
     x = np.random.default_rng(0).standard_normal((args.batch, *model.config.image_size, 3)).astype(np.float32)
 
     def runner(spec):
+        if spec is not None and args.memory_mb is not None:
+            spec = spec.replace(memory=args.memory_mb << 20)
         return lambda: _compile.synchronize(model.infer(x, reductions=spec)["features"])
 
     times = interleaved({n: runner(CASES[n]) for n in names}, args.rounds)
@@ -66,6 +74,7 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "image_size": list(model.config.image_size),
         "rounds": args.rounds,
+        "memory_mb": args.memory_mb,
         **environment(),
         "seconds_per_batch": {n: statistics.median(t) for n, t in times.items()},
         "ratio_to_plain": {n: statistics.median(t) / base for n, t in times.items()},
