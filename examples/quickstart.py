@@ -25,20 +25,24 @@ from timm.data import ImageNetInfo
 import vitops
 from vitops.preprocess import Preprocessing, preprocess
 
-workdir = tempfile.mkdtemp(prefix="vitops-quickstart-")
-src = os.path.join(workdir, "vit_small_patch16_224.safetensors")
-dst = os.path.join(workdir, "vit_s16.vitops.safetensors")
+# The two checkpoint files (about 88 MB each) exist only inside this block: loading reads
+# the weights into the model, so nothing is left behind in the temporary folder.
+with tempfile.TemporaryDirectory(prefix="vitops-quickstart-") as workdir:
+    src = os.path.join(workdir, "vit_small_patch16_224.safetensors")
+    dst = os.path.join(workdir, "vit_s16.vitops.safetensors")
 
-# 1. A timm checkpoint, as found on the hub (here with random weights: no network needed).
-torch.manual_seed(0)
-save_file(timm.create_model("vit_small_patch16_224", pretrained=False).state_dict(), src)
+    # 1. A timm checkpoint, as found on the hub (here with random weights: no network needed).
+    torch.manual_seed(0)
+    save_file(timm.create_model("vit_small_patch16_224", pretrained=False).state_dict(), src)
 
-# 2. Convert once (same as: vitops convert SRC DST --arch vit_small_patch16_224).
-config = vitops.convert(src, dst, arch="vit_small_patch16_224")
-print(f"converted {config.name}: {config.depth} blocks, {config.num_heads} heads, dim {config.dim}")
+    # 2. Convert once (same as: vitops convert SRC DST --arch vit_small_patch16_224).
+    config = vitops.convert(src, dst, arch="vit_small_patch16_224")
+    print(f"converted {config.name}: {config.depth} blocks, {config.num_heads} heads, dim {config.dim}")
 
-# 3. Load on the backend KERAS_BACKEND names, and run a real photograph through it.
-model = vitops.load(dst)
+    # 3. Load on the backend KERAS_BACKEND names.
+    model = vitops.load(dst)
+
+# 4. Run a real photograph through it.
 photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 # the eval transform the converted file records (timm's pretrained config: crop 0.9, [-1, 1])
 images = preprocess(

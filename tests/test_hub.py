@@ -126,12 +126,14 @@ def test_dropped_connection_keeps_nothing(env, server, checkpoint, monkeypatch):
 def test_no_server_is_a_clear_error(env, monkeypatch):
     import socket
 
-    with socket.socket() as s:  # a port nobody listens on
+    # A port bound and never listened on, for the whole test: connections to it are refused,
+    # and no other process (a test beside this one) can take it meanwhile.
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    write_registry(env, monkeypatch, source={"url": f"http://127.0.0.1:{port}/x.pth"})
-    with pytest.raises(HubError, match="no network"):
-        vitops.load("tiny")
+        write_registry(env, monkeypatch, source={"url": f"http://127.0.0.1:{port}/x.pth"})
+        with pytest.raises(HubError, match="no network"):
+            vitops.load("tiny")
     assert cache_files(env) == []
 
 

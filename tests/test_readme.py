@@ -26,9 +26,10 @@ def test_ci_runs_the_readme_test_command():
     assert command.strip() in (ROOT / ".ci" / "run").read_text()
 
 
-def test_quickstart_example_runs_and_prints_what_the_readme_says():
+def test_quickstart_example_runs_and_prints_what_the_readme_says(tmp_path):
     """The script the Quickstart names, run as the README says (on this backend): it converts a
-    timm ViT-S/16, runs a photograph and prints the top-5 and the maps' shapes."""
+    timm ViT-S/16, runs a photograph and prints the top-5 and the maps' shapes, and leaves no
+    checkpoint behind in the temporary folder."""
     pytest.importorskip("timm")
     (command,) = _commands("Quickstart")
     script = re.search(r"python (\S+\.py)", command).group(1)
@@ -37,8 +38,14 @@ def test_quickstart_example_runs_and_prints_what_the_readme_says():
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "KERAS_BACKEND": keras.config.backend(), "HF_HUB_OFFLINE": "1"},
+        env={
+            **os.environ,
+            "KERAS_BACKEND": keras.config.backend(),
+            "HF_HUB_OFFLINE": "1",
+            "TMPDIR": str(tmp_path),
+        },
     )
+    assert not list(tmp_path.glob("vitops-quickstart-*")), os.listdir(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "converted vit_small_patch16_224: 12 blocks, 6 heads, dim 384" in out

@@ -54,6 +54,28 @@ def cli(*args, env=None):
     return proc
 
 
+def free_port_the_kernel_never_assigns() -> int:
+    """A TCP port free now and below the kernel's ephemeral range (ip_local_port_range), so
+    that no connection or bind to port 0 made meanwhile, by a test running beside this one,
+    can take it before the process meant to bind it does."""
+    import contextlib
+    import random
+    import socket
+    from pathlib import Path
+
+    low = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 10000), low), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def numbers(obj, path=""):
     """Every number of a metrics.json, flattened: {path: array}; strings and labels compared apart."""
     out = {}
@@ -175,11 +197,7 @@ def test_two_processes_equal_one(tmp_path, images, one_device_report):
     """Two JAX processes on localhost, joined from the environment as a launcher sets it
     (`--cluster`), one CPU device each, the same command line and the same --out (a shared
     file system): process 0 writes the report of one run, process 1 writes nothing."""
-    import socket
-
-    with socket.socket() as s:  # a free port for the coordinator
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port_the_kernel_never_assigns()  # for the coordinator, which binds it later
     out = tmp_path / "cluster"
     procs = []
     for rank in range(2):
