@@ -45,8 +45,8 @@ def test_quickstart_example_runs_and_prints_what_the_readme_says(tmp_path):
             "TMPDIR": str(tmp_path),
         },
     )
-    assert not list(tmp_path.glob("vitops-quickstart-*")), os.listdir(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(tmp_path.glob("vitops-quickstart-*")), os.listdir(tmp_path)
     out = proc.stdout
     assert "converted vit_small_patch16_224: 12 blocks, 6 heads, dim 384" in out
     assert f"backend: {keras.config.backend()}" in out
