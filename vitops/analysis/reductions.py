@@ -180,6 +180,10 @@ class Reductions:
             kept = 4 * b * t * x.shape[2] * config.depth
             state["_stride"] = max(1, -(-2 * kept // max(self.memory, 1))) if recomputes() else 1
             state["_inputs"] = {} if state["_store"] else {0: x}  # block -> its input
+            first = ops.cast(x[:, :, 0], "float32")  # (B, T): any (B, T) array
+            state["_e0"] = ops.concatenate(
+                [ops.ones_like(first[:, :1]), ops.zeros_like(first[:, 1:])], axis=1
+            )
             state["_done"] = 0  # blocks folded in
         if self.distance:
             state["distance"] = []
@@ -201,6 +205,7 @@ class Reductions:
         inputs = _row_inputs(state)
         keys = inputs["pos"]  # (T, 3): every token's centre and patch flag, whole (the keys)
         fused_rows = self.rollout == "full" or (self.rollout == "cls" and state["_store"])
+        starts = _starts_in_first_pass(self, state)
 
         def reduce_rows(probs, rows):
             a = ops.cast(probs, "float32")  # reductions in float32 whatever the compute dtype
@@ -221,6 +226,8 @@ class Reductions:
                 parts["fused"] = _FUSE[self.head_fusion](a, axis=1)  # (B, c, T)
             if self.cls_attention:
                 parts["first"] = a[:, :, 0] + 0.0  # (B, H, T): the chunk's first row, a copy
+            if starts:  # the last block's fused CLS row: where the rollout's row starts
+                parts["start"] = _FUSE[self.head_fusion](a[:, :, 0], axis=1)  # (B, T)
             return parts
 
         return reduce_rows, inputs
@@ -271,6 +278,13 @@ class Reductions:
                 state["rollout"] = f if joint is None else ops.matmul(f, joint)  # (B, T, T)
         if last and self.cls_attention and state["_class"]:
             state["cls_attention"] = parts["first"][0][:, :, prefix:]  # (B, H, N)
+        if last and "start" in parts:
+            # e_0^T of the last block's factor (fused + I) / (sum(fused) + 1), from its CLS row
+            # (chunk 0 holds it): the second pass begins one block lower, one block's
+            # attention fewer computed again, and that block's input is not read again
+            row = parts["start"][0]  # (B, T)
+            state["_row"] = (row + state["_e0"]) / (ops.sum(row, axis=-1, keepdims=True) + 1.0)
+            state["_inputs"].pop(state["_done"] - 1, None)
         return state
 
     def rollout_down(self, state: dict, block_parts, pool_probs=None, run_block=None) -> dict:
@@ -281,10 +295,13 @@ class Reductions:
         between two kept ones. Nothing to do when the factors were kept."""
         if self.rollout != "cls" or state["_store"]:
             return state
-        row = self._start_row(state, pool_probs)  # (B, T)
+        row = state.get("_row")  # (B, T): after the last block, from the first pass
+        top = state["_done"] - (row is not None)  # blocks 0 .. top - 1 still to fold in
+        if row is None:
+            row = self._start_row(state, pool_probs)
         kept = sorted(state["_inputs"])
         for j in reversed(range(len(kept))):  # segments of blocks, the last first
-            first, end = kept[j], kept[j + 1] if j + 1 < len(kept) else state["_done"]
+            first, end = kept[j], kept[j + 1] if j + 1 < len(kept) else top
             xs = [state["_inputs"].pop(first)]
             for i in range(first, end - 1):
                 xs.append(run_block(i, xs[-1]))
@@ -322,10 +339,7 @@ class Reductions:
         attention-pool query's fused row over the patches (its stand-in), (B, T)."""
         prefix = state["_prefix"]
         if state["_class"]:
-            first = ops.cast(state["_inputs"][0][:, :, 0], "float32")  # (B, T): any (B, T) array
-            # (block 0's input is always kept)
-            e0 = ops.concatenate([ops.ones_like(first[:, :1]), ops.zeros_like(first[:, 1:])], axis=1)
-            return e0
+            return state["_e0"]
         q = _fused_row(ops.cast(pool_probs, "float32"), self.head_fusion, self.discard_ratio)  # (B, N)
         return ops.pad(q, ((0, 0), (prefix, 0)))
 
@@ -377,6 +391,14 @@ class Reductions:
                     raise AnalysisError(f"pca_step {self.pca_step} is after the last block run")
                 out[k] = state[k]
         return out
+
+
+def _starts_in_first_pass(spec: Reductions, state: dict) -> bool:
+    """Whether the rollout's row is carried down in a second pass and can start from the last
+    block's CLS row, read in the first pass: e_0^T of the last factor needs that row alone
+    when nothing is discarded (a discarded share is of the whole fused map) and the row
+    starts at the class token (an attention-pool head's row meets every row of the factor)."""
+    return spec.rollout == "cls" and not state["_store"] and state["_class"] and spec.discard_ratio == 0
 
 
 def _pca_stats(x, prefix: int) -> dict:
