@@ -5,7 +5,6 @@ exception. Cases that could write a lot run in a child with a file-size limit.""
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -256,11 +255,17 @@ def test_the_state_itself_reports(tmp_path, state):
     assert sorted(p.name for p in (tmp_path / "r" / "per_image").iterdir())[0] == "digits_deit.csv"
 
 
-def _limited(limit_bytes):
-    def preexec():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-    return preexec
+def _limited(limit_bytes: int, *args: str) -> list[str]:
+    """The command line of `python -m vitops args` in a child that may write limit_bytes a
+    file: the limit set by the child itself (a preexec_fn runs between fork and exec, which is
+    not safe in this multi-threaded test process)."""
+    code = (
+        "import resource, runpy, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes}))\n"
+        "sys.argv = ['vitops', *sys.argv[1:]]\n"
+        "runpy.run_module('vitops', run_name='__main__', alter_sys=True)\n"
+    )
+    return [sys.executable, "-c", code, *args]
 
 
 @pytest.mark.parametrize("claimed,reason", [(10**11, "n_images must be an integer"), (10**8, "cover")])
@@ -268,10 +273,9 @@ def test_a_state_claiming_too_many_images_writes_nothing(tmp_path, state, claime
     """10**11 images once made 56 GB of per-image rows: run in a child that may write 64 MB a file."""
     bad = edited(state, tmp_path / "huge.safetensors", _set(["n_images"], claimed))
     proc = subprocess.run(
-        [sys.executable, "-m", "vitops", "report", str(bad), "--out", str(tmp_path / "r")],
+        _limited(64 << 20, "report", str(bad), "--out", str(tmp_path / "r")),
         capture_output=True,
         text=True,
-        preexec_fn=_limited(64 << 20),
         timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
