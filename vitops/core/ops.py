@@ -238,10 +238,17 @@ def attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict, budg
     steps = -(-n // c)
     pad = steps * c - n
     q = ops.transpose(q, (0, 2, 1, 3)) * ops.cast(scale, q.dtype)  # (B, H, T, E), as the explicit path
-    q = ops.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
-    qs = ops.transpose(ops.reshape(q, (-1, heads, steps, c, e)), (2, 0, 1, 3, 4))  # (S, B, H, c, E)
     k = ops.transpose(k, (0, 2, 3, 1))  # (B, H, E, T)
     v = None if v is None else ops.transpose(v, (0, 2, 1, 3))  # (B, H, T, E)
+    if steps == 1:  # every row at once (eager PyTorch while a block's maps fit): no padding,
+        # no loop and no stacking of its results, each a copy of the block's outputs there
+        probs = softmax_of_temporary(attention_logits(q, k, scratch), axis=-1)  # (B, H, T, T)
+        parts = {name: p[None] for name, p in fn(probs, row_inputs).items()}  # (1, ...)
+        if v is None:
+            return None, parts
+        return ops.transpose(matmul(probs, v), (0, 2, 1, 3)), parts  # (B, T, H, E)
+    q = ops.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    qs = ops.transpose(ops.reshape(q, (-1, heads, steps, c, e)), (2, 0, 1, 3, 4))  # (S, B, H, c, E)
     inputs = {
         name: ops.reshape(ops.pad(r, ((0, pad),) + ((0, 0),) * (len(r.shape) - 1)), (steps, c, *r.shape[1:]))
         for name, r in row_inputs.items()
@@ -251,8 +258,7 @@ def attend_rows(q, k, v, scale: float, fn, row_inputs: dict, scratch: dict, budg
         qc, rows = args
         probs = softmax_of_temporary(attention_logits(qc, k, scratch), axis=-1)  # (B, H, c, T)
         out = fn(probs, rows) if v is None else (matmul(probs, v), fn(probs, rows))  # (B, H, c, E)
-        if steps > 1:  # a chunk's medium buffers freed to the heap: hand their pages back
-            release_freed()
+        release_freed()  # a chunk's medium buffers freed to the heap: hand their pages back
         return out
 
     if v is None:
