@@ -38,9 +38,10 @@ def materialised(model, x):
         ("max", 0.3, True, 1 << 30),
         ("min", 0.0, False, 1 << 30),
         ("mean", 0.0, False, 0),
+        ("max", 0.0, False, 0),
         ("max", 0.3, False, 0),
     ],
-    ids=["mean", "max-discard", "min", "mean-second-pass", "max-discard-second-pass"],
+    ids=["mean", "max-discard", "min", "mean-second-pass", "max-second-pass", "max-discard-second-pass"],
 )
 def test_in_forward_equals_materialised_kernels(model, fusion, ratio, renorm, memory):
     config = model.config
@@ -94,13 +95,15 @@ def test_full_rollout_and_partial_specs(model):
     np.testing.assert_allclose(plain, np_(model(x)), rtol=1e-5, atol=1e-6)
 
 
-def test_single_block_model_rollout(tmp_path):
+@pytest.mark.parametrize("memory", [1 << 30, 0], ids=["factor-kept", "second-pass"])
+def test_single_block_model_rollout(tmp_path, memory):
+    """One block: with no factor kept, the row is the last block's own, read in the first pass."""
     ref, path = timm_twin(
         tmp_path, "vit_small_patch16_224", seed=5, **{**TINY, "depth": 1}, patch_size=16, num_classes=3
     )
     model = vitops.load(path)
     x = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
-    got = np_(model.infer(x, reductions=Reductions(rollout="cls"))["reductions"]["rollout"])
+    got = np_(model.infer(x, reductions=Reductions(rollout="cls", memory=memory))["reductions"]["rollout"])
     expected = np_(analysis.cls_rollout(materialised(model, x)["attention"]))
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
@@ -180,15 +183,17 @@ def test_chunked_rows_equal_whole_maps_and_float64(model, monkeypatch, renorm):
         np.testing.assert_allclose(np_(f64[k]), np_(whole[k]), rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("depth", [6, 7])
 @pytest.mark.parametrize("fusion,ratio", [("mean", 0.0), ("min", 0.2)])
-def test_rollout_second_pass_in_segments(fusion, ratio):
+def test_rollout_second_pass_in_segments(fusion, ratio, depth):
     """When neither the factors nor every block's input fit the memory budget, every s-th
     block's input is kept and the blocks between are run again in the second pass (eager
     PyTorch; XLA keeps every input): the CLS row equals the rollout of the materialised maps.
-    A model with more tokens than width (65 tokens, width 16, 6 blocks) and a budget that
-    keeps every third input."""
+    A model with more tokens than width (65 tokens, width 16, 6 or 7 blocks) and a budget that
+    keeps every third input: with 7 blocks the last block's input is among them, and with
+    nothing discarded its row is read in the first pass instead."""
     config = vitops.ViTConfig(
-        image_size=64, patch_size=8, dim=16, depth=6, num_heads=2, mlp_dim=32, num_classes=3
+        image_size=64, patch_size=8, dim=16, depth=depth, num_heads=2, mlp_dim=32, num_classes=3
     )
     model = vitops.VisionTransformer(config)
     rng = np.random.default_rng(9)
@@ -197,7 +202,7 @@ def test_rollout_second_pass_in_segments(fusion, ratio):
     x = rng.standard_normal((3, 64, 64, 3)).astype(np.float32)
     t, d, b = config.num_tokens, config.dim, 3
     kept = 4 * b * t * d * config.depth  # every block's input
-    memory = 2 * kept // 3 + 1  # stride 3: blocks 0 and 3 kept
+    memory = 2 * kept // 3 + 1  # stride 3: blocks 0 and 3 kept (and 6 of 7)
     assert 4 * b * config.depth * t * t > memory  # the factors do not fit either
     spec = Reductions(rollout="cls", head_fusion=fusion, discard_ratio=ratio, memory=memory)
     got = np_(model.infer(x, reductions=spec)["reductions"]["rollout"])
