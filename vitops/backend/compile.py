@@ -7,6 +7,7 @@ import functools
 import keras
 
 from . import name
+from .heap import trimmed_after_compile
 
 
 def compiled(fn=None, *, static_argnames=(), inference: bool = False, autograph: bool = True):
@@ -36,7 +37,8 @@ def compiled(fn=None, *, static_argnames=(), inference: bool = False, autograph:
                 import jax
 
                 f = cache["jax"] = jax.jit(fn, static_argnames=static_argnames)
-            return f(*args, **kwargs)
+            with trimmed_after_compile():  # what compiling freed, handed back before it runs
+                return f(*args, **kwargs)
         if backend == "tensorflow":
             import tensorflow as tf
 

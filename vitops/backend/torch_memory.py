@@ -8,6 +8,7 @@ from __future__ import annotations
 import keras
 
 from . import name
+from .heap import trim
 
 
 def attention_logits(q, k, scratch: dict | None = None):
@@ -52,24 +53,10 @@ def softmax_of_temporary(x, axis: int = -1):
     return keras.ops.softmax(x, axis=axis)
 
 
-_LIBC: list = []  # [malloc_trim or None], looked up once
-
-
 def release_freed() -> None:
-    """Give the pages of freed heap memory back to the system (glibc's malloc_trim), on eager
-    PyTorch. The chunked reductions free tens of medium buffers (1 to 30 MB) per block; glibc
-    keeps such buffers on its heap, where they fragment: at 1024 px (ViT-S/16, batch 2) the
-    process grew 700 MB over the plain pass, 275 MB with the pages handed back."""
-    if name() != "torch":
-        return
-    if not _LIBC:
-        import ctypes
-        import ctypes.util
-
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.append(libc.malloc_trim if hasattr(libc, "malloc_trim") else None)
-        except OSError:
-            _LIBC.append(None)
-    if _LIBC[0] is not None:
-        _LIBC[0](0)
+    """Give the pages of freed heap memory back to the system (`vitops.backend.heap.trim`), on
+    eager PyTorch. The chunked reductions free tens of medium buffers (1 to 30 MB) per block;
+    glibc keeps such buffers on its heap, where they fragment: at 1024 px (ViT-S/16, batch 2)
+    the process grew 700 MB over the plain pass, 275 MB with the pages handed back."""
+    if name() == "torch":
+        trim()
