@@ -182,7 +182,7 @@ def run_study(
             if batch.positions:
                 # what the last batch's host side freed (copies, accumulator updates, the decoding
                 # threads' arenas), handed back before the pass: at 1024 px (ViT-S/16, batch 2)
-                # the peak was 24-71 MB lower on jax and 34-47 MB on torch
+                # the peak was 24 and 71 MB lower on jax, 34 and 47 MB on torch (two runs each)
                 heap.trim()
                 _analyse_batch(study, loaded, preparers, writers, batch, names, samples, spec, distribution)
             done += len(batch.positions) + len(batch.failed)

@@ -9,7 +9,7 @@ module, importing the backend itself only when asked:
     grad          value and gradient of a pure function (jax, torch autograd, tf.GradientTape)
     distribute    data parallelism over devices (keras.distribution, JAX)
     torch_memory  eager PyTorch's buffer reuse for the attention maps
-    heap          handing freed C-heap pages back (after an XLA compile, between chunks)
+    heap          handing freed C-heap pages back (after jax compiles, between batches)
     fused         fused kernels keras.ops does not name (PyTorch's linear, attention without
                   maps) and the attention's step sizes on XLA
     reduce        a weighted sum whose summation order is the same on one device or several
