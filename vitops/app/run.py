@@ -173,6 +173,19 @@ def run_study(
     bar = keras.utils.Progbar(
         total, unit_name="image", verbose=1 if progress else 0, stateful_metrics=["images/s"]
     )
+    # Where a block's maps exceed the analyses' budget (high resolutions), what the last batch's
+    # host side freed (copies, accumulator updates, the decoding threads' arenas) is handed back
+    # before each pass: at 1024 px (ViT-S/16, batch 2) the peak was 24 and 71 MB lower on jax,
+    # 34 and 47 MB on torch (two runs each). Not below: at 224 px (ViT-B/16, batch 8) it cost 3
+    # and 4 % of torch's images/s (jax: 1 and 3 %).
+    large = any(
+        4
+        * settings.batch_size
+        * ms.config.num_heads
+        * (ms.config.num_prefix_tokens + ms.grid[0] * ms.grid[1]) ** 2
+        > spec.memory
+        for ms in studies
+    )
     done, t0 = 0, time.perf_counter()
     decode = inputs.decoder(items, [p.prepare for p in preparers], _read)
     try:
@@ -180,10 +193,8 @@ def run_study(
             for pos, reason in batch.failed:
                 study.skipped.append({"position": pos, "image": names[pos], "reason": reason})
             if batch.positions:
-                # what the last batch's host side freed (copies, accumulator updates, the decoding
-                # threads' arenas), handed back before the pass: at 1024 px (ViT-S/16, batch 2)
-                # the peak was 24 and 71 MB lower on jax, 34 and 47 MB on torch (two runs each)
-                heap.trim()
+                if large:
+                    heap.trim()
                 _analyse_batch(study, loaded, preparers, writers, batch, names, samples, spec, distribution)
             done += len(batch.positions) + len(batch.failed)
             bar.update(done, values=[("images/s", done / max(time.perf_counter() - t0, 1e-9))])
