@@ -10,7 +10,8 @@ be needed:
   heap. ViT-S/16 at 1024 px, batch 2, with the default analyses (CPU): compiling left 155 MB
   more resident, 102 MB of it free and handed back by a trim; in two runs each, `vitops
   analyze` peaked 128 and 163 MB lower;
-- before each batch's pass and before the report (`vitops.app.run`);
+- before each batch's pass where a block's maps exceed the analyses' budget, and before the
+  report (`vitops.app.run`);
 - between the chunks of eager PyTorch's reductions, which free tens of 1-30 MB buffers per
   block (`vitops.backend.torch_memory.release_freed`).
 
