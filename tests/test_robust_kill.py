@@ -14,10 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers.timm_reference import TINY, make_timm, save_state_dict
 
 import vitops
+import vitops.app.cli
 from vitops import hub
 from vitops.io import temporary as _cleanup
 
@@ -297,3 +299,67 @@ def test_sigterm_inside_a_gc_callback_still_ends_the_program():
     assert "finally ran after" in done.stdout  # raised where `finally` blocks run, not a hard exit
     # timed inside the program (importing the backend may take longer than the sleep)
     assert float(done.stdout.split()[-1]) < 5, "the signal was lost until the sleep ended"
+
+
+# ---- a SIGTERM that reaches the code as another exception ----
+
+
+def _signal_inside_c(signum=signal.SIGTERM):
+    """What CPython raises when a signal handler's SystemExit lands while a C function runs
+    Python code and that function returns a value anyway: a SystemError caused by it (seen in CI
+    as "<built-in function fspath> returned a result with an exception set")."""
+    from vitops.io.signals import _SignalExit
+
+    try:
+        raise _SignalExit(signum)
+    except SystemExit as e:
+        raise SystemError("<built-in function fspath> returned a result with an exception set") from e
+
+
+@pytest.mark.parametrize("wrap", ["system_error", "error_message"])
+def test_cli_ends_with_143_when_the_signal_came_as_another_exception(monkeypatch, tmp_path, capsys, wrap):
+    import vitops.converters
+
+    def convert(*args, **kwargs):
+        if wrap == "system_error":
+            _signal_inside_c()
+        try:
+            _signal_inside_c()
+        except SystemError as e:  # as the readers do: any failure becomes a clear error, context hidden
+            raise vitops.ConversionError(f"cannot read the file: {e}") from None
+
+    monkeypatch.setattr(vitops.converters, "convert", convert)
+    with pytest.raises(SystemExit) as ended:
+        vitops.app.cli.main(["convert", str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors")])
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert "error" not in capsys.readouterr().err  # no error message for a termination
+
+
+def test_cli_still_reports_an_unrelated_system_error(monkeypatch, tmp_path, capsys):
+    import vitops.converters
+
+    def convert(*args, **kwargs):
+        raise SystemError("a real bug")
+
+    monkeypatch.setattr(vitops.converters, "convert", convert)
+    code = vitops.app.cli.main(["convert", str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors")])
+    assert code == 1 and "internal error: SystemError: a real bug" in capsys.readouterr().err
+
+
+def test_a_signal_inside_an_image_decoder_ends_the_run_instead_of_skipping_the_image():
+    from vitops.app.inputs import decoder
+
+    def read(item):
+        if item == "signalled":
+            _signal_inside_c()
+        if item == "broken":
+            raise ValueError("not an image")
+        return np.zeros((4, 4, 3), np.uint8)
+
+    work = decoder(["fine", "broken", "fine"], [lambda rgb: rgb], read)
+    batch = work(range(3))
+    assert batch.positions == [0, 2] and [p for p, _ in batch.failed] == [1]  # a failure skips
+    work = decoder(["fine", "signalled", "fine"], [lambda rgb: rgb], read)
+    with pytest.raises(SystemExit) as ended:
+        work(range(3))
+    assert ended.value.code == 128 + signal.SIGTERM

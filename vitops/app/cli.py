@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     if debug:
         argv.remove("--debug")
     from ..backend.select import choose_backend
-    from ..io.signals import exit_on_sigterm
+    from ..io.signals import exit_on_sigterm, raise_signal_exit_in
 
     exit_on_sigterm()  # SIGTERM runs the same clean-up as an error: no temporary stays
     chosen, problem = choose_backend()
@@ -288,28 +288,32 @@ def main(argv=None) -> int:
     command = f"vitops {args.command}"
     try:
         return args.func(args)
-    except VitopsError as e:
+    except Exception as e:
+        # A SIGTERM whose SystemExit a C function turned into a SystemError, or an error message
+        # made from it: the program still ends as terminated (143), its clean-up already done.
+        raise_signal_exit_in(e)
         if debug:
             raise
-        print(f"{command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a folder that vanished: the OS's words and the path
-        if debug:
-            raise
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"{command}: error: {os_reason(e)}{where}", file=sys.stderr)
-        return 2
+        return _report_error(command, e)
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        if debug:
-            raise
-        print(
-            f"{command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+
+
+def _report_error(command: str, e: Exception) -> int:
+    """Print what went wrong in one line; returns the exit code (2: the input, 1: vitops)."""
+    if isinstance(e, VitopsError):
+        print(f"{command}: error: {e}", file=sys.stderr)
+        return 2
+    if isinstance(e, OSError):  # a full disk, a folder that vanished: the OS's words and the path
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{command}: error: {os_reason(e)}{where}", file=sys.stderr)
+        return 2
+    print(
+        f"{command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":
