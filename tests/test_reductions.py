@@ -5,6 +5,8 @@ absolute floor of 1e-6 for probabilities, rollouts and CKA terms; distances (pix
 1e-5. The compiled inference path must also leave nothing for autograd on PyTorch.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from helpers.timm_reference import TINY, timm_twin
 import vitops
 from vitops import analysis
 from vitops.analysis.reductions import Reductions
+from vitops.app.settings import RunSettings
 
 np_ = keras.ops.convert_to_numpy
 BACKEND = keras.config.backend()
@@ -260,3 +263,39 @@ def test_token_norms_and_logit_lens_equal_timm(tmp_path, name, kwargs):
     final = model.infer(x)
     last = final["logits"] if model.config.num_classes else final["features"]
     np.testing.assert_allclose(np_(got["logit_lens"])[:, -1], np_(last), rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="views that keep their base alive: eager PyTorch")
+@pytest.mark.parametrize("memory", [1 << 30, 0], ids=["factor-kept", "second-pass"])
+def test_the_pass_keeps_no_view_of_a_larger_tensor(model, monkeypatch, memory):
+    """What the reductions keep from block to block holds its own memory: a kept view of a
+    block's output (the class token x[:, 0], say) would keep all of that output (B, T, D) alive
+    until the pass ends, one per block."""
+    views, steps = [], []
+
+    def kept_views(value, path):
+        if hasattr(value, "untyped_storage"):
+            own = value.numel() * value.element_size()
+            if value.untyped_storage().nbytes() > 2 * own:  # (the patches of x: x less its prefix)
+                views.append((path, tuple(value.shape), value.untyped_storage().nbytes(), own))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                kept_views(v, f"{path}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                kept_views(v, f"{path}[]")
+
+    step = Reductions.step
+
+    def checked(self, state, x, parts, last):
+        state = step(self, state, x, parts, last)
+        steps.append(last)
+        kept_views(state, "state")
+        return state
+
+    monkeypatch.setattr(Reductions, "step", checked)
+    spec = dataclasses.replace(RunSettings().reductions(), memory=memory)
+    x = np.random.default_rng(4).standard_normal((3, 64, 48, 3)).astype(np.float32)
+    model.infer(x, reductions=spec)
+    assert len(steps) == model.config.depth and steps[-1]  # every block's step was checked
+    assert views == []
