@@ -346,12 +346,47 @@ def test_cli_still_reports_an_unrelated_system_error(monkeypatch, tmp_path, caps
     assert code == 1 and "internal error: SystemError: a real bug" in capsys.readouterr().err
 
 
-def test_a_signal_inside_an_image_decoder_ends_the_run_instead_of_skipping_the_image():
+def _interrupt_inside_c():
+    """Ctrl-C's KeyboardInterrupt, landed inside a C function: a SystemError caused by it."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as e:
+        raise SystemError("<built-in function fspath> returned a result with an exception set") from e
+
+
+def _as_error_message(signalled, error=vitops.ImageError):
+    """What the readers do with any exception: a clear error, the original context hidden."""
+    try:
+        signalled()
+    except SystemError as e:
+        raise error(f"cannot read it: {e}") from None
+
+
+def test_cli_ends_with_130_when_ctrl_c_came_as_another_exception(monkeypatch, tmp_path, capsys):
+    import vitops.converters
+
+    monkeypatch.setattr(vitops.converters, "convert", lambda *a, **k: _interrupt_inside_c())
+    code = vitops.app.cli.main(["convert", str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors")])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "how,ends",
+    [
+        ("terminated", SystemExit),
+        ("terminated-as-error", SystemExit),
+        ("interrupted", KeyboardInterrupt),
+        ("interrupted-as-error", KeyboardInterrupt),
+    ],
+)
+def test_a_signal_inside_an_image_decoder_ends_the_run_instead_of_skipping_the_image(how, ends):
     from vitops.app.inputs import decoder
+
+    signalled = _signal_inside_c if how.startswith("terminated") else _interrupt_inside_c
 
     def read(item):
         if item == "signalled":
-            _signal_inside_c()
+            _as_error_message(signalled) if how.endswith("as-error") else signalled()
         if item == "broken":
             raise ValueError("not an image")
         return np.zeros((4, 4, 3), np.uint8)
@@ -360,6 +395,46 @@ def test_a_signal_inside_an_image_decoder_ends_the_run_instead_of_skipping_the_i
     batch = work(range(3))
     assert batch.positions == [0, 2] and [p for p, _ in batch.failed] == [1]  # a failure skips
     work = decoder(["fine", "signalled", "fine"], [lambda rgb: rgb], read)
-    with pytest.raises(SystemExit) as ended:
+    with pytest.raises(ends) as ended:
         work(range(3))
-    assert ended.value.code == 128 + signal.SIGTERM
+    if ends is SystemExit:
+        assert ended.value.code == 128 + signal.SIGTERM
+
+
+def test_a_signal_inside_a_reader_is_not_turned_into_its_error(monkeypatch, tmp_path):
+    """The readers that turn any failure into a one-line error (a hub download, a PyTorch
+    checkpoint, a .npz file, an image header, an analysis argument) let a signal through."""
+    import zipfile
+
+    import huggingface_hub
+    import PIL.Image
+
+    from vitops.analysis._checks import as_tensor
+    from vitops.converters.checkpoint_files import read_torch_pickle
+    from vitops.converters.npz import read_npz
+    from vitops.hub.download import download_hf
+    from vitops.io.image_header import _pillow
+
+    def signalled(*args, **kwargs):
+        _signal_inside_c()
+
+    pth, npz, png = tmp_path / "a.pth", tmp_path / "a.npz", tmp_path / "a.png"
+    torch.save({"w": torch.zeros(2)}, pth)
+    np.savez(npz, w=np.zeros(2, np.float32))
+    PIL.Image.new("RGB", (4, 4)).save(png)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", signalled)
+    monkeypatch.setattr(torch, "load", signalled)
+    monkeypatch.setattr(zipfile.ZipFile, "infolist", signalled)
+    monkeypatch.setattr(PIL.Image, "open", signalled)
+    monkeypatch.setattr(vitops.analysis._checks.ops, "convert_to_tensor", signalled)
+    calls = {
+        "hub": lambda: download_hf({"hf_repo": "a/b", "filename": "c"}, tmp_path),
+        "pth": lambda: read_torch_pickle(pth),
+        "npz": lambda: read_npz(npz),
+        "image header": lambda: _pillow(png),
+        "analysis argument": lambda: as_tensor([1.0], "x"),
+    }
+    for what, call in calls.items():
+        with pytest.raises(SystemExit) as ended:
+            call()
+        assert ended.value.code == 128 + signal.SIGTERM, what

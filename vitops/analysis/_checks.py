@@ -7,12 +7,14 @@ import math
 from keras import ops
 
 from ..errors import AnalysisError
+from ..io.signals import reraise_signal
 
 
 def as_tensor(x, name: str):
     try:
         return ops.convert_to_tensor(x)
     except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
+        reraise_signal(e)
         raise AnalysisError(f"{name} must be an array, got {type(x).__name__}: {e}") from None
 
 

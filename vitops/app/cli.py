@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     if debug:
         argv.remove("--debug")
     from ..backend.select import choose_backend
-    from ..io.signals import exit_on_sigterm, raise_signal_exit_in
+    from ..io.signals import exit_on_sigterm, signal_exception_in
 
     exit_on_sigterm()  # SIGTERM runs the same clean-up as an error: no temporary stays
     chosen, problem = choose_backend()
@@ -289,9 +289,15 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Exception as e:
-        # A SIGTERM whose SystemExit a C function turned into a SystemError, or an error message
-        # made from it: the program still ends as terminated (143), its clean-up already done.
-        raise_signal_exit_in(e)
+        # A signal's exception that a C function turned into a SystemError, or an error message
+        # made from one: the program still ends as the signal asked (143, or 130 for Ctrl-C),
+        # its clean-up already done.
+        signalled = signal_exception_in(e)
+        if isinstance(signalled, KeyboardInterrupt):
+            print(f"{command}: interrupted", file=sys.stderr)
+            return 130
+        if signalled is not None:
+            raise signalled from None
         if debug:
             raise
         return _report_error(command, e)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import AnalysisError, VitopsError, clip_text
 from ..io.names import display_name
-from ..io.signals import raise_signal_exit_in
+from ..io.signals import reraise_signal
 
 # What a folder's images are. OpenCV decodes GIF from 5.0 on; an older OpenCV names the file as
 # undecodable, and it is listed as skipped (not silently left out).
@@ -163,11 +163,11 @@ def decoder(items, preparers: Sequence[Callable], read: Callable) -> Callable[[r
                 rgb = read(item)
                 prepared = [prep(rgb) for prep in preparers]
             except VitopsError as e:
-                raise_signal_exit_in(e)  # a SIGTERM inside a decoder ends the run, not the image
+                reraise_signal(e)  # a signal inside a decoder ends the run, not the image
                 failed.append((pos, display_name(clip_text(str(e), MAX_REASON_CHARS))))
                 continue
             except Exception as e:  # noqa: BLE001 - any failure of one image skips that image only
-                raise_signal_exit_in(e)
+                reraise_signal(e)
                 failed.append((pos, display_name(clip_text(f"{type(e).__name__}: {e}", MAX_REASON_CHARS))))
                 continue
             positions.append(pos)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ConversionError, capped, clip_text, os_reason
 from ..io.safetensors_header import FLOAT_DTYPES, read_float32, read_header
+from ..io.signals import reraise_signal
 
 
 def check_readable(path) -> None:
@@ -60,6 +61,7 @@ def read_torch_pickle(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors, truncation, refused globals
+        reraise_signal(e)
         raise ConversionError(
             f"cannot read {path} as a PyTorch checkpoint "
             f"(loaded with weights_only=True): {clip_text(str(e), 300)}"

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..core.config import ViTConfig
 from ..errors import capped, clip, clip_text
+from ..io.signals import reraise_signal
 from .checkpoint_files import ConversionError, check_readable
 
 # Weights hardly compress (float32 noise: ~1.1x; np.savez stores them uncompressed), so a
@@ -47,6 +48,7 @@ def read_npz(path) -> dict[str, np.ndarray]:
     except ConversionError:
         raise
     except Exception as e:  # noqa: BLE001 - zip errors, CRC, truncation, encrypted members
+        reraise_signal(e)
         raise ConversionError(
             f"cannot read {path} as a .npz checkpoint: {type(e).__name__}: {clip_text(str(e), 200)}"
         ) from None

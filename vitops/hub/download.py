@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import HubError, clip, os_reason
-from ..io.signals import raise_signal_exit_in
+from ..io.signals import reraise_signal
 
 _MIB = 1 << 20
 
@@ -76,7 +76,7 @@ def download_hf(source: dict, workdir: Path) -> Path:
             )
         )
     except Exception as e:  # noqa: BLE001 - network, auth, missing file: all end here
-        raise_signal_exit_in(e)  # a SIGTERM during the download stays a SIGTERM
+        reraise_signal(e)  # a signal during the download stays that signal
         raise HubError(
             f"download of {source['hf_repo']}/{source['filename']} from the Hugging Face "
             f"hub failed (no network?): {type(e).__name__}: {clip(str(e), 300)}"

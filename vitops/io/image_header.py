@@ -13,6 +13,7 @@ import struct
 import warnings
 
 from ..errors import ImageError, clip_text, os_reason
+from .signals import reraise_signal
 
 _PNM_MAGIC = re.compile(rb"^P[1-7]\s|^P[Ff]\s")
 _HEADER_BYTES = 1 << 16  # text headers (PNM comments, HDR variables) beyond this are not images
@@ -92,6 +93,7 @@ def _pillow(path):
                 raise ImageError(f"cannot read {path}: {os_reason(e)}") from None
             raise ImageError(f"cannot read {path} as an image: {clip_text(str(e), 200)}") from None
         except Exception as e:  # noqa: BLE001 - a corrupt header can raise anything in a plugin
+            reraise_signal(e)
             raise ImageError(
                 f"cannot read the image header of {path}: {type(e).__name__}: {clip_text(str(e), 200)}"
             ) from None

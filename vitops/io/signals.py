@@ -23,28 +23,30 @@ def _raise_exit(signum, frame):
     raise _SignalExit(signum)
 
 
-def signal_exit_in(exc: BaseException | None) -> SystemExit | None:
-    """The SystemExit a signal raised, if it is `exc` or in its chain of causes and contexts.
+def signal_exception_in(exc: BaseException | None) -> BaseException | None:
+    """What a signal raised, if it is `exc` or in its chain of causes and contexts: the
+    SystemExit of SIGTERM (`exit_on_sigterm`) or the KeyboardInterrupt of Ctrl-C.
 
     A handler's exception that lands while a C function runs Python code (os.fspath calling a
     path's __fspath__, say) comes out as a SystemError ("returned a result with an exception
     set") caused by it; code that turns any exception into an error message, or skips an image
-    on one, asks this first so a SIGTERM still ends the program with 143."""
+    on one, asks this first so the signal still ends the program (143, or 130 for Ctrl-C)."""
     todo, seen = [exc], set()
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
-        if isinstance(e, _SignalExit):
+        if isinstance(e, (_SignalExit, KeyboardInterrupt)):
             return e
         seen.add(id(e))
         todo += [e.__cause__, e.__context__]
     return None
 
 
-def raise_signal_exit_in(exc: BaseException) -> None:
-    """Raise the signal's SystemExit found in exc's chain (signal_exit_in); otherwise return."""
-    found = signal_exit_in(exc)
+def reraise_signal(exc: BaseException) -> None:
+    """Raise what a signal raised, found in exc's chain (`signal_exception_in`); otherwise
+    return, for the caller's own handling of exc."""
+    found = signal_exception_in(exc)
     if found is not None:
         raise found
 
