@@ -441,21 +441,30 @@ def test_api_misuse_gives_vitops_errors():
 # ---- one CLI error path ----
 
 
-def test_debug_shows_the_traceback_for_every_command(tmp_path):
-    for argv in (
-        ["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o.safetensors")],
+def test_debug_shows_the_traceback_for_every_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("VITOPS_REGISTRY", str(tmp_path / "missing.json"))
+    commands = (
         ["models"],
+        ["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o.safetensors")],
         ["report", str(tmp_path / "missing.safetensors")],
-    ):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VITOPS_REGISTRY": str(tmp_path / "missing.json")}
-        plain = subprocess.run(
-            [sys.executable, "-m", "vitops", *argv], capture_output=True, text=True, env=env
+    )
+    # The installed entry point, in a process of its own: Python prints the traceback
+    env = dict(os.environ)
+    plain, debug = (
+        subprocess.run(
+            [sys.executable, "-m", "vitops", *commands[0], *extra], capture_output=True, text=True, env=env
         )
-        debug = subprocess.run(
-            [sys.executable, "-m", "vitops", *argv, "--debug"], capture_output=True, text=True, env=env
-        )
-        assert plain.returncode == 2 and "Traceback" not in plain.stderr, plain.stderr
-        assert debug.returncode != 0 and "Traceback" in debug.stderr, (argv, debug.stderr[-500:])
+        for extra in ([], ["--debug"])
+    )
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr, plain.stderr
+    assert debug.returncode != 0 and "Traceback" in debug.stderr, debug.stderr[-500:]
+    # and every command in this process (each process start costs a backend's import)
+    for argv in commands:
+        assert main(argv) == 2
+        one_line_error(capsys, argv[0])
+        with pytest.raises(vitops.VitopsError):  # --debug: the exception itself, to Python
+            main([*argv, "--debug"])
 
 
 def test_a_full_disk_names_the_output(tmp_path, monkeypatch, capsys):
