@@ -450,11 +450,8 @@ def test_debug_shows_the_traceback_for_every_command(tmp_path, monkeypatch, caps
         ["report", str(tmp_path / "missing.safetensors")],
     )
     # The installed entry point, in a process of its own: Python prints the traceback
-    env = dict(os.environ)
     plain, debug = (
-        subprocess.run(
-            [sys.executable, "-m", "vitops", *commands[0], *extra], capture_output=True, text=True, env=env
-        )
+        subprocess.run([sys.executable, "-m", "vitops", *commands[0], *extra], capture_output=True, text=True)
         for extra in ([], ["--debug"])
     )
     assert plain.returncode == 2 and "Traceback" not in plain.stderr, plain.stderr
