@@ -449,7 +449,7 @@ def test_debug_shows_the_traceback_for_every_command(tmp_path, monkeypatch, caps
         ["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o.safetensors")],
         ["report", str(tmp_path / "missing.safetensors")],
     )
-    # The installed entry point, in a process of its own: Python prints the traceback
+    # `python -m vitops` in a process of its own: there Python prints the traceback
     plain, debug = (
         subprocess.run([sys.executable, "-m", "vitops", *commands[0], *extra], capture_output=True, text=True)
         for extra in ([], ["--debug"])
