@@ -190,11 +190,12 @@ def test_chunked_rows_equal_whole_maps_and_float64(model, monkeypatch, renorm):
 @pytest.mark.parametrize("fusion,ratio", [("mean", 0.0), ("min", 0.2)])
 def test_rollout_second_pass_in_segments(fusion, ratio, depth):
     """When neither the factors nor every block's input fit the memory budget, every s-th
-    block's input is kept and the blocks between are run again in the second pass (eager
-    PyTorch; XLA keeps every input): the CLS row equals the rollout of the materialised maps.
-    A model with more tokens than width (65 tokens, width 16, 6 or 7 blocks) and a budget that
-    keeps every third input: with 7 blocks the last block's input is among them, and with
-    nothing discarded its row is read in the first pass instead."""
+    block's input is kept and the blocks between are run again in the second pass, which
+    `infer` runs after the first, a segment at a time (within one XLA program the blocks run
+    again would be merged with the first pass's): the CLS row equals the rollout of the
+    materialised maps. A model with more tokens than width (65 tokens, width 16, 6 or 7
+    blocks) and a budget that keeps every third input: with 7 blocks the last block's input is
+    among them, and with nothing discarded its row is read in the first pass instead."""
     config = vitops.ViTConfig(
         image_size=64, patch_size=8, dim=16, depth=depth, num_heads=2, mlp_dim=32, num_classes=3
     )
@@ -213,6 +214,17 @@ def test_rollout_second_pass_in_segments(fusion, ratio, depth):
     ref = np_(analysis.cls_rollout(maps, fusion, ratio, num_prefix_tokens=1, grid=(8, 8))).reshape(3, -1)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert np.abs(ref - ref.mean(-1, keepdims=True)).max() > 1e-3  # not a uniform map
+    # what the first pass leaves for the second: every third block's input, on every backend
+    params = {k: v.value for k, v in model.variables_by_key.items()}
+    out = vitops.forward(params, config, x, reductions=spec, rollout_carry=True)
+    assert "rollout" not in out["reductions"]
+    kept = sorted(int(k) for k in out["rollout_carry"]["inputs"])
+    assert kept == ([0, 3] if depth == 6 or ratio == 0 else [0, 3, 6])
+    block_3_input = np_(model(x, return_hidden=True)["hidden"][3])
+    np.testing.assert_allclose(np_(out["rollout_carry"]["inputs"]["3"]), block_3_input, rtol=1e-5, atol=1e-5)
+    # the same pass run whole within `forward` (every input kept, or every third on PyTorch)
+    whole = vitops.forward(params, config, x, reductions=spec)["reductions"]["rollout"]
+    np.testing.assert_allclose(np_(whole), ref, rtol=1e-5, atol=1e-6)
 
 
 def _timm_states(ref, images_nhwc):

@@ -15,31 +15,41 @@ import numpy as np
 
 from ..backend.compile import compiled
 from .config import ViTConfig
-from .vit import check_num_blocks, forward, param_shapes
+from .vit import check_images, check_num_blocks, forward, param_shapes, rollout_segment
 
 
-def _inference(
-    params, images, config, return_attention, return_hidden, reductions, compute_dtype, num_blocks
-):
+def _cast(params: dict, compute_dtype: str) -> dict:
     # What Keras' autocast does for call(): float weights are read in the compute dtype.
-    params = {
+    return {
         k: keras.ops.cast(v, compute_dtype)
         if keras.backend.standardize_dtype(v.dtype) != compute_dtype
         else v
         for k, v in params.items()
     }
+
+
+def _inference(
+    params, images, config, return_attention, return_hidden, reductions, compute_dtype, num_blocks
+):
     return forward(
-        params,
+        _cast(params, compute_dtype),
         config,
         images,
         return_attention=return_attention,
         return_hidden=return_hidden,
         reductions=reductions,
         num_blocks=num_blocks,
+        rollout_carry=reductions is not None,
     )
 
 
-# One compiled version per (config, outputs asked for, reductions, blocks run), and per input shape.
+def _segment(params, x, row, config, reductions, grid, compute_dtype):
+    # blocks 0 .. config.depth - 1 of params: one segment's blocks, renumbered from 0
+    return rollout_segment(_cast(params, compute_dtype), config, x, row, reductions, grid, 0, config.depth)
+
+
+# One compiled version per (config, outputs asked for, reductions, blocks run), and per input
+# shape; the rollout's segments one per segment length.
 _compiled_inference = compiled(
     _inference,
     static_argnames=(
@@ -51,6 +61,9 @@ _compiled_inference = compiled(
         "num_blocks",
     ),
     inference=True,
+)
+_compiled_segment = compiled(
+    _segment, static_argnames=("config", "reductions", "grid", "compute_dtype"), inference=True
 )
 
 
@@ -143,12 +156,19 @@ class VisionTransformer(keras.Model):
         out["reductions"] when reductions (a `vitops.analysis.Reductions`) is given; with
         num_blocks, only the first num_blocks blocks run (`vitops.forward`).
         images: (B, Y, X, 3) preprocessed, numpy or a backend tensor.
+
+        A CLS rollout whose factors and block inputs do not fit `reductions.memory` is
+        finished in a second pass after this one, from the last block down, one compiled call
+        per segment of blocks: only every s-th block's input is kept, and each segment's
+        blocks run again from it (inside one XLA program they would be merged with the first
+        pass's).
         """
         if num_blocks is not None:  # checked before it keys the compiled version
             check_num_blocks(num_blocks, self.config)
         images = keras.ops.convert_to_tensor(images, self.compute_dtype)
-        return _compiled_inference(
-            self._params(),
+        params = self._params()
+        out = _compiled_inference(
+            params,
             images,
             config=self.config,
             return_attention=bool(return_attention),
@@ -157,6 +177,35 @@ class VisionTransformer(keras.Model):
             compute_dtype=self.compute_dtype,
             num_blocks=num_blocks,
         )
+        carry = out.pop("rollout_carry", None)
+        if carry is not None:
+            depth = self.config.depth if num_blocks is None else num_blocks
+            grid = check_images(images, self.config)
+            out["reductions"]["rollout"] = self._second_pass(params, carry, reductions, grid, depth)
+        return out
+
+    def _second_pass(self, params, carry: dict, reductions, grid, depth: int):
+        """The rollout's CLS row over the patches (B, N), carried down from `carry`
+        (`Reductions.rollout_carry`) a segment at a time; each kept input is released once
+        its segment is done."""
+        inputs, row = carry.pop("inputs"), carry.pop("row")
+        state = {**reductions.geometry(self.config, grid), "_store": False, "_inputs": inputs}
+        for first, end in reductions.second_pass(state, depth):
+            blocks = {  # the segment's blocks, renumbered from 0: one program per length
+                f"blocks.{i - first}.{k.split('.', 2)[2]}": v
+                for k, v in params.items()
+                if k.startswith("blocks.") and first <= (i := int(k.split(".")[1])) < end
+            }
+            row = _compiled_segment(
+                blocks,
+                inputs.pop(str(first)),
+                row,
+                config=self.config.replace(depth=end - first),
+                reductions=reductions,
+                grid=grid,
+                compute_dtype=self.compute_dtype,
+            )
+        return row[:, self.config.num_prefix_tokens :]
 
     def get_config(self):
         return {"vit_config": self.config.to_json(), "name": self.name, "metadata": dict(self.metadata)}

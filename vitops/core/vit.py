@@ -335,6 +335,7 @@ def forward(
     reductions=None,
     attention_delta=None,
     num_blocks: int | None = None,
+    rollout_carry: bool = False,
 ) -> dict:
     """Run the model on preprocessed images (B, Y, X, 3); Y, X multiples of the patch.
 
@@ -366,6 +367,12 @@ def forward(
       intermediates asked for ("hidden": num_blocks + 1 arrays, "attention": num_blocks maps,
       "reductions" over those blocks, their last one standing for the last block); no final
       norm, pooling or head, which never run.
+    rollout_carry: the CLS rollout's second pass, when it runs blocks again (only every s-th
+      block's input kept within `reductions.memory`, `Reductions.start`), is left to the
+      caller: out["rollout_carry"] holds what `rollout_segment` continues from
+      (`Reductions.rollout_carry`) and out["reductions"] has no "rollout"
+      (`VisionTransformer.infer` runs it). Within one XLA program those blocks would be
+      merged with the first pass's, so without it jax and tensorflow keep every input.
     """
     c = config
     if num_blocks is not None:
@@ -409,6 +416,7 @@ def forward(
             whole,
             readout=lambda t: readout(params, c, t),
             final_norm=lambda t: final_norm(params, c, t),
+            carry=rollout_carry,
         )
         if reductions is not None
         else None
@@ -456,8 +464,7 @@ def forward(
         if return_hidden:
             out["hidden"] = hidden
         if state is not None:
-            state = reductions.rollout_down(state, block_parts, run_block=run_block)
-            out["reductions"] = reductions.finish(state)
+            out.update(_second_pass(reductions, state, block_parts, run_block, rollout_carry))
         return out
     pool_delta = attention_delta[c.depth] if attention_delta is not None and c.pool == "map" else None
     out, pool_probs = _head(params, c, x, need_probs, pool_delta)
@@ -468,6 +475,35 @@ def forward(
     if return_hidden:
         out["hidden"] = hidden
     if state is not None:
-        state = reductions.rollout_down(state, block_parts, pool_probs, run_block)
-        out["reductions"] = reductions.finish(state, pool_probs)
+        out.update(_second_pass(reductions, state, block_parts, run_block, rollout_carry, pool_probs))
     return out
+
+
+def _second_pass(reductions, state, block_parts, run_block, carry: bool, pool_probs=None) -> dict:
+    """out["reductions"], with the rollout's second pass run here or, with carry, left to the
+    caller as out["rollout_carry"] (see `forward`)."""
+    out = {}
+    rest = reductions.rollout_carry(state, pool_probs) if carry else None
+    if rest is not None:
+        out["rollout_carry"] = rest
+    else:
+        state = reductions.rollout_down(state, block_parts, pool_probs, run_block)
+    out["reductions"] = reductions.finish(state, pool_probs)
+    return out
+
+
+def rollout_segment(params, config: ViTConfig, x, row, reductions, grid, first: int, end: int):
+    """One segment of the rollout's second pass, continued after `forward(...,
+    rollout_carry=True)`: row (B, T) carried down through blocks end - 1 .. first, from block
+    first's kept input x (B, T, D); the blocks between run again. Returns the row (B, T)."""
+    tables = rope(config, grid)
+    scratch: dict = {}
+
+    def block_parts(i, x, rows):
+        return reduced_attention(params, config, i, x, (*rows, scratch, reductions.memory), tables)
+
+    def run_block(i, x):
+        return block(params, config, i, x, rope=tables)[0]
+
+    state = reductions.geometry(config, grid)
+    return reductions.segment_down(state, row, block_parts, run_block, first, end, x)
