@@ -82,5 +82,6 @@ def recomputes() -> bool:
     same inputs within one compiled graph (common-subexpression elimination), so the blocks
     run again in the rollout's second pass kept every block's output alive instead, and more
     (ViT-S/16 at 1024 px, batch 2, jax: +567 MB over the plain pass against +383 MB with every
-    block's input kept)."""
+    block's input kept). `VisionTransformer.infer` therefore runs those blocks after the
+    compiled pass, in programs of their own (`vitops.core.vit.rollout_segment`)."""
     return name() == "torch"
