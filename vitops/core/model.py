@@ -181,21 +181,22 @@ class VisionTransformer(keras.Model):
         if carry is not None:
             depth = self.config.depth if num_blocks is None else num_blocks
             grid = check_images(images, self.config)
-            out["reductions"]["rollout"] = self._second_pass(params, carry, reductions, grid, depth)
+            out["reductions"]["rollout"] = self._rollout_segments(params, carry, reductions, grid, depth)
         return out
 
-    def _second_pass(self, params, carry: dict, reductions, grid, depth: int):
+    def _rollout_segments(self, params, carry: dict, reductions, grid, depth: int):
         """The rollout's CLS row over the patches (B, N), carried down from `carry`
         (`Reductions.rollout_carry`) a segment at a time; each kept input is released once
         its segment is done."""
         inputs, row = carry.pop("inputs"), carry.pop("row")
         state = {**reductions.geometry(self.config, grid), "_store": False, "_inputs": inputs}
         for first, end in reductions.second_pass(state, depth):
-            blocks = {  # the segment's blocks, renumbered from 0: one program per length
-                f"blocks.{i - first}.{k.split('.', 2)[2]}": v
-                for k, v in params.items()
-                if k.startswith("blocks.") and first <= (i := int(k.split(".")[1])) < end
-            }
+            blocks = {}  # the segment's blocks, renumbered from 0: one program per length
+            for i in range(first, end):
+                old = f"blocks.{i}."
+                blocks.update(
+                    {f"blocks.{i - first}.{k[len(old) :]}": v for k, v in params.items() if k.startswith(old)}
+                )
             row = _compiled_segment(
                 blocks,
                 inputs.pop(str(first)),

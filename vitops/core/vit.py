@@ -464,7 +464,7 @@ def forward(
         if return_hidden:
             out["hidden"] = hidden
         if state is not None:
-            out.update(_second_pass(reductions, state, block_parts, run_block, rollout_carry))
+            out.update(_finish_reductions(reductions, state, block_parts, run_block, rollout_carry))
         return out
     pool_delta = attention_delta[c.depth] if attention_delta is not None and c.pool == "map" else None
     out, pool_probs = _head(params, c, x, need_probs, pool_delta)
@@ -475,11 +475,11 @@ def forward(
     if return_hidden:
         out["hidden"] = hidden
     if state is not None:
-        out.update(_second_pass(reductions, state, block_parts, run_block, rollout_carry, pool_probs))
+        out.update(_finish_reductions(reductions, state, block_parts, run_block, rollout_carry, pool_probs))
     return out
 
 
-def _second_pass(reductions, state, block_parts, run_block, carry: bool, pool_probs=None) -> dict:
+def _finish_reductions(reductions, state, block_parts, run_block, carry: bool, pool_probs=None) -> dict:
     """out["reductions"], with the rollout's second pass run here or, with carry, left to the
     caller as out["rollout_carry"] (see `forward`)."""
     out = {}
