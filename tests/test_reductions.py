@@ -222,6 +222,10 @@ def test_rollout_second_pass_in_segments(fusion, ratio, depth):
     assert kept == ([0, 3] if depth == 6 or ratio == 0 else [0, 3, 6])
     block_3_input = np_(model(x, return_hidden=True)["hidden"][3])
     np.testing.assert_allclose(np_(out["rollout_carry"]["inputs"]["3"]), block_3_input, rtol=1e-5, atol=1e-5)
+    # stopped after block 4: the segments end there
+    early = np_(model.infer(x, reductions=spec, num_blocks=4)["reductions"]["rollout"])
+    four = np_(analysis.cls_rollout(maps[:4], fusion, ratio, num_prefix_tokens=1, grid=(8, 8)))
+    np.testing.assert_allclose(early, four.reshape(3, -1), rtol=1e-5, atol=1e-6)
     # the same pass run whole within `forward` (every input kept, or every third on PyTorch)
     whole = vitops.forward(params, config, x, reductions=spec)["reductions"]["rollout"]
     np.testing.assert_allclose(np_(whole), ref, rtol=1e-5, atol=1e-6)
